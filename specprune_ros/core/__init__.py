@@ -1,0 +1,1 @@
+"""Pure-Python core: model, preprocessing, policy API, pruning and control. No ROS imports."""

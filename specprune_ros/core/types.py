@@ -1,0 +1,170 @@
+"""The policy contract: observations in, action chunks out.
+
+Everything that consumes a policy (the ROS node, bag evaluation, the simulators, benchmarks) talks to it
+only through :class:`Policy`: ``infer(observation) -> ActionChunk`` and ``reset()``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Mapping, Protocol, runtime_checkable
+
+import numpy as np
+
+#: Mode reported when no action-aware controller runs (pruning off or controller disabled).
+MODE_OFF = "off"
+MODE_COARSE = "coarse"
+MODE_FINE = "fine"
+
+
+class InputError(ValueError):
+    """An observation that must not be acted on (wrong size, NaN, missing view, ...).
+
+    The message says what was wrong and how to fix it. Consumers report it and publish nothing.
+    """
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One synchronized observation.
+
+    Attributes:
+        images: view name (e.g. ``"primary"``, ``"wrist"``) -> uint8 RGB frame, shape (H, W, 3), any size.
+        proprio: proprioceptive state in the checkpoint's units, shape (P,), or None for checkpoints
+            trained without proprio.
+        instruction: the task in natural language, e.g. ``"put the bowl on the plate"``.
+        stamp: observation time in seconds (ROS time or simulated time); copied to the chunk.
+        executed_actions: actions (un-normalized, shape (N, A)) executed since the previous query, in
+            order; feeds the coarse/fine controller and the look-back of the frame difference. None when
+            the consumer does not know.
+        ee_speed: measured end-effector speed ``(linear m/s, angular rad/s)`` if the consumer has it
+            (joint states + URDF), else None.
+    """
+
+    images: Mapping[str, np.ndarray]
+    proprio: np.ndarray | None
+    instruction: str
+    stamp: float = 0.0
+    executed_actions: np.ndarray | None = None
+    ee_speed: tuple[float, float] | None = None
+
+    def validate(self, views: tuple[str, ...], proprio_dim: int | None) -> None:
+        """Raise :class:`InputError` unless this observation can be acted on by a policy with ``views``."""
+        missing = [v for v in views if v not in self.images]
+        if missing:
+            raise InputError(
+                f"observation lacks camera view(s) {missing}; the policy needs {list(views)} "
+                f"and got {sorted(self.images)}"
+            )
+        for view in views:
+            img = np.asarray(self.images[view])
+            if img.dtype != np.uint8:
+                raise InputError(f"view {view!r}: expected uint8 RGB, got dtype {img.dtype}")
+            if img.ndim != 3 or img.shape[2] != 3:
+                raise InputError(f"view {view!r}: expected an (H, W, 3) RGB image, got shape {img.shape}")
+            if img.shape[0] < 14 or img.shape[1] < 14:
+                raise InputError(f"view {view!r}: image {img.shape[1]}x{img.shape[0]} is too small")
+        if proprio_dim is not None:
+            if self.proprio is None:
+                raise InputError(f"the policy needs a {proprio_dim}-D proprio state and got none")
+            p = np.asarray(self.proprio, dtype=np.float64)
+            if p.shape != (proprio_dim,):
+                raise InputError(f"proprio must have shape ({proprio_dim},), got {p.shape}")
+            if not np.all(np.isfinite(p)):
+                raise InputError(f"proprio contains NaN or inf: {p.tolist()}")
+        if not self.instruction or not self.instruction.strip():
+            raise InputError("no instruction: set one before asking for actions")
+        if self.ee_speed is not None and not all(math.isfinite(float(s)) for s in self.ee_speed):
+            raise InputError(f"ee_speed is not finite: {self.ee_speed}")
+        if self.executed_actions is not None and not np.all(np.isfinite(self.executed_actions)):
+            raise InputError("executed_actions contain NaN or inf")
+
+
+@dataclass
+class StepStats:
+    """What one ``infer`` call did. Times are milliseconds; token counts are per pass.
+
+    Attributes:
+        timings_ms: ``preprocess``, ``vision``, ``static_prune``, ``llm``, ``head``, ``total``.
+        tokens_per_layer: sequence length entering each decoder layer (len == number of layers).
+        visual_tokens_per_layer: visual tokens entering each decoder layer.
+        kept_per_view: visual tokens of each view that survived static pruning.
+        kept_patches: view -> sorted patch indices (0..255, row-major 16x16) kept after static pruning.
+        total_tokens: full (unpruned) sequence length L.
+        mode: ``"coarse"``, ``"fine"`` or ``"off"``.
+        lookback: frame-difference look-back T in control steps (None when unused / first query).
+        requery: the controller asks the consumer to drop the rest of the current chunk and query again.
+        preset: the pruning preset name.
+    """
+
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    tokens_per_layer: list[int] = field(default_factory=list)
+    visual_tokens_per_layer: list[int] = field(default_factory=list)
+    kept_per_view: dict[str, int] = field(default_factory=dict)
+    kept_patches: dict[str, list[int]] = field(default_factory=dict)
+    total_tokens: int = 0
+    mode: str = MODE_OFF
+    lookback: int | None = None
+    requery: bool = False
+    preset: str = "off"
+
+    def to_dict(self) -> dict:
+        return {
+            "timings_ms": dict(self.timings_ms),
+            "tokens_per_layer": list(self.tokens_per_layer),
+            "visual_tokens_per_layer": list(self.visual_tokens_per_layer),
+            "kept_per_view": dict(self.kept_per_view),
+            "kept_patches": {k: list(v) for k, v in self.kept_patches.items()},
+            "total_tokens": self.total_tokens,
+            "mode": self.mode,
+            "lookback": self.lookback,
+            "requery": self.requery,
+            "preset": self.preset,
+        }
+
+
+@dataclass
+class ActionChunk:
+    """A chunk of actions to execute open-loop, one row per control step.
+
+    Attributes:
+        actions: shape (T_chunk, A), un-normalized (robot units), gripper post-processed if configured.
+        dt: seconds between consecutive rows (the control period the checkpoint was trained at).
+        stamp: the observation stamp this chunk was computed from.
+        stats: what the pass did (timings, token counts, mode).
+    """
+
+    actions: np.ndarray
+    dt: float
+    stamp: float
+    stats: StepStats = field(default_factory=StepStats)
+
+    def to_dict(self) -> dict:
+        return {
+            "actions": np.asarray(self.actions, dtype=np.float64).tolist(),
+            "dt": self.dt,
+            "stamp": self.stamp,
+            "stats": self.stats.to_dict(),
+        }
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """The whole contract between a policy and its consumers."""
+
+    #: camera view names the policy needs, in checkpoint order
+    views: tuple[str, ...]
+    #: proprio dimension, or None when the policy takes none
+    proprio_dim: int | None
+    #: action dimension (columns of ``ActionChunk.actions``)
+    action_dim: int
+    #: rows per chunk
+    chunk_len: int
+
+    def infer(self, obs: Observation) -> ActionChunk:
+        """Compute one action chunk. Raises :class:`InputError` for observations it must not act on."""
+        ...
+
+    def reset(self) -> None:
+        """Start a new episode: forget carried-over state (global token set, frame history, mode)."""
+        ...
