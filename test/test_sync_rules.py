@@ -1,0 +1,228 @@
+"""Input alignment and staleness rules of the Synchronizer (no ROS)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from specprune_ros.core.kinematics import KinematicModel
+from specprune_ros.core.proprio import ProprioBuilder, ProprioConfig
+from specprune_ros.core.sync import (
+    BAD_FRAME,
+    BAD_JOINT_STATE,
+    FROZEN,
+    NO_DATA,
+    NO_INSTRUCTION,
+    NO_ROBOT_DESCRIPTION,
+    SKEW,
+    STALE,
+    StaleInput,
+    SyncConfig,
+    SyncInputError,
+    Synchronizer,
+)
+from specprune_ros.core.types import InputError
+
+URDF = (Path(__file__).parent / "fixtures" / "panda.urdf").read_text()
+ARM = [f"panda_joint{i}" for i in range(1, 8)]
+FINGERS = ["panda_finger_joint1", "panda_finger_joint2"]
+READY = [0.0, -math.pi / 4, 0.0, -3 * math.pi / 4, 0.0, math.pi / 2, math.pi / 4]
+
+
+def frame(value: int) -> np.ndarray:
+    return np.full((32, 32, 3), value % 256, np.uint8)
+
+
+def joints(sync: Synchronizer, stamp: float, q=READY, vel=None) -> None:
+    sync.add_joint_state(stamp, ARM + FINGERS, list(q) + [0.04, 0.04], vel)
+
+
+@pytest.fixture
+def builder() -> ProprioBuilder:
+    kin = KinematicModel(URDF, "panda_hand_tcp", ARM)
+    return ProprioBuilder(ProprioConfig(sources=("libero",), gripper_joints=tuple(FINGERS)), kin)
+
+
+@pytest.fixture
+def sync(builder) -> Synchronizer:
+    s = Synchronizer(SyncConfig(views=("primary", "wrist"), max_age=0.5, max_skew=0.05, frozen_timeout=1.0), builder)
+    s.set_instruction("pick up the cube")
+    return s
+
+
+def feed(sync: Synchronizer, t: float, k: int = 0) -> None:
+    sync.add_image("primary", t, frame(k))
+    sync.add_image("wrist", t + 0.01, frame(k + 100))
+    joints(sync, t - 0.005)
+
+
+def reason_of(sync, now) -> str:
+    with pytest.raises(SyncInputError) as info:
+        sync.sync(now)
+    assert isinstance(info.value, InputError)
+    return info.value.reason
+
+
+def test_good_inputs_give_observation(sync):
+    for k in range(5):
+        feed(sync, 10.0 + 0.1 * k, k)
+    res = sync.sync(now=10.45, executed_actions=np.zeros((2, 7)))
+    obs = res.observation
+    assert obs.stamp == pytest.approx(10.4)  # newest primary frame
+    assert obs.images["primary"][0, 0, 0] == 4 and obs.images["wrist"][0, 0, 0] == 104
+    assert obs.proprio.shape == (8,)
+    np.testing.assert_allclose(obs.proprio[:3], [0.3069, 0, 0.4869], atol=5e-5)
+    assert obs.instruction == "pick up the cube"
+    assert obs.executed_actions.shape == (2, 7)
+    assert res.frame_seqs["primary"] == 5
+    assert res.skew == pytest.approx(0.01)
+    obs.validate(("primary", "wrist"), 8)
+
+
+def test_nearest_stamp_alignment_picks_closest_frame(sync):
+    for k in range(6):
+        sync.add_image("wrist", 10.0 + 0.033 * k, frame(k))
+    sync.add_image("primary", 10.1, frame(50))
+    joints(sync, 10.0)
+    joints(sync, 10.09)
+    joints(sync, 10.2)
+    res = sync.sync(10.2)
+    assert res.image_stamps["wrist"] == pytest.approx(10.099)
+    assert res.joints.stamp == pytest.approx(10.09)
+
+
+def test_missing_inputs_are_reported(builder):
+    s = Synchronizer(SyncConfig(views=("primary", "wrist")), builder)
+    assert reason_of(s, 1.0) == NO_DATA
+    s.add_image("primary", 1.0, frame(1))
+    with pytest.raises(StaleInput, match="wrist"):
+        s.sync(1.0)
+    s.add_image("wrist", 1.0, frame(2))
+    with pytest.raises(StaleInput, match="joint state"):
+        s.sync(1.0)
+    joints(s, 1.0)
+    assert reason_of(s, 1.0) == NO_INSTRUCTION
+    s.set_instruction("open the drawer")
+    assert s.sync(1.0).observation.instruction == "open the drawer"
+
+
+def test_stale_camera_and_recovery(sync):
+    feed(sync, 10.0)
+    assert reason_of(sync, 10.6) == STALE
+    feed(sync, 10.6, 1)
+    assert sync.sync(10.62).observation.stamp == pytest.approx(10.6)
+
+
+def test_future_stamp_is_refused(sync):
+    feed(sync, 10.0)
+    with pytest.raises(StaleInput, match="future"):
+        sync.sync(9.0)
+
+
+def test_skewed_inputs(sync):
+    sync.add_image("primary", 10.0, frame(1))
+    sync.add_image("wrist", 9.8, frame(2))
+    joints(sync, 10.0)
+    with pytest.raises(StaleInput, match="wrist") as info:
+        sync.sync(10.0)
+    assert info.value.reason == SKEW
+    sync.add_image("wrist", 10.02, frame(3))
+    joints(sync, 9.0)  # newer message, old stamp: the nearest snapshot is still 10.0
+    assert sync.sync(10.03).joints.stamp == 10.0
+
+
+def test_frozen_camera(sync):
+    for k in range(12):
+        t = 10.0 + 0.1 * k
+        sync.add_image("primary", t, frame(7))  # identical content
+        sync.add_image("wrist", t, frame(k))
+        joints(sync, t)
+    assert reason_of(sync, 11.1) == FROZEN
+    sync.add_image("primary", 11.2, frame(8))
+    sync.add_image("wrist", 11.2, frame(20))
+    joints(sync, 11.2)
+    assert sync.sync(11.2).observation.stamp == pytest.approx(11.2)
+
+
+def test_bad_frame_blocks_until_good_frame(sync):
+    feed(sync, 10.0)
+    sync.add_image_error("wrist", 10.05, "unsupported image encoding 'yuv422'")
+    with pytest.raises(SyncInputError, match="yuv422") as info:
+        sync.sync(10.06)
+    assert info.value.reason == BAD_FRAME
+    sync.add_image("wrist", 10.1, frame(3))
+    sync.sync(10.1)
+
+
+def test_bad_joint_values(sync):
+    feed(sync, 10.0)
+    q = list(READY)
+    q[2] = float("nan")
+    joints(sync, 10.0, q)  # the nearest joint state to the frame (ties: the newest)
+    with pytest.raises(SyncInputError, match="NaN") as info:
+        sync.sync(10.02)
+    assert info.value.reason == BAD_JOINT_STATE
+    joints(sync, 10.0)
+    sync.sync(10.02)
+    with pytest.raises(SyncInputError, match="2 names but 1"):
+        sync.add_joint_state(10.0, ["a", "b"], [0.0])
+
+
+def test_missing_joint_and_split_publishers():
+    kin = KinematicModel(URDF, "panda_hand_tcp", ARM)
+    b = ProprioBuilder(ProprioConfig(sources=("libero",), gripper_joints=tuple(FINGERS)), kin)
+    s = Synchronizer(SyncConfig(views=("primary",), max_skew=0.05), b)
+    s.set_instruction("x")
+    s.add_image("primary", 5.0, frame(1))
+    s.add_joint_state(5.0, ARM, READY)  # arm controller
+    with pytest.raises(SyncInputError, match="panda_finger_joint1"):
+        s.sync(5.0)
+    s.add_joint_state(5.01, FINGERS, [0.02, 0.02])  # gripper driver publishes separately
+    s.add_image("primary", 5.02, frame(2))
+    obs = s.sync(5.02).observation  # nearest snapshot (5.01) holds the merged arm + finger values
+    np.testing.assert_allclose(obs.proprio[6:], [0.02, 0.02])
+
+
+def test_no_robot_description_when_fk_needed():
+    b = ProprioBuilder(ProprioConfig(sources=("libero",), gripper_joints=tuple(FINGERS)), None)
+    s = Synchronizer(SyncConfig(views=("primary",)), b)
+    s.set_instruction("x")
+    s.add_image("primary", 1.0, frame(1))
+    joints(s, 1.0)
+    assert reason_of(s, 1.0) == NO_ROBOT_DESCRIPTION
+    s.set_proprio(ProprioBuilder(b.config, KinematicModel(URDF, "panda_hand_tcp", ARM)))
+    assert s.sync(1.0).observation.proprio.shape == (8,)
+
+
+def test_ee_speed_from_velocities_and_finite_differences(sync):
+    rng = np.random.default_rng(0)
+    qdot = rng.uniform(-0.3, 0.3, 7)
+    t0 = 10.0
+    sync.add_image("primary", t0 + 0.1, frame(1))
+    sync.add_image("wrist", t0 + 0.1, frame(2))
+    joints(sync, t0, READY)
+    joints(sync, t0 + 0.1, np.array(READY) + qdot * 0.1)
+    fd = sync.sync(t0 + 0.1)
+    assert fd.ee_speed_source == "finite_difference"
+    joints(sync, t0 + 0.1, np.array(READY) + qdot * 0.1, list(qdot) + [0.0, 0.0])
+    jac = sync.sync(t0 + 0.1)
+    assert jac.ee_speed_source == "jacobian"
+    assert jac.observation.ee_speed[0] > 0.01
+    np.testing.assert_allclose(fd.observation.ee_speed, jac.observation.ee_speed, rtol=0.05)
+
+
+def test_buffers_are_bounded(sync):
+    for k in range(100):
+        feed(sync, 10.0 + 0.01 * k, k)
+    assert max(sync.buffered().values()) <= 10
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="max_age"):
+        SyncConfig(max_age=0)
+    with pytest.raises(ValueError, match="'side'"):
+        SyncConfig(views=("primary",), reference_view="side")
+    with pytest.raises(ValueError, match="repeats"):
+        SyncConfig(views=("a", "a"))
