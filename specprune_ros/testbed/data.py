@@ -1,0 +1,199 @@
+"""Expert demonstrations as numpy arrays.
+
+An :class:`Episode` keeps, per control step t (20 Hz-equivalent), the simulator snapshot (from which both
+camera frames are re-rendered on demand: storing 2 x 224 x 224 x 3 bytes per step would need gigabytes for
+a training set, re-rendering takes about a millisecond), the 8-D proprio, the expert's clean action label
+(the training target) and the action actually executed (the label plus injected noise, which makes the
+demonstrations visit and correct off-nominal states). ``frames()`` returns the rendered images as arrays.
+
+Training samples are (frames at t, proprio at t, instruction, labels t..t+7): OFT's action chunks of 8,
+padded past the end of the episode by repeating the last label.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .expert import expert_action
+from .task import VIEWS, TabletopTask, TaskConfig
+
+CHUNK_LEN = 8
+ACTION_DIM = 7
+PROPRIO_DIM = 8
+
+
+@dataclass(frozen=True)
+class Episode:
+    """One demonstration of T steps.
+
+    Attributes:
+        seed: task seed (fixes the scene and the instruction).
+        instruction: the task text.
+        snapshots: (T, S) simulator state before each step (``TabletopTask.restore``).
+        proprio: (T, 8) proprio before each step.
+        actions: (T, 7) expert labels (what the expert commands in that state).
+        executed: (T, 7) actions executed (labels + noise).
+        success: whether the demonstration ended in success.
+    """
+
+    seed: int
+    instruction: str
+    snapshots: np.ndarray
+    proprio: np.ndarray
+    actions: np.ndarray
+    executed: np.ndarray
+    success: bool
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+    def action_chunk(self, t: int, chunk_len: int = CHUNK_LEN) -> np.ndarray:
+        """Labels t .. t+chunk_len-1, shape (chunk_len, 7); past the end the last label repeats."""
+        idx = np.minimum(np.arange(t, t + chunk_len), len(self) - 1)
+        return self.actions[idx]
+
+    def frames(self, task_config: TaskConfig = TaskConfig(), steps: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Rendered frames, view -> (len(steps), H, W, 3) uint8 (all steps by default)."""
+        task = TabletopTask(self.seed, task_config)
+        steps = np.arange(len(self)) if steps is None else np.asarray(steps)
+        out = {v: [] for v in VIEWS}
+        for t in steps:
+            task.restore(self.snapshots[t])
+            for v, img in task.render().items():
+                out[v].append(img)
+        return {v: np.stack(imgs) for v, imgs in out.items()}
+
+
+def collect_episode(seed: int, noise: float, noise_seed: int, task_config: TaskConfig = TaskConfig()) -> Episode:
+    """Run the expert on task ``seed``; translation noise N(0, noise) (action units) is added to executed actions."""
+    rng = np.random.default_rng(noise_seed)
+    task = TabletopTask(seed, task_config)
+    snaps, props, labels, executed = [], [], [], []
+    while not task.done:
+        a = expert_action(task)
+        e = a.copy()
+        if noise > 0:
+            e[0:3] = np.clip(e[0:3] + rng.normal(0.0, noise, size=3), -1.0, 1.0)
+        snaps.append(task.snapshot())
+        props.append(task.proprio())
+        labels.append(a)
+        executed.append(e)
+        task.step(e)
+    return Episode(seed, task.instruction, np.stack(snaps), np.stack(props), np.stack(labels), np.stack(executed),
+                   task.success)
+
+
+def generate(n_episodes: int, seed: int = 0, noise: float = 0.15, noise_free_fraction: float = 0.25,
+             task_config: TaskConfig = TaskConfig(), progress: bool = False) -> list[Episode]:
+    """``n_episodes`` successful demonstrations on task seeds drawn from ``seed`` (failed ones are skipped).
+
+    Task seeds are ``1_000_000 + seed * 100_000 + i``: disjoint from the evaluation seeds (0 .. 99_999).
+    A fraction ``noise_free_fraction`` of the episodes is recorded without noise.
+    """
+    if n_episodes < 1:
+        raise ValueError(f"n_episodes={n_episodes} must be >= 1")
+    if not 0 <= noise <= 1:
+        raise ValueError(f"noise={noise} must lie in [0, 1] (action units)")
+    if not 0 <= seed < 1000:
+        raise ValueError(f"seed={seed} must lie in [0, 1000)")
+    episodes: list[Episode] = []
+    i = 0
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=n_episodes, desc="expert episodes", unit="ep")
+    n_clean = int(round(noise_free_fraction * n_episodes))
+    while len(episodes) < n_episodes:
+        task_seed = 1_000_000 + seed * 100_000 + i
+        ep = collect_episode(task_seed, 0.0 if len(episodes) < n_clean else noise, noise_seed=task_seed,
+                             task_config=task_config)
+        i += 1
+        if ep.success:
+            episodes.append(ep)
+            if bar is not None:
+                bar.update(1)
+        if i > 3 * n_episodes + 10:
+            raise RuntimeError(f"the expert failed on most seeds ({i} tried, {len(episodes)} succeeded): noise={noise} too high?")
+    if bar is not None:
+        bar.close()
+    return episodes
+
+
+def dataset_statistics(episodes: list[Episode]) -> dict:
+    """OFT-style statistics (q01, q99, min, max, mean, std, mask) of actions and proprio."""
+
+    def stats(x: np.ndarray, mask: list[bool]) -> dict:
+        return {
+            "mean": x.mean(0).tolist(), "std": x.std(0).tolist(), "max": x.max(0).tolist(), "min": x.min(0).tolist(),
+            "q01": np.quantile(x, 0.01, axis=0).tolist(), "q99": np.quantile(x, 0.99, axis=0).tolist(),
+            "mask": mask,
+        }
+
+    actions = np.concatenate([e.actions for e in episodes])
+    proprio = np.concatenate([e.proprio for e in episodes])
+    return {
+        "action": stats(actions, [True] * 6 + [False]),
+        "proprio": stats(proprio, [True] * PROPRIO_DIM),
+        "num_transitions": int(len(actions)),
+        "num_trajectories": len(episodes),
+    }
+
+
+def save_episodes(path: str | Path, episodes: list[Episode]) -> Path:
+    """Write episodes to one .npz (arrays ``ep{i}_*`` + seeds, instructions, success)."""
+    arrays: dict[str, np.ndarray] = {
+        "seeds": np.array([e.seed for e in episodes], np.int64),
+        "instructions": np.array([e.instruction for e in episodes]),
+        "success": np.array([e.success for e in episodes]),
+    }
+    for i, e in enumerate(episodes):
+        arrays[f"ep{i}_snapshots"] = e.snapshots
+        arrays[f"ep{i}_proprio"] = e.proprio
+        arrays[f"ep{i}_actions"] = e.actions
+        arrays[f"ep{i}_executed"] = e.executed
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **arrays)
+    return path
+
+
+def load_episodes(path: str | Path) -> list[Episode]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"episode file not found: {path} (write one with save_episodes or `--out`)")
+    with np.load(path, allow_pickle=False) as z:
+        return [
+            Episode(int(s), str(ins), z[f"ep{i}_snapshots"], z[f"ep{i}_proprio"], z[f"ep{i}_actions"],
+                    z[f"ep{i}_executed"], bool(ok))
+            for i, (s, ins, ok) in enumerate(zip(z["seeds"], z["instructions"], z["success"]))
+        ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Generate expert demonstrations of the test-bed task as a .npz file "
+        "(snapshots, proprio, action labels, executed actions; frames are re-rendered from snapshots)."
+    )
+    parser.add_argument("--episodes", type=int, default=100, help="number of successful episodes (default 100)")
+    parser.add_argument("--seed", type=int, default=0, help="data seed, picks the task seeds (default 0)")
+    parser.add_argument("--noise", type=float, default=0.15, help="std of the translation noise injected into executed actions")
+    parser.add_argument("--out", required=True, help="output .npz path")
+    args = parser.parse_args(argv)
+    try:
+        eps = generate(args.episodes, args.seed, args.noise, progress=True)
+    except (ValueError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    save_episodes(args.out, eps)
+    steps = sum(len(e) for e in eps)
+    print(f"wrote {len(eps)} episodes ({steps} steps) to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
