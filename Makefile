@@ -7,9 +7,9 @@ STAMP := .setup/venv.stamp
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup venv test demo clean
+.PHONY: setup venv ros test demo clean
 
-setup: venv
+setup: venv ros
 
 # The virtual environment with pinned dependencies and the package installed in editable mode.
 # Re-runs only when requirements.txt or setup.py change, so a second `make setup` is quick.
@@ -21,8 +21,33 @@ $(STAMP): requirements.txt setup.py
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	mkdir -p $(dir $(STAMP)) && touch $(STAMP)
 
+# The ROS 2 package (messages, executables, launch/ and config/) built with colcon on the PyPI ROS 2
+# wheels into build/, install/, log/. First the wheels' exported CMake files are pointed at this venv
+# (tools/fix_ros_wheels_cmake.py). The Python sources are not copied into install/: the repository's
+# are used (tools/ros_env.sh). The RPATH lets the generated extension modules find their libraries in
+# install/specprune_ros/lib even without LD_LIBRARY_PATH. Re-runs only when the package's build inputs
+# change; flock keeps two concurrent `make` runs from building into the same tree at once.
+# See docs/development.md.
+ROS_STAMP := .setup/ros.stamp
+ROS_INPUTS := Makefile package.xml CMakeLists.txt tools/fix_ros_wheels_cmake.py specprune_ros/__init__.py \
+	$(wildcard msg/*.msg launch/*.py config/*.yaml)
+ros: $(ROS_STAMP)
+$(ROS_STAMP): $(STAMP) $(ROS_INPUTS)
+	mkdir -p $(dir $(ROS_STAMP))
+	flock .setup/ros.lock bash -c 'set -o pipefail; \
+	  $(PY) tools/fix_ros_wheels_cmake.py && \
+	  env AMENT_PREFIX_PATH="$(abspath $(VENV))" CMAKE_PREFIX_PATH="$(abspath $(VENV))" \
+	    PATH="$(abspath $(VENV))/bin:$$PATH" \
+	    $(VENV)/bin/colcon build --paths . --cmake-args -DPython3_EXECUTABLE="$(abspath $(PY))" \
+	    -DBUILD_TESTING=OFF -DSPECPRUNE_INSTALL_PYTHON_SOURCES=OFF \
+	    -DCMAKE_INSTALL_RPATH="\$$ORIGIN;\$$ORIGIN/../../.." > .setup/colcon.log 2>&1 \
+	  || { cat .setup/colcon.log; echo "colcon build failed (log above, also in .setup/colcon.log)"; exit 1; }'
+	touch $@
+
+# Tests run in the environment of tools/ros_env.sh (rclpy + generated messages), on a ROS domain of
+# their own that stays on this machine.
 test: setup
-	$(PY) -m pytest -q -rs
+	SPECPRUNE_ROS_ISOLATE=1 VENV=$(VENV) tools/ros_env.sh $(PY) -m pytest -q -rs
 
 demo: setup
 	$(VENV)/bin/specprune-demo
