@@ -1,0 +1,284 @@
+"""SpecPrune-VLA token pruning: pure selection functions plus the per-pass hooks of the layer loop.
+
+Static (action-level) pruning keeps, per view, V_global (previous chunk's deep-layer favourites) ∪ V_local
+(top tokens by task-prompt attention at layers 0 and 1 of this pass) ∪ V_dynamic (patches that changed);
+dynamic (layer-level) pruning then drops the least important visual tokens at a few layers, by an EMA of
+action-query attention. Non-visual tokens are never dropped; survivors keep their original positions.
+See docs/method.md for the mapping to the paper.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .controller import ModeController
+from .model import GRID, PATCHES_PER_VIEW, SequenceLayout
+from .presets import PruningConfig
+from .types import MODE_FINE
+
+PATCH_PX = 14
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Pure functions
+def patch_cosine(frame: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Cosine similarity of aligned 14x14x3 pixel patches of two (224, 224, 3) frames -> (256,), row-major."""
+    def patches(x: np.ndarray) -> np.ndarray:
+        x = x.astype(np.float32).reshape(GRID, PATCH_PX, GRID, PATCH_PX, 3)  # (16, 14, 16, 14, 3)
+        return x.transpose(0, 2, 1, 3, 4).reshape(GRID * GRID, -1)  # (256, 588)
+
+    a, b = patches(frame), patches(ref)
+    num = (a * b).sum(axis=1)
+    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    # Two black patches are identical: similarity 1.
+    return np.where(den > 0, num / np.maximum(den, 1e-12), np.where((a == b).all(axis=1), 1.0, 0.0))
+
+
+def changed_patches(similarity: np.ndarray, tau: float, static_count: int) -> np.ndarray:
+    """Bool (256,): True for patches kept as dynamic.
+
+    Patches with similarity >= tau are static candidates; at most ``static_count`` of them, the most
+    similar, are marked static; every other patch is dynamic.
+    """
+    order = np.argsort(-similarity, kind="stable")
+    candidates = order[similarity[order] >= tau][:static_count]
+    dynamic = np.ones(similarity.shape[0], dtype=bool)
+    dynamic[candidates] = False
+    return dynamic
+
+
+def lookback_steps(translation: float) -> int:
+    """Frame-difference look-back T from the norm of the summed executed translation since the last query."""
+    return max(1, min(int(-16.0 / 3.0 * translation / 6.0 + 22.0 / 3.0) + 3, 6))
+
+
+def importance(attention: torch.Tensor, k: float, eps: float) -> torch.Tensor:
+    """Per-token importance ``w_rank * w_conf`` from one layer's mean attention to the visual tokens.
+
+    attention (N,) >= 0. ``w_rank_i = sigmoid(-k rank_i) / sum_j sigmoid(-k rank_j)`` (rank 0 = most
+    attended); ``w_conf = 1 / (normalized entropy + eps)``.
+    """
+    n = attention.shape[0]
+    q = attention / attention.sum().clamp_min(1e-12)
+    entropy = -(q * q.clamp_min(1e-12).log()).sum() / math.log(max(n, 2))
+    order = torch.argsort(attention, descending=True, stable=True)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(n, device=attention.device)
+    w = torch.sigmoid(-k * rank.float())
+    return w / w.sum() / (entropy + eps)
+
+
+def top_indices(scores: torch.Tensor, candidates: torch.Tensor, k: int) -> torch.Tensor:
+    """The ``k`` candidates (indices into ``scores``) with the highest score (ties: lower index first)."""
+    if candidates.numel() == 0 or k <= 0:
+        return candidates[:0]
+    vals = scores[candidates]
+    order = torch.argsort(vals, descending=True, stable=True)[: min(k, candidates.numel())]
+    return candidates[order]
+
+
+# ----------------------------------------------------------------------------------------------------------
+@dataclass
+class PruneRecord:
+    """What the last pass kept (per view: patch indices 0..255 after static pruning)."""
+
+    kept_per_view: dict[str, int] = field(default_factory=dict)
+    kept_patches: dict[str, list[int]] = field(default_factory=dict)
+    mode: str = "coarse"
+    lookback: int | None = None
+    requery: bool = False
+    requery_after: int | None = None
+    dynamic_per_view: dict[str, int] = field(default_factory=dict)
+    global_per_view: dict[str, int] = field(default_factory=dict)
+
+
+class SpecPruner:
+    """Carries episode state (global sets, frame history, controller) and acts as the layer-loop hooks."""
+
+    def __init__(self, cfg: PruningConfig, n_layers: int, views: tuple[str, ...]) -> None:
+        self.cfg = cfg
+        self.n_layers = n_layers
+        self.views = tuple(views)
+
+        def scaled(layers):
+            return {cfg.layer_at(i, n_layers) for i in layers}
+
+        self.l0, self.l1 = cfg.local_layers
+        if self.l1 >= n_layers:
+            raise ValueError(f"local_layers={cfg.local_layers} need a model with more than {self.l1} layers")
+        self.global_layers = scaled(cfg.global_layers) if cfg.use_global else set()
+        self.score_layers = scaled(cfg.score_layers) if cfg.dynamic else set()
+        # "prune before layer p" happens after layer p-1
+        self.prune_after = {p - 1 for p in scaled(cfg.prune_layers) if p >= 1} if cfg.dynamic else set()
+        self.controller = ModeController(cfg.controller)
+        self.reset()
+
+    # -- episode state ---------------------------------------------------------------------------------------
+    def reset(self) -> None:
+        self.global_sets: dict[int, np.ndarray] = {}
+        self.history: list[tuple[int, list[np.ndarray]]] = []  # (control step, policy-ready frames)
+        self.step = 0
+        self.queries = 0
+        self.controller.reset()
+        self.record = PruneRecord()
+        self.in_loop_ms = 0.0
+
+    def begin(
+        self,
+        layout: SequenceLayout,
+        frames: list[np.ndarray],
+        prefix_len: int,
+        executed: np.ndarray | None,
+        ee_speed: tuple[float, float] | None,
+        chunk_len: int,
+    ) -> "SpecPruner":
+        """Prepare one pass: controller, V_dynamic and V_global. Returns the hooks for ``run_layers``."""
+        cfg = self.cfg
+        if self.queries > 0:
+            self.step += len(executed) if executed is not None else chunk_len
+        mode = self.controller.update(executed, ee_speed)
+        translation = float(np.linalg.norm(np.asarray(executed, dtype=np.float64)[:, :3].sum(axis=0))) if executed is not None and len(executed) else 0.0
+        lookback = lookback_steps(translation)
+        ref = None
+        for step, old in reversed(self.history):
+            if step <= self.step - lookback:
+                ref = old
+                break
+        self.record = PruneRecord(mode=mode, lookback=lookback if ref is not None else None)
+
+        L = layout.length
+        self.layout = layout
+        self.budget = [cfg.per_view(cfg.local_k_fine if mode == MODE_FINE else cfg.local_k_coarse, v) for v in range(len(self.views))]
+        protected = np.zeros(L, dtype=bool)  # nonvisual ∪ V_global ∪ V_dynamic, over ORIGINAL positions
+        protected[: layout.vis_start] = True
+        protected[layout.vis_start + layout.n_visual :] = True
+        for v in range(len(self.views)):
+            base = layout.vis_start + v * PATCHES_PER_VIEW
+            if ref is not None:
+                dyn = changed_patches(patch_cosine(frames[v], ref[v]), cfg.per_view(cfg.tau, v), cfg.per_view(cfg.static_count, v))
+                protected[base : base + PATCHES_PER_VIEW] |= dyn
+                self.record.dynamic_per_view[self.views[v]] = int(dyn.sum())
+            glob = self.global_sets.get(v, np.zeros(0, dtype=int))
+            protected[base + glob] = True
+            self.record.global_per_view[self.views[v]] = int(len(glob))
+        self._protected = torch.from_numpy(protected)
+        self._text_pos = torch.arange(layout.prompt_start + prefix_len, layout.prompt_start + layout.prompt_len)
+        self._action_pos = torch.arange(layout.action_start, layout.action_start + layout.n_action_tokens)
+        self._local0: dict[int, torch.Tensor] = {}
+        self._score: torch.Tensor | None = None  # EMA importance over original positions
+        self._next_global: dict[int, set[int]] = {v: set() for v in range(len(self.views))}
+        self._n_text = 0
+        self.in_loop_ms = 0.0
+        self.history = (self.history + [(self.step, [f.copy() for f in frames])])[-4:]
+        self.queries += 1
+        return self
+
+    def finish(self, actions: np.ndarray) -> None:
+        """After the pass: may the consumer re-query when the chunk enters fine mode mid-way?"""
+        row = self.controller.fine_switch_row(actions)
+        self.record.requery_after = row
+        self.record.requery = row is not None
+
+    # -- layer-loop hooks ------------------------------------------------------------------------------------
+    def _needs(self, layer: int) -> tuple[bool, bool]:
+        text = layer in (self.l0, self.l1) or layer in self.global_layers
+        return text, layer in self.score_layers
+
+    def score_rows(self, layer: int, position_ids: torch.Tensor) -> torch.Tensor | None:
+        text, action = self._needs(layer)
+        if not (text or action):
+            return None
+        if position_ids.shape[0] != 1:
+            raise ValueError(f"pruning selects tokens per observation: batch size must be 1, got {position_ids.shape[0]}")
+        pos = position_ids.squeeze(0)
+        rows = []
+        self._n_text = 0
+        if text:
+            idx = torch.searchsorted(pos, self._text_pos.to(pos.device))
+            rows.append(idx)
+            self._n_text = idx.numel()
+        if action:
+            rows.append(torch.searchsorted(pos, self._action_pos.to(pos.device)))
+        return torch.cat(rows)
+
+    def after_layer(self, layer: int, probs: torch.Tensor | None, position_ids: torch.Tensor) -> torch.Tensor | None:
+        if probs is None and layer not in self.prune_after:
+            if layer == self.n_layers - 1:
+                self._commit_global()
+            return None
+        t0 = time.perf_counter()
+        cfg, layout = self.cfg, self.layout
+        pos = position_ids.squeeze(0)  # (L',) original positions
+        device = pos.device
+        is_vis = (pos >= layout.vis_start) & (pos < layout.vis_start + layout.n_visual)
+        view_of = torch.where(is_vis, layout.view_of(pos), torch.full_like(pos, -1))
+        keep: torch.Tensor | None = None
+        text_scores = act_rows = None
+        if probs is not None:
+            p = probs.mean(dim=1).squeeze(0)  # (R, L') mean over heads
+            if self._n_text:
+                text_scores = p[: self._n_text].mean(dim=0)  # (L',)
+            if p.shape[0] > self._n_text:
+                act_rows = p[self._n_text :]  # (56, L')
+
+        if layer in (self.l0, self.l1) and text_scores is not None:
+            keep = self._protected.to(device)[pos].clone()
+            for v in range(len(self.views)):
+                cand = torch.nonzero(view_of == v).squeeze(1)
+                k = self.budget[v]
+                if layer == self.l0:
+                    top = top_indices(text_scores, cand, 2 * k)
+                    self._local0[v] = pos[top[:k]]
+                    keep[top] = True
+                else:
+                    keep[top_indices(text_scores, cand, k)] = True
+                    keep |= torch.isin(pos, self._local0.get(v, pos[:0]))
+            if layer == self.l1:
+                self._record_static(pos, keep, view_of)
+
+        if layer in self.global_layers and text_scores is not None:
+            for v in range(len(self.views)):
+                cand = torch.nonzero(view_of == v).squeeze(1)
+                if keep is not None:
+                    cand = cand[keep[cand]]
+                top = top_indices(text_scores, cand, max(1, self.budget[v] // 2))
+                self._next_global[v].update(((pos[top] - layout.vis_start) % PATCHES_PER_VIEW).tolist())
+
+        if layer in self.score_layers and act_rows is not None:
+            vis_idx = torch.nonzero(is_vis).squeeze(1)
+            if vis_idx.numel():
+                s = importance(act_rows.mean(dim=0)[vis_idx], cfg.rank_k, cfg.entropy_eps)
+                if self._score is None:
+                    self._score = torch.zeros(layout.length, device=device)
+                where = pos[vis_idx]
+                self._score[where] = (1 - cfg.ema_beta) * self._score[where] + cfg.ema_beta * s
+
+        if layer in self.prune_after and self._score is not None:
+            alive = is_vis if keep is None else (is_vis & keep)
+            vis_idx = torch.nonzero(alive).squeeze(1)
+            n = vis_idx.numel()
+            n_drop = min(int(n * cfg.prune_fraction), max(0, n - cfg.min_visual_tokens))
+            if n_drop > 0:
+                order = torch.argsort(self._score[pos[vis_idx]], stable=True)
+                keep = torch.ones_like(is_vis) if keep is None else keep
+                keep[vis_idx[order[:n_drop]]] = False
+
+        if layer == self.n_layers - 1:
+            self._commit_global()
+        self.in_loop_ms += (time.perf_counter() - t0) * 1e3
+        return None if keep is None else torch.nonzero(keep).squeeze(1)
+
+    def _record_static(self, pos: torch.Tensor, keep: torch.Tensor, view_of: torch.Tensor) -> None:
+        for v, name in enumerate(self.views):
+            sel = pos[keep & (view_of == v)]
+            patches = ((sel - self.layout.vis_start) % PATCHES_PER_VIEW).tolist()
+            self.record.kept_patches[name] = sorted(patches)
+            self.record.kept_per_view[name] = len(patches)
+
+    def _commit_global(self) -> None:
+        if self.cfg.use_global:
+            self.global_sets = {v: np.array(sorted(s), dtype=int) for v, s in self._next_global.items()}
