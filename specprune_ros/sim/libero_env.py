@@ -17,11 +17,8 @@ from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
-from .protocol import IMAGE_SIZE, SEED, ProtocolError, SimFrame, check_suite
+from .protocol import EEF_LINK, IMAGE_SIZE, SEED, ProtocolError, SimFrame, check_suite
 
-#: Robot joint names as the simulator (and /joint_states, and the generated URDF) names them.
-ARM_JOINTS = tuple(f"robot0_joint{i}" for i in range(1, 8))
-GRIPPER_JOINTS = ("gripper0_finger_joint1", "gripper0_finger_joint2")
 #: Simulator camera name -> frame key.
 CAMERAS = {"agentview": "agentview", "robot0_eye_in_hand": "wrist"}
 #: File written by `make sim-setup` with the MUJOCO_GL backend that rendered on this machine.
@@ -141,11 +138,14 @@ class LiberoSim:
             gripper_qpos=np.asarray(obs["robot0_gripper_qpos"], dtype=np.float64).copy(),
             joint_pos=np.asarray(obs["robot0_joint_pos"], dtype=np.float64).copy(),
             joint_vel=np.asarray(obs["robot0_joint_vel"], dtype=np.float64).copy(),
+            gripper_qvel=np.asarray(obs["robot0_gripper_qvel"], dtype=np.float64).copy(),
         )
 
     def robot_urdf(self) -> str:
         """URDF of the simulated arm + gripper (kinematics and inertia, no meshes), from the live model."""
-        return model_urdf(self.env.sim.model._model, root_body="robot0_base", tip_site="gripper0_grip_site")
+        return model_urdf(
+            self.env.sim.model._model, root_body="robot0_base", tip_site="gripper0_grip_site", tip_body="robot0_right_hand"
+        )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -178,14 +178,23 @@ def _origin(pos: np.ndarray, quat_wxyz: np.ndarray) -> str:
     return f'<origin xyz="{xyz}" rpy="{rpy}"/>'
 
 
-def model_urdf(model, root_body: str, tip_site: str | None = None, robot_name: str = "libero_panda") -> str:
+def model_urdf(
+    model,
+    root_body: str,
+    tip_site: str | None = None,
+    tip_body: str | None = None,
+    tip_link: str = EEF_LINK,
+    robot_name: str = "libero_panda",
+) -> str:
     """URDF text of the kinematic tree under ``root_body`` of a ``mujoco.MjModel``.
 
     Links are the MuJoCo bodies (names kept), with their mass and principal inertia; each body's hinge
     (revolute) or slide (prismatic) joint keeps its MuJoCo name, axis and range, so ``/joint_states``
     names match. A fixed ``world -> root_body`` joint carries the root's pose in the world, and
-    ``tip_site`` (if given) becomes a fixed child link at the site, so forward kinematics of this URDF
-    gives the world-frame poses the simulator reports. Visual meshes are not included.
+    ``tip_site`` (if given) adds a fixed link ``tip_link`` at the site's position with the orientation of
+    ``tip_body``, so forward kinematics of this URDF gives, in the world frame, the end-effector pose the
+    simulator reports (LIBERO: position of ``gripper0_grip_site``, orientation of ``robot0_right_hand``).
+    Visual meshes are not included.
     """
     import mujoco
 
@@ -257,15 +266,20 @@ def model_urdf(model, root_body: str, tip_site: str | None = None, robot_name: s
         sid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_SITE, tip_site)
         if sid < 0:
             raise ProtocolError(f"site {tip_site!r} is not in the model")
-        sbody = int(model.site_bodyid[sid])
-        if sbody not in included:
-            raise ProtocolError(f"site {tip_site!r} is not on a body under {root_body!r}")
+        body = int(model.site_bodyid[sid]) if tip_body is None else mujoco.mj_name2id(
+            model, mujoco.mjtObj.mjOBJ_BODY, tip_body
+        )
+        if body not in included:
+            raise ProtocolError(f"tip body {tip_body!r} of site {tip_site!r} is not under {root_body!r}")
+        # site position in the tip body's frame; the bodies between them carry no joints, so this is constant
+        rot = data.xmat[body].reshape(3, 3)  # (3, 3) body -> world
+        rel = rot.T @ (data.site_xpos[sid] - data.xpos[body])  # (3,)
         lines += [
-            f"  <link name={quoteattr(tip_site)}/>",
-            f'  <joint name={quoteattr(tip_site + "_joint")} type="fixed">',
-            f"    <parent link={quoteattr(name(mujoco.mjtObj.mjOBJ_BODY, sbody))}/>",
-            f"    <child link={quoteattr(tip_site)}/>",
-            "    " + _origin(model.site_pos[sid], model.site_quat[sid]),
+            f"  <link name={quoteattr(tip_link)}/>",
+            f'  <joint name={quoteattr(tip_link + "_joint")} type="fixed">',
+            f"    <parent link={quoteattr(name(mujoco.mjtObj.mjOBJ_BODY, body))}/>",
+            f"    <child link={quoteattr(tip_link)}/>",
+            "    " + _origin(rel, np.array([1.0, 0.0, 0.0, 0.0])),
             "  </joint>",
         ]
     lines.append("</robot>")

@@ -44,6 +44,14 @@ SEED = 7
 TRIALS_PER_TASK = 50
 IMAGE_SIZE = 256
 
+#: Joint names of the simulated Panda (MuJoCo's, used on /joint_states and in the generated URDF).
+ARM_JOINTS = tuple(f"robot0_joint{i}" for i in range(1, 8))
+GRIPPER_JOINTS = ("gripper0_finger_joint1", "gripper0_finger_joint2")
+#: URDF link whose world pose is LIBERO's (robot0_eef_pos, robot0_eef_quat).
+EEF_LINK = "libero_eef"
+#: Bridge camera (frame key) -> image topic, relative to the bridge's namespace.
+CAMERA_TOPICS = {"agentview": "agentview/image_raw", "wrist": "wrist/image_raw"}
+
 STATUS_WAITING = "waiting"
 STATUS_RUNNING = "running"
 STATUS_SUCCESS = "success"
@@ -99,6 +107,7 @@ class SimFrame:
         gripper_qpos: the two finger joint positions (2,), metres.
         joint_pos: arm joint positions (7,), radians.
         joint_vel: arm joint velocities (7,), rad/s.
+        gripper_qvel: the two finger joint velocities (2,), m/s; None when unknown.
     """
 
     images: dict[str, np.ndarray]
@@ -107,6 +116,7 @@ class SimFrame:
     gripper_qpos: np.ndarray
     joint_pos: np.ndarray
     joint_vel: np.ndarray
+    gripper_qvel: np.ndarray | None = None
 
     def proprio(self) -> np.ndarray:
         """The OFT LIBERO proprio state (8,): eef_pos(3) + axis-angle(eef_quat)(3) + gripper_qpos(2)."""

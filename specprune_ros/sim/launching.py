@@ -1,0 +1,187 @@
+"""How the LIBERO closed loop is wired: the bridge's command line and the policy node's parameters.
+
+One source for ``launch/sim.launch.py`` and for ``specprune-libero-eval``, which starts the same two
+processes itself (``ros2 launch`` is not installable from PyPI). Pure Python: no ROS, no simulator.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .protocol import (
+    ARM_JOINTS,
+    CAMERA_TOPICS,
+    EEF_LINK,
+    GRIPPER_JOINTS,
+    SEED,
+    ProtocolError,
+    check_suite,
+    unnorm_key_for,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+POLICY_NODE_NAME = "specprune_policy"
+BRIDGE_NODE_NAME = "libero_sim_node"
+#: Where the policy node publishes its chunks (its private ``~/action_chunk``).
+POLICY_CHUNK_TOPIC = f"/{POLICY_NODE_NAME}/action_chunk"
+#: The LIBERO parameter preset of the policy node (flip, center crop, gripper mapping, proprio layout).
+LIBERO_PARAMS = "config/libero.yaml"
+
+
+@dataclass(frozen=True)
+class SimLaunchArgs:
+    """Arguments of ``sim.launch.py`` (and of one episode group of ``specprune-libero-eval``)."""
+
+    suite: str = "libero_spatial"
+    task_id: int = 0
+    init_state: int = 0
+    checkpoint: str = ""
+    preset: str = "paper"
+    unnorm_key: str = ""
+    fake_policy: bool = False
+    device: str = "cpu"
+    max_steps: int = 0
+    seed: int = SEED
+    auto_reset: bool = False
+    publish_every_step: bool = False
+
+    def __post_init__(self) -> None:
+        check_suite(self.suite)
+        if self.task_id < 0 or self.init_state < 0 or self.max_steps < 0:
+            raise ProtocolError(
+                f"task_id={self.task_id}, init_state={self.init_state}, max_steps={self.max_steps} must be >= 0"
+            )
+        if not self.fake_policy and not self.checkpoint:
+            raise ProtocolError(
+                "no policy: set checkpoint:=<checkpoint dir> (e.g. a released OpenVLA-OFT LIBERO checkpoint, or "
+                "one from `specprune-make-tiny`) or fake_policy:=true"
+            )
+
+    @property
+    def resolved_unnorm_key(self) -> str:
+        """The given key, else the suite's OFT key (``libero_spatial_no_noops``, ...)."""
+        return self.unnorm_key or unnorm_key_for(self.suite)
+
+
+#: Launch argument descriptions (sim.launch.py declares exactly these, with SimLaunchArgs' defaults).
+ARG_DOC: dict[str, str] = {
+    "suite": "LIBERO suite: libero_spatial, libero_object, libero_goal, libero_10 or libero_90",
+    "task_id": "task index within the suite (0-based, OFT task order)",
+    "init_state": "official initial state of the first episode (0..49); the bridge's ~/reset moves to the next",
+    "checkpoint": "OpenVLA-OFT checkpoint directory (released layout); empty only with fake_policy:=true",
+    "preset": "pruning preset: off (unpruned baseline), conservative, paper, aggressive",
+    "unnorm_key": "dataset_statistics.json key; empty = the suite's key, e.g. libero_spatial_no_noops "
+    "(a tiny test checkpoint needs tiny_sim)",
+    "fake_policy": "true: deterministic fake policy instead of a model (checks the wiring, solves nothing)",
+    "device": "torch device of the policy: cpu, cuda, cuda:N",
+    "max_steps": "policy steps per episode; 0 = the suite's OFT limit (220/280/300/520/400)",
+    "seed": "simulator seed (OFT evaluation: 7)",
+    "auto_reset": "start the next initial state as soon as an episode ends",
+    "publish_every_step": "publish camera images at every simulator step (to watch), not only when a chunk is due",
+}
+
+
+def default_sim_python() -> str:
+    """``$SPECPRUNE_SIM_PYTHON``, else ``.venv-sim/bin/python`` beside this repository."""
+    return os.environ.get("SPECPRUNE_SIM_PYTHON", str(REPO_ROOT / ".venv-sim" / "bin" / "python"))
+
+
+def default_env_script() -> str:
+    """``tools/ros_env.sh`` of this repository when present (PyPI wheel setup), else empty (sourced ROS)."""
+    script = REPO_ROOT / "tools" / "ros_env.sh"
+    return str(script) if script.is_file() else ""
+
+
+def _ros_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_ros_value(v) for v in value) + "]"
+    if isinstance(value, str):
+        return "'" + value.replace("'", "") + "'"
+    return repr(value)
+
+
+def bridge_parameters(args: SimLaunchArgs) -> dict[str, Any]:
+    """Parameters of ``libero_sim_node``."""
+    return {
+        "suite": args.suite,
+        "task_id": args.task_id,
+        "init_state": args.init_state,
+        "seed": args.seed,
+        "max_steps": args.max_steps,
+        "auto_reset": args.auto_reset,
+        "publish_every_step": args.publish_every_step,
+    }
+
+
+def bridge_command(
+    args: SimLaunchArgs, sim_python: str | None = None, env_script: str | None = None, extra: dict | None = None
+) -> list[str]:
+    """Command line that runs the bridge in the simulator venv.
+
+    With ``env_script`` (default: this repository's ``tools/ros_env.sh``) the command runs inside that
+    script's ROS environment computed for the simulator venv; with ``env_script=""`` it runs
+    ``sim_python`` directly (a sourced ROS installation already provides the environment).
+    """
+    python = sim_python or default_sim_python()
+    script = default_env_script() if env_script is None else env_script
+    params = dict(bridge_parameters(args), **(extra or {}))
+    cmd: list[str] = []
+    if script:
+        venv = str(Path(python).resolve().parent.parent) if Path(python).exists() else str(Path(python).parent.parent)
+        cmd = ["env", f"VENV={venv}", "bash", script]
+    cmd += [python, "-m", "specprune_ros.sim.libero_node", "--ros-args", "-r", f"__node:={BRIDGE_NODE_NAME}"]
+    cmd += ["-r", f"action_chunk:={POLICY_CHUNK_TOPIC}"]
+    for name, value in params.items():
+        cmd += ["-p", f"{name}:={_ros_value(value)}"]
+    return cmd
+
+
+def policy_parameters(args: SimLaunchArgs) -> dict[str, Any]:
+    """The policy node's parameters for the simulator, applied on top of ``config/libero.yaml``.
+
+    ``libero.yaml`` brings the LIBERO preprocessing (flip + center crop, gripper mapping, proprio layout);
+    these bind the node to the bridge: its topics, its joint names, its URDF's end-effector link, simulated
+    time, and the simulator's deterministic frames (no frozen-camera check: a still scene renders
+    identical frames). Chunks are consumed by the bridge, so no actuating output is enabled (dry run).
+    """
+    return {
+        "use_sim_time": True,
+        "checkpoint": args.checkpoint,
+        "preset": args.preset,
+        "unnorm_key": args.resolved_unnorm_key,
+        "device": args.device,
+        "fake_policy": args.fake_policy,
+        "camera_views": ["primary", "wrist"],
+        "camera_topics": ["/" + CAMERA_TOPICS["agentview"], "/" + CAMERA_TOPICS["wrist"]],
+        "camera_compressed": [False, False],
+        "joint_states_topic": "/joint_states",
+        "instruction_topic": "/instruction",
+        "robot_description_topic": "/robot_description",
+        "ee_frame": EEF_LINK,
+        "arm_joints": list(ARM_JOINTS),
+        "gripper_joints": list(GRIPPER_JOINTS),
+        "gripper_scales": [1.0, 1.0],  # the bridge publishes MuJoCo's finger positions as LIBERO's proprio has them
+        "ee_position_offset": [0.0, 0.0, 0.0],  # the URDF's root is LIBERO's world frame
+        "frozen_timeout": 0.0,
+        "base_frame": "world",
+        "execute_steps": 0,
+        "dry_run": True,
+    }
+
+
+def write_params_file(path: Path, params: dict[str, Any], node_name: str = POLICY_NODE_NAME) -> Path:
+    """Write ``params`` as a ROS 2 params YAML for ``node_name``."""
+    import yaml
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump({node_name: {"ros__parameters": params}}, sort_keys=False))
+    return path
+
+
+def args_dict(args: SimLaunchArgs) -> dict[str, Any]:
+    return asdict(args)

@@ -1,0 +1,418 @@
+"""``libero_sim_node``: one LIBERO task, offscreen, behind ROS 2 topics, under the OFT protocol.
+
+Runs in the simulator environment (``make sim-setup``; see docs/simulation.md)::
+
+    VENV=.venv-sim tools/ros_env.sh .venv-sim/bin/python -m specprune_ros.sim.libero_node \\
+        --ros-args -p suite:=libero_spatial -p task_id:=0 -p init_state:=0
+
+Publishes (names relative, so a namespace or remapping applies):
+    ``agentview/image_raw``, ``wrist/image_raw`` (sensor_msgs/Image, rgb8, as rendered: upside down),
+    ``joint_states`` (7 arm + 2 finger joints, MuJoCo names), ``ee_pose`` (geometry_msgs/PoseStamped,
+    ``world`` frame, LIBERO's robot0_eef_pos / robot0_eef_quat), ``instruction`` and
+    ``robot_description`` (std_msgs/String, reliable + transient local), ``episode_status``
+    (specprune_ros/EpisodeStatus), ``~/executed_action`` (std_msgs/Float64MultiArray, every executed row)
+    and ``/clock`` (rosgraph_msgs/Clock: simulated time, 0.05 s per control step).
+Subscribes: ``action_chunk`` (specprune_ros/ActionChunk). Service: ``~/reset`` (std_srvs/Trigger): start
+the next episode on the next initial state.
+
+Simulated time only moves when the simulator steps. After each reset (and the 10 wait steps) and after
+each executed chunk, the node publishes the observation at the current simulated time and waits for a
+chunk whose ``header.stamp`` is exactly that time; chunks computed from any other observation are
+dropped (the OFT protocol queries the policy only when the action queue is empty). While it waits, the
+clock stands still, so a slow policy costs wall-clock time but not task time; the observation and the
+clock are re-sent every ``republish_period`` wall seconds so a late or lossy subscriber still gets them.
+"""
+from __future__ import annotations
+
+import queue
+import sys
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import rclpy
+from geometry_msgs.msg import PoseStamped
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Float64MultiArray, MultiArrayDimension, String
+from std_srvs.srv import Trigger
+
+from .protocol import (
+    ACTION_DIM,
+    ARM_JOINTS,
+    CAMERA_TOPICS,
+    GRIPPER_JOINTS,
+    CONTROL_DT,
+    Episode,
+    ProtocolConfig,
+    ProtocolError,
+    SimBackend,
+    SimFrame,
+)
+
+NODE_NAME = "libero_sim_node"
+_NS_PER_STEP = int(round(CONTROL_DT * 1e9))
+
+
+def _msgs():
+    try:
+        from specprune_ros.msg import ActionChunk, EpisodeStatus
+    except ImportError as exc:
+        raise SystemExit(
+            f"{NODE_NAME}: the generated messages are not importable ({exc}); run `make setup` and start the "
+            "node through `VENV=.venv-sim tools/ros_env.sh` (see docs/simulation.md)"
+        ) from exc
+    return ActionChunk, EpisodeStatus
+
+
+@dataclass(frozen=True)
+class BridgeConfig:
+    """The node's parameters (``--ros-args -p name:=value``)."""
+
+    suite: str = "libero_spatial"
+    task_id: int = 0
+    init_state: int = 0
+    seed: int = 7
+    max_steps: int = 0
+    wait_steps: int = 10
+    open_loop_steps: int = 0
+    resolution: int = 256
+    autostart: bool = True
+    auto_reset: bool = False
+    publish_every_step: bool = False
+    republish_period: float = 1.0
+    start_time: float = 1.0
+    world_frame: str = "world"
+
+    def __post_init__(self) -> None:
+        if self.init_state < 0:
+            raise ProtocolError(f"init_state={self.init_state} must be >= 0")
+        if not self.republish_period > 0:
+            raise ProtocolError(f"republish_period={self.republish_period} must be > 0 seconds")
+        if self.start_time < 0:
+            raise ProtocolError(f"start_time={self.start_time} must be >= 0 seconds")
+        self.protocol  # validates suite, max_steps, wait_steps, open_loop_steps
+
+    @property
+    def protocol(self) -> ProtocolConfig:
+        return ProtocolConfig(
+            suite=self.suite, max_steps=self.max_steps, wait_steps=self.wait_steps, open_loop_steps=self.open_loop_steps
+        )
+
+
+PARAM_DOC = {
+    "suite": "LIBERO suite: libero_spatial, libero_object, libero_goal, libero_10, libero_90",
+    "task_id": "task index in the suite (0-based)",
+    "init_state": "official initial state of the first episode (0..49); ~/reset moves to the next",
+    "seed": "simulator seed (OFT evaluation: 7)",
+    "max_steps": "policy steps before a timeout; 0 = the suite's OFT limit (220/280/300/520/400)",
+    "wait_steps": "no-op steps [0,0,0,0,0,0,-1] after each reset (OFT: 10)",
+    "open_loop_steps": "rows of each chunk to execute; 0 = all rows",
+    "resolution": "camera image side in pixels (OFT: 256)",
+    "autostart": "start the first episode as soon as the simulator is ready",
+    "auto_reset": "start the next episode (next initial state) as soon as one ends",
+    "publish_every_step": "publish camera images after every simulator step (for viewing), not only when a chunk is due",
+    "republish_period": "wall seconds between re-sends of the pending observation and /clock while waiting for a chunk",
+    "start_time": "simulated time (s) of the first observation",
+    "world_frame": "frame_id of ee_pose (the URDF root link)",
+}
+
+
+def _time_msg(ns: int):
+    from builtin_interfaces.msg import Time
+
+    return Time(sec=int(ns // 1_000_000_000), nanosec=int(ns % 1_000_000_000))
+
+
+def _stamp_ns(stamp) -> int:
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def make_backend(config: BridgeConfig) -> SimBackend:
+    """The LIBERO simulator for ``config`` (imports LIBERO: the simulator environment only)."""
+    from .libero_env import LiberoSim, TaskSpec
+
+    return LiberoSim(TaskSpec(config.suite, config.task_id, config.seed, config.resolution, render=True))
+
+
+class LiberoBridge(Node):
+    """The bridge node. ``backend_factory`` builds the simulator in the worker thread (tests may inject one)."""
+
+    def __init__(self, backend_factory: Callable[[BridgeConfig], SimBackend] = make_backend, **kwargs) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        ActionChunk, EpisodeStatus = _msgs()
+        self._EpisodeStatus = EpisodeStatus
+        defaults = BridgeConfig()
+        values = {}
+        from rcl_interfaces.msg import ParameterDescriptor
+
+        for name, doc in PARAM_DOC.items():
+            values[name] = self.declare_parameter(
+                name, getattr(defaults, name), ParameterDescriptor(description=doc)
+            ).value
+        self.config = BridgeConfig(**values)  # ProtocolError names a bad value
+        self._backend_factory = backend_factory
+
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self._pub_images = {k: self.create_publisher(Image, t, 2) for k, t in CAMERA_TOPICS.items()}
+        self._pub_joints = self.create_publisher(JointState, "joint_states", 10)
+        self._pub_pose = self.create_publisher(PoseStamped, "ee_pose", 10)
+        self._pub_instruction = self.create_publisher(String, "instruction", latched)
+        self._pub_description = self.create_publisher(String, "robot_description", latched)
+        self._pub_status = self.create_publisher(EpisodeStatus, "episode_status", latched)
+        self._pub_executed = self.create_publisher(Float64MultiArray, "~/executed_action", 50)
+        self._pub_clock = self.create_publisher(Clock, "/clock", 10)
+        self.create_subscription(ActionChunk, "action_chunk", self._on_chunk, 10)
+        self.create_service(Trigger, "~/reset", self._on_reset)
+
+        self.sim: SimBackend | None = None
+        self.episode: Episode | None = None
+        self.episode_index = -1
+        self.next_init_state = self.config.init_state
+        self.instruction = ""
+        self.task = f"{self.config.suite}/{self.config.task_id}"
+        self.now_ns = int(round(self.config.start_time * 1e9))
+        self.query_ns: int | None = None  # stamp of the observation a chunk must answer
+        self.dropped_chunks = 0
+        self.failure = ""
+        self.ready = threading.Event()
+        self._cmds: queue.Queue = queue.Queue()
+        self._worker = threading.Thread(target=self._run, name="libero_sim", daemon=True)
+        self._worker.start()
+
+    # ---------------------------------------------------------------- ROS callbacks (executor thread)
+
+    def _on_chunk(self, msg) -> None:
+        self._cmds.put(("chunk", msg))
+
+    def _on_reset(self, _request, response):
+        done = threading.Event()
+        holder: dict = {}
+        self._cmds.put(("reset", (done, holder)))
+        if not done.wait(120.0):
+            response.success, response.message = False, "the simulator did not finish the reset within 120 s"
+        else:
+            response.success, response.message = holder.get("ok", False), holder.get("message", "")
+        return response
+
+    def stop(self) -> None:
+        """Stop the worker thread and close the simulator."""
+        self._cmds.put(("stop", None))
+        self._worker.join(timeout=30.0)
+
+    # ---------------------------------------------------------------- worker thread: owns the simulator
+
+    def _run(self) -> None:
+        try:
+            self.sim = self._backend_factory(self.config)
+        except Exception as exc:  # e.g. LIBERO not installed, bad task id, no GL backend
+            self._fail(f"the simulator could not start: {type(exc).__name__}: {exc}")
+            self.ready.set()
+            return
+        self.instruction = str(getattr(self.sim, "instruction", ""))
+        self._publish_clock()
+        self._pub_instruction.publish(String(data=self.instruction))
+        urdf_fn = getattr(self.sim, "robot_urdf", None)
+        if urdf_fn is not None:
+            try:
+                self._pub_description.publish(String(data=urdf_fn()))
+            except Exception as exc:
+                self.get_logger().warning(f"no robot_description: {type(exc).__name__}: {exc}")
+        self.episode = Episode(self.sim, self.config.protocol)
+        self._publish_status()
+        self.ready.set()
+        if self.config.autostart:
+            self._start_episode()
+        try:
+            while True:
+                try:
+                    kind, arg = self._cmds.get(timeout=self.config.republish_period)
+                except queue.Empty:
+                    if self.episode.running and self.query_ns is not None:
+                        self._publish_observation(self.episode.frame, images=True)
+                        self._publish_status()
+                    else:
+                        self._publish_clock()
+                    continue
+                if kind == "stop":
+                    break
+                if kind == "reset":
+                    done, holder = arg
+                    ok = self._start_episode()
+                    holder["ok"] = ok
+                    holder["message"] = (
+                        f"episode {self.episode_index}: {self.task} initial state {self.episode.init_state}"
+                        if ok
+                        else self.failure
+                    )
+                    done.set()
+                elif kind == "chunk":
+                    self._execute(arg)
+        finally:
+            close = getattr(self.sim, "close", None)
+            if close is not None:
+                close()
+
+    def _fail(self, message: str) -> None:
+        self.failure = message
+        self.get_logger().error(message)
+        self._publish_status(status="failure")
+
+    def _start_episode(self) -> bool:
+        n_states = int(getattr(self.sim, "num_init_states", 0) or 0)
+        init_state = self.next_init_state % n_states if n_states else self.next_init_state
+        self.next_init_state = init_state + 1
+        self.episode_index += 1
+        self.query_ns = None
+        self._publish_status(status="waiting")
+        try:
+            frame = self.episode.start(init_state, on_step=self._after_step)
+        except Exception as exc:
+            self._fail(f"episode {self.episode_index} could not start: {type(exc).__name__}: {exc}")
+            return False
+        self.get_logger().info(
+            f"episode {self.episode_index}: {self.task} initial state {init_state}: {self.instruction!r}"
+        )
+        self._await_chunk(frame)
+        return True
+
+    def _await_chunk(self, frame: SimFrame) -> None:
+        self.query_ns = self.now_ns
+        self._publish_observation(frame, images=True)
+        self._publish_status()
+
+    def _execute(self, msg) -> None:
+        ep = self.episode
+        if ep is None or not ep.running or self.query_ns is None:
+            self.dropped_chunks += 1
+            self.get_logger().debug("action chunk dropped: no episode is running")
+            return
+        stamp = _stamp_ns(msg.header.stamp)
+        if stamp != self.query_ns:
+            self.dropped_chunks += 1
+            self.get_logger().debug(
+                f"action chunk for t={stamp * 1e-9:.3f} s dropped: waiting for t={self.query_ns * 1e-9:.3f} s"
+            )
+            return
+        if msg.cols != ACTION_DIM or msg.rows < 1 or len(msg.actions) != msg.rows * msg.cols:
+            self.dropped_chunks += 1
+            self.get_logger().error(
+                f"action chunk {msg.sequence} rejected: rows={msg.rows} cols={msg.cols} with {len(msg.actions)} "
+                f"values; LIBERO needs cols={ACTION_DIM} and rows*cols values"
+            )
+            return
+        actions = np.asarray(msg.actions, dtype=np.float64).reshape(msg.rows, msg.cols)  # (T, A)
+        self.query_ns = None
+        try:
+            ep.execute(actions, on_step=self._after_step)
+        except ProtocolError as exc:  # nothing was executed
+            self.query_ns = self.now_ns
+            self.dropped_chunks += 1
+            self.get_logger().error(f"action chunk {msg.sequence} rejected: {exc}")
+            return
+        except Exception as exc:
+            self._fail(f"episode {self.episode_index}: the simulator failed: {type(exc).__name__}: {exc}")
+            return
+        if ep.running:
+            self._await_chunk(ep.frame)
+            return
+        self._publish_observation(ep.frame, images=True)
+        self._publish_status()
+        self.get_logger().info(f"episode {self.episode_index} ended: {ep.status} after {ep.step} steps")
+        if self.config.auto_reset:
+            self._start_episode()
+
+    def _after_step(self, frame: SimFrame) -> None:
+        """Called by the episode after every simulator step: advance the clock, publish the state."""
+        self.now_ns += _NS_PER_STEP
+        ep = self.episode
+        if ep is not None and ep.status != "waiting" and ep.executed:  # a policy step, not a wait step
+            row = ep.executed[-1]  # (A,)
+            msg = Float64MultiArray()
+            msg.layout.dim = [MultiArrayDimension(label="action", size=int(row.shape[0]), stride=int(row.shape[0]))]
+            msg.data = [float(v) for v in row]
+            self._pub_executed.publish(msg)
+        self._publish_observation(frame, images=self.config.publish_every_step)
+
+    # ---------------------------------------------------------------- publishing
+
+    def _publish_clock(self) -> None:
+        self._pub_clock.publish(Clock(clock=_time_msg(self.now_ns)))
+
+    def _publish_observation(self, frame: SimFrame, images: bool) -> None:
+        stamp = _time_msg(self.now_ns)
+        self._publish_clock()
+        js = JointState()
+        js.header.stamp = stamp
+        js.name = list(ARM_JOINTS + GRIPPER_JOINTS)
+        js.position = [float(v) for v in np.concatenate([frame.joint_pos, frame.gripper_qpos])]
+        gq = frame.gripper_qvel if frame.gripper_qvel is not None else np.zeros(2)
+        js.velocity = [float(v) for v in np.concatenate([frame.joint_vel, gq])]
+        self._pub_joints.publish(js)
+        pose = PoseStamped()
+        pose.header.stamp = stamp
+        pose.header.frame_id = self.config.world_frame
+        pose.pose.position.x, pose.pose.position.y, pose.pose.position.z = (float(v) for v in frame.eef_pos)
+        q = pose.pose.orientation
+        q.x, q.y, q.z, q.w = (float(v) for v in frame.eef_quat)
+        self._pub_pose.publish(pose)
+        if images:
+            for key, pub in self._pub_images.items():
+                img = frame.images.get(key)
+                if img is None:
+                    continue
+                msg = Image()
+                msg.header.stamp = stamp
+                msg.header.frame_id = key
+                msg.height, msg.width = int(img.shape[0]), int(img.shape[1])
+                msg.encoding = "rgb8"
+                msg.step = int(img.shape[1]) * 3
+                msg.data = np.ascontiguousarray(img, dtype=np.uint8).tobytes()
+                pub.publish(msg)
+
+    def _publish_status(self, status: str | None = None) -> None:
+        ep = self.episode
+        msg = self._EpisodeStatus()
+        msg.header.stamp = _time_msg(self.now_ns)
+        msg.task = self.task
+        msg.instruction = self.instruction
+        msg.episode = max(self.episode_index, 0)
+        msg.step = ep.step if ep is not None else 0
+        msg.max_steps = self.config.protocol.step_limit
+        msg.status = status or (ep.status if ep is not None else "waiting")
+        msg.success = bool(ep is not None and ep.success)
+        self._pub_status.publish(msg)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv if argv is None else argv
+    if any(a in ("-h", "--help") for a in args[1:]) and "--ros-args" not in args:
+        print(__doc__)
+        print("Parameters (--ros-args -p name:=value):")
+        for name, doc in PARAM_DOC.items():
+            print(f"  {name:<20} {doc} (default: {getattr(BridgeConfig(), name)!r})")
+        return 0
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = LiberoBridge()
+        rclpy.spin(node)
+    except ProtocolError as exc:
+        print(f"{NODE_NAME}: {exc}", file=sys.stderr)
+        return 2
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.stop()
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
