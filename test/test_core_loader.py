@@ -1,0 +1,139 @@
+"""Checkpoint loading: every failure mode names the file/keys; a good checkpoint loads strictly."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from specprune_ros.core.checkpoint import CheckpointError, inspect_checkpoint, load_model
+from specprune_ros.core.config import ConfigError, PolicyConfig
+from specprune_ros.core.policy import build_policy
+
+
+def _shard(path):
+    index = json.loads((path / "model.safetensors.index.json").read_text())
+    name = sorted(set(index["weight_map"].values()))[0]
+    return path / name
+
+
+def test_good_checkpoint_loads(tiny_checkpoint):
+    ckpt = inspect_checkpoint(tiny_checkpoint)
+    assert ckpt.spec.action_dim == 7 and ckpt.spec.proprio_dim == 8 and ckpt.spec.chunk_len == 8
+    model = load_model(ckpt)
+    assert not any(p.is_meta for p in model.parameters())
+    # LayerScale is stored as scale_factor in the checkpoint and loaded into timm's gamma
+    shard_keys = set()
+    for f in ckpt.weight_files:
+        shard_keys |= set(load_file(str(f)))
+    assert any(k.endswith("ls1.scale_factor") for k in shard_keys)
+    assert not any(k.endswith("ls1.gamma") for k in shard_keys)
+
+
+@pytest.mark.parametrize("name", ["config.json", "dataset_statistics.json", "tokenizer.json"])
+def test_missing_file_is_named(tiny_checkpoint_copy, name):
+    (tiny_checkpoint_copy / name).unlink()
+    with pytest.raises(CheckpointError, match=name.replace(".", r"\.")):
+        inspect_checkpoint(tiny_checkpoint_copy)
+
+
+def test_missing_shard_and_head(tiny_checkpoint_copy):
+    shard = _shard(tiny_checkpoint_copy)
+    shard.unlink()
+    with pytest.raises(CheckpointError, match=shard.name):
+        inspect_checkpoint(tiny_checkpoint_copy)
+
+
+def test_missing_action_head(tiny_checkpoint_copy):
+    next(tiny_checkpoint_copy.glob("action_head--*")).unlink()
+    with pytest.raises(CheckpointError, match="action_head--"):
+        inspect_checkpoint(tiny_checkpoint_copy)
+
+
+def test_missing_directory(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        inspect_checkpoint(tmp_path / "nope")
+
+
+def test_missing_and_unexpected_keys(tiny_checkpoint_copy):
+    shard = _shard(tiny_checkpoint_copy)
+    tensors = load_file(str(shard))
+    victim = sorted(tensors)[0]
+    tensors[victim + "_typo"] = tensors.pop(victim)
+    save_file(tensors, str(shard))
+    with pytest.raises(CheckpointError) as err:
+        load_model(inspect_checkpoint(tiny_checkpoint_copy))
+    msg = str(err.value)
+    assert "missing" in msg and victim in msg
+    assert "unexpected" in msg and f"did you mean {victim!r}" in msg
+
+
+def test_shape_mismatch(tiny_checkpoint_copy):
+    shard = _shard(tiny_checkpoint_copy)
+    tensors = load_file(str(shard))
+    victim = next(k for k, v in sorted(tensors.items()) if v.ndim == 2)
+    tensors[victim] = torch.zeros(tensors[victim].shape[0] + 1, tensors[victim].shape[1])
+    save_file(tensors, str(shard))
+    with pytest.raises(CheckpointError, match="shape mismatch.*" + victim.replace(".", r"\.")):
+        load_model(inspect_checkpoint(tiny_checkpoint_copy))
+
+
+def test_head_key_problems(tiny_checkpoint_copy):
+    head = next(tiny_checkpoint_copy.glob("action_head--*"))
+    state = torch.load(head, weights_only=True)
+    state["module.model.extra.weight"] = torch.zeros(1)
+    torch.save(state, head)
+    with pytest.raises(CheckpointError, match="action_head.*unexpected.*extra"):
+        load_model(inspect_checkpoint(tiny_checkpoint_copy))
+
+
+def test_corrupt_shard(tiny_checkpoint_copy):
+    shard = _shard(tiny_checkpoint_copy)
+    shard.write_bytes(shard.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="cannot read"):
+        load_model(inspect_checkpoint(tiny_checkpoint_copy))
+
+
+def test_unknown_unnorm_key_names_closest(tiny_checkpoint):
+    ckpt = inspect_checkpoint(tiny_checkpoint)
+    assert ckpt.resolve_unnorm_key(None) == "tiny_sim"
+    with pytest.raises(CheckpointError, match="did you mean 'tiny_sim'"):
+        ckpt.resolve_unnorm_key("tiny_sin")
+    with pytest.raises(CheckpointError, match="unnorm_key"):
+        build_policy(PolicyConfig(checkpoint=str(tiny_checkpoint), unnorm_key="libero_spatial_no_noops"))
+
+
+def test_statistics_file_overrides_config_norm_stats(tiny_checkpoint_copy):
+    cfg = json.loads((tiny_checkpoint_copy / "config.json").read_text())
+    cfg["norm_stats"] = {"bridge_orig": {"action": {"q01": [0] * 7, "q99": [1] * 7}}}
+    (tiny_checkpoint_copy / "config.json").write_text(json.dumps(cfg))
+    ckpt = inspect_checkpoint(tiny_checkpoint_copy)
+    assert sorted(ckpt.stats) == ["bridge_orig", "tiny_sim"]
+    with pytest.raises(CheckpointError, match="several unnorm keys"):
+        ckpt.resolve_unnorm_key(None)
+
+
+def test_config_validation_messages():
+    with pytest.raises(ConfigError, match="did you mean 'paper'"):
+        PolicyConfig(checkpoint="x", preset="papr")
+    with pytest.raises(ConfigError, match="bfloat16"):
+        PolicyConfig(checkpoint="x", dtype="bf16")
+    with pytest.raises(ConfigError, match="crop_scale"):
+        PolicyConfig(checkpoint="x", crop_scale=0.01)
+    with pytest.raises(ConfigError, match="unknown policy config key.*did you mean 'unnorm_key'"):
+        PolicyConfig.from_mapping({"checkpoint": "x", "unorm_key": "a"})
+
+
+def test_loading_never_uses_pickle_without_weights_only(tiny_checkpoint_copy):
+    """A head file with a pickled object that is not a tensor is refused (weights_only=True)."""
+    head = next(tiny_checkpoint_copy.glob("action_head--*"))
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    head.write_bytes(pickle.dumps({"module.model.fc2.weight": Evil()}))
+    with pytest.raises(CheckpointError, match="cannot read"):
+        inspect_checkpoint(tiny_checkpoint_copy)

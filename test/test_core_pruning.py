@@ -1,0 +1,211 @@
+"""Pruning selection on hand-built attention maps and frames; engine invariants on the tiny model."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_observation
+
+from specprune_ros.core.config import PolicyConfig
+from specprune_ros.core.model import SequenceLayout
+from specprune_ros.core.policy import build_policy
+from specprune_ros.core.presets import PRESETS, ControllerConfig, PruningConfig
+from specprune_ros.core.pruning import (
+    SpecPruner,
+    changed_patches,
+    importance,
+    lookback_steps,
+    patch_cosine,
+    top_indices,
+)
+
+
+# ---------------------------------------------------------------------------------------------- pure parts
+def test_patch_cosine_finds_the_changed_patch():
+    rng = np.random.default_rng(0)
+    a = rng.integers(1, 256, (224, 224, 3), dtype=np.uint8)
+    b = a.copy()
+    b[14 * 3 : 14 * 4, 14 * 7 : 14 * 8] = 255 - b[14 * 3 : 14 * 4, 14 * 7 : 14 * 8]  # patch row 3, col 7
+    sim = patch_cosine(b, a)
+    assert sim.shape == (256,)
+    assert np.argmin(sim) == 3 * 16 + 7
+    np.testing.assert_allclose(np.delete(sim, 3 * 16 + 7), 1.0, atol=1e-6)
+
+
+def test_changed_patches_threshold_and_count():
+    sim = np.linspace(0.9, 1.0, 256)  # patch i has similarity rising with i
+    dyn = changed_patches(sim, tau=0.95, static_count=1000)
+    np.testing.assert_array_equal(dyn, sim < 0.95)
+    dyn = changed_patches(sim, tau=0.95, static_count=10)
+    assert dyn.sum() == 246 and not dyn[-10:].any()  # only the 10 most similar are static
+
+
+def test_lookback_formula():
+    assert lookback_steps(0.0) == 6
+    assert lookback_steps(6.0) == 5
+    assert lookback_steps(9.0) == 3
+    assert lookback_steps(100.0) == 1  # never below one step
+
+
+def test_importance_rank_and_confidence():
+    att = torch.tensor([0.1, 0.5, 0.2, 0.2])
+    s = importance(att, k=0.5, eps=1e-3)
+    assert int(torch.argmax(s)) == 1
+    assert s[2] > s[3]  # tie broken by index: lower index ranks first
+    peaked = importance(torch.tensor([0.97, 0.01, 0.01, 0.01]), k=0.5, eps=1e-3)
+    flat = importance(torch.tensor([0.25, 0.25, 0.25, 0.26]), k=0.5, eps=1e-3)
+    assert peaked.sum() > flat.sum()  # confident layers weigh more
+
+
+def test_top_indices():
+    scores = torch.tensor([0.0, 3.0, 1.0, 3.0, 2.0])
+    assert top_indices(scores, torch.tensor([0, 1, 2, 3, 4]), 3).tolist() == [1, 3, 4]
+    assert top_indices(scores, torch.tensor([0, 2]), 5).tolist() == [2, 0]
+
+
+# ---------------------------------------------------------------------------------------- hand-built maps
+P, PREFIX, H = 10, 4, 2
+LAYOUT = SequenceLayout(n_views=2, has_proprio=True, prompt_len=P, n_action_tokens=56)
+
+
+def text_probs(pos: torch.Tensor, favourites: dict[int, float], n_rows: int) -> torch.Tensor:
+    """(1, H, n_rows, L') attention with extra mass on the given ORIGINAL positions."""
+    w = torch.full((pos.numel(),), 1e-3)
+    for p, v in favourites.items():
+        w[(pos == p).nonzero()] = v
+    return (w / w.sum()).expand(1, H, n_rows, -1).clone()
+
+
+def run_static(cfg: PruningConfig, fav0: dict, fav1: dict, frames=None, pruner=None):
+    pruner = pruner or SpecPruner(cfg, n_layers=32, views=("primary", "wrist"))
+    frames = frames or [np.zeros((224, 224, 3), np.uint8)] * 2
+    pruner.begin(LAYOUT, frames, PREFIX, None, None, chunk_len=8)
+    pos = torch.arange(LAYOUT.length)[None]
+    rows = pruner.score_rows(0, pos)
+    assert rows.tolist() == list(range(LAYOUT.prompt_start + PREFIX, LAYOUT.prompt_start + P))
+    keep = pruner.after_layer(0, text_probs(pos[0], fav0, rows.numel()), pos)
+    pos = pos[:, keep]
+    rows = pruner.score_rows(1, pos)
+    keep = pruner.after_layer(1, text_probs(pos[0], fav1, rows.numel()), pos)
+    return pruner, pos[:, keep].squeeze(0)
+
+
+CFG = PruningConfig(local_k_coarse=(2, 1), local_k_fine=(4, 2), use_global=False, use_dynamic_regions=True, dynamic=False,
+                    controller=ControllerConfig(enabled=False))
+V0, V1 = 1, 1 + 256  # first position of each view
+
+
+def test_static_selection_exact():
+    fav0 = {V0 + 10: 9.0, V0 + 20: 8.0, V0 + 30: 7.0, V0 + 40: 6.0, V0 + 50: 5.0, V1 + 3: 9.0, V1 + 4: 8.0, V1 + 5: 1.0}
+    fav1 = {V0 + 30: 9.0, V0 + 40: 8.5, V1 + 4: 9.0}
+    pruner, kept = run_static(CFG, fav0, fav1)
+    visual = kept[(kept >= 1) & (kept < 513)]
+    # layer 0 keeps top-2K (primary 4, wrist 2); layer 1 keeps top-K of layer 0 ∪ its own top-K among survivors
+    assert visual.tolist() == [V0 + 10, V0 + 20, V0 + 30, V0 + 40, V1 + 3, V1 + 4]
+    assert pruner.record.kept_patches == {"primary": [10, 20, 30, 40], "wrist": [3, 4]}
+    assert pruner.record.kept_per_view == {"primary": 4, "wrist": 2}
+    # every non-visual token survives, in order, with its original position id
+    nonvisual = kept[(kept < 1) | (kept >= 513)]
+    assert nonvisual.tolist() == [0] + list(range(513, LAYOUT.length))
+
+
+def test_views_have_separate_budgets():
+    # all mass on the wrist view: the primary view still keeps its own K
+    fav = {V1 + i: 10.0 - i * 0.1 for i in range(20)}
+    pruner, kept = run_static(CFG, fav, fav)
+    assert pruner.record.kept_per_view["primary"] >= CFG.local_k_coarse[0]
+    assert pruner.record.kept_per_view["wrist"] == 1
+
+
+def test_dynamic_regions_are_kept():
+    a = np.zeros((224, 224, 3), np.uint8) + 40
+    b = a.copy()
+    b[0:14, 14:28, 0] = 200  # primary patch 1 changes colour (cosine ignores pure brightness)
+    pruner = SpecPruner(CFG.replace(tau=(0.999,), static_count=(256,)), n_layers=32, views=("primary", "wrist"))
+    run_static(pruner.cfg, {}, {}, frames=[a, a], pruner=pruner)  # first query: no reference frame
+    assert pruner.record.lookback is None and pruner.record.dynamic_per_view == {}
+    _, kept = run_static(pruner.cfg, {}, {}, frames=[b, a], pruner=pruner)
+    assert pruner.record.lookback == 6
+    assert pruner.record.dynamic_per_view == {"primary": 1, "wrist": 0}
+    assert V0 + 1 in kept.tolist()
+
+
+def test_global_set_carries_over_and_resets():
+    cfg = CFG.replace(use_global=True, global_layers=(14, 30))
+    pruner = SpecPruner(cfg, n_layers=32, views=("primary", "wrist"))
+    _, kept = run_static(cfg, {V0 + 77: 9.0}, {V0 + 77: 9.0}, pruner=pruner)
+    pos = kept[None]
+    for layer in range(2, 32):
+        rows = pruner.score_rows(layer, pos)
+        probs = text_probs(pos[0], {V0 + 77: 5.0, V1 + 9: 5.0}, rows.numel()) if rows is not None else None
+        assert pruner.after_layer(layer, probs, pos) is None
+    assert 77 in pruner.global_sets[0].tolist()
+    # next chunk: patch 77 is protected although layers 0/1 now favour others
+    _, kept = run_static(cfg, {V0 + 5: 9.0, V0 + 6: 8.0}, {V0 + 5: 9.0}, pruner=pruner)
+    assert V0 + 77 in kept.tolist()
+    pruner.reset()
+    assert pruner.global_sets == {}
+
+
+def test_dynamic_pruning_floor_and_score_first():
+    cfg = PruningConfig(local_k_coarse=(100, 100), dynamic=True, score_layers=(4,), prune_layers=(10, 15, 20, 25),
+                        prune_fraction=0.5, min_visual_tokens=150, use_global=False, controller=ControllerConfig(enabled=False))
+    pruner = SpecPruner(cfg, n_layers=32, views=("primary", "wrist"))
+    _, kept = run_static(cfg, {}, {}, pruner=pruner)
+    pos = kept[None]
+    n_vis = [int(((pos >= 1) & (pos < 513)).sum())]
+    for layer in range(2, 32):
+        rows = pruner.score_rows(layer, pos)
+        probs = None
+        if rows is not None:
+            probs = torch.rand(1, H, rows.numel(), pos.shape[1], generator=torch.Generator().manual_seed(layer)).softmax(-1)
+        keep = pruner.after_layer(layer, probs, pos)
+        if keep is not None:
+            pos = pos[:, keep]
+            n_vis.append(int(((pos >= 1) & (pos < 513)).sum()))
+    assert n_vis[0] == 200
+    assert n_vis[1:] == [150]  # half would be 100: the floor stops it; later prunes have nothing to drop
+    assert int((pos >= 513).sum()) == LAYOUT.length - 513  # non-visual all there
+
+
+def test_no_prune_without_a_score():
+    with pytest.raises(ValueError, match="real score"):
+        PruningConfig(score_layers=(12,), prune_layers=(10,))
+
+
+# --------------------------------------------------------------------------------------------- tiny model
+def test_keep_everything_equals_unpruned(tiny_checkpoint, observation):
+    """The pruning machinery with budgets that keep every token reproduces the unpruned pass exactly."""
+    base = build_policy(PolicyConfig(checkpoint=str(tiny_checkpoint), preset="off")).infer(observation)
+    keep_all = PruningConfig(local_k_coarse=(256, 256), local_k_fine=(256, 256), dynamic=False)
+    pol = build_policy(PolicyConfig(checkpoint=str(tiny_checkpoint), preset="paper"), pruning=keep_all)
+    out = pol.infer(observation)
+    assert out.stats.tokens_per_layer == base.stats.tokens_per_layer
+    np.testing.assert_array_equal(out.actions, base.actions)
+
+
+def test_paper_preset_prunes_and_reports(tiny_checkpoint):
+    pol = build_policy(PolicyConfig(checkpoint=str(tiny_checkpoint), preset="paper"))
+    chunks = [pol.infer(make_observation(seed=i)) for i in range(3)]
+    for c in chunks:
+        s = c.stats
+        assert s.tokens_per_layer[0] == s.total_tokens
+        assert all(a >= b for a, b in zip(s.tokens_per_layer, s.tokens_per_layer[1:]))
+        assert s.tokens_per_layer[-1] < s.total_tokens
+        assert set(s.kept_per_view) == {"primary", "wrist"}
+        assert all(len(s.kept_patches[v]) == s.kept_per_view[v] for v in s.kept_per_view)
+        assert s.mode == "coarse" and s.preset == "paper"
+        assert {"vision", "static_prune", "llm", "head", "total"} <= set(s.timings_ms)
+        assert np.all(np.isfinite(c.actions))
+    assert chunks[0].stats.lookback is None and chunks[1].stats.lookback is not None
+    # global set of the previous chunk is carried, and cleared by reset()
+    assert pol.pruner.global_sets and any(len(g) for g in pol.pruner.global_sets.values())
+    pol.reset()
+    assert pol.pruner.global_sets == {} and pol.pruner.history == []
+
+
+def test_presets_are_ordered():
+    assert not PRESETS["off"].enabled
+    c, p, a = PRESETS["conservative"], PRESETS["paper"], PRESETS["aggressive"]
+    assert c.local_k_coarse > p.local_k_coarse > a.local_k_coarse
+    assert all(f >= k for f, k in zip(p.local_k_fine, p.local_k_coarse))  # fine keeps more (paper)
