@@ -30,10 +30,10 @@ from rosbags.typesys import Stores, get_typestore
 
 NS = 1_000_000_000
 
-#: Topics of a synthetic bag, named like the policy node's default inputs.
+#: Topics of a synthetic bag: the policy node's default inputs (``camera_topics`` etc. in NodeConfig).
 CAMERA_TOPICS: dict[str, str] = {
-    "primary": "/camera/primary/image_raw",
-    "wrist": "/camera/wrist/image_raw",
+    "primary": "/camera/image_raw",
+    "wrist": "/wrist_camera/image_raw",
 }
 JOINT_STATES_TOPIC = "/joint_states"
 INSTRUCTION_TOPIC = "/instruction"

@@ -1,0 +1,296 @@
+"""``specprune-record OUT``: record topics of a running ROS 2 graph into a rosbag2 bag (sqlite3 or mcap).
+
+Subscriptions are raw (the CDR bytes go into the bag untouched) and created as soon as each topic appears
+in the graph, with a QoS that matches its publishers (best-effort if any publisher is best-effort,
+transient-local if all are, so a latched ``/robot_description`` is captured). The publishers' offered QoS
+profiles are stored in metadata.yaml so ``specprune-replay`` can offer them again.
+
+By default it records what the policy node reads and writes, so a session on the robot can be replayed
+and compared later. Stops on Ctrl-C / SIGTERM or after ``--duration`` and always closes the bag properly
+(metadata.yaml written). Exit status: 0 recorded, 2 bad arguments or output path.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from rosbags.rosbag2 import StoragePlugin, Writer, WriterError
+from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+
+from .bagio import BagError
+from .rosutil import fail, message_class, normalize_type, offered_to_bag_qos, ros_context, subscription_qos
+from .synth import CAMERA_TOPICS, INSTRUCTION_TOPIC, JOINT_STATES_TOPIC, ROBOT_DESCRIPTION_TOPIC
+
+PROG = "specprune-record"
+
+#: The policy node's outputs (node name ``specprune_policy``; private topics).
+NODE_OUTPUT_TOPICS = (
+    "/specprune_policy/action_chunk",
+    "/specprune_policy/inference_stats",
+    "/diagnostics",
+)
+#: Default: the policy node's inputs and outputs.
+DEFAULT_TOPICS = (
+    *CAMERA_TOPICS.values(),
+    JOINT_STATES_TOPIC,
+    INSTRUCTION_TOPIC,
+    ROBOT_DESCRIPTION_TOPIC,
+    *NODE_OUTPUT_TOPICS,
+)
+
+
+@dataclass(frozen=True)
+class RecordOptions:
+    """Where and what to record (see ``specprune-record --help``)."""
+
+    out: Path
+    topics: tuple[str, ...] = DEFAULT_TOPICS
+    storage: str = "sqlite3"
+    duration: float | None = None
+    depth: int = 100
+    discovery_period: float = 0.2
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.storage not in ("sqlite3", "mcap"):
+            raise ValueError(f"--storage must be sqlite3 or mcap, got {self.storage!r}")
+        if self.duration is not None and not (math.isfinite(self.duration) and self.duration > 0):
+            raise ValueError(f"--duration must be > 0 seconds, got {self.duration}")
+        if not self.topics:
+            raise ValueError("no topics to record: pass --topics /a /b ...")
+        if self.depth < 1:
+            raise ValueError(f"--qos-depth must be >= 1, got {self.depth}")
+        if not self.discovery_period > 0:
+            raise ValueError(f"discovery period must be > 0, got {self.discovery_period}")
+
+
+def message_definition_text(msgtype: str) -> str:
+    """The .msg text of ``msgtype`` from its installed share directory (or this source tree's msg/)."""
+    pkg, _, name = normalize_type(msgtype).split("/")
+    candidates: list[Path] = []
+    try:
+        from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+
+        try:
+            candidates.append(Path(get_package_share_directory(pkg)) / "msg" / f"{name}.msg")
+        except (PackageNotFoundError, ValueError, LookupError):
+            pass
+    except ImportError:
+        pass
+    if pkg == "specprune_ros":
+        candidates.append(Path(__file__).resolve().parents[2] / "msg" / f"{name}.msg")
+    for path in candidates:
+        if path.is_file():
+            return path.read_text()
+    raise BagError(
+        f"no message definition found for {msgtype} (looked in {', '.join(str(c) for c in candidates) or 'nothing'}); "
+        "source the workspace that installs it"
+    )
+
+
+class BagSink:
+    """A rosbags writer that adds a connection the first time a topic is written."""
+
+    def __init__(self, out: Path, storage: str) -> None:
+        if out.exists():
+            raise BagError(f"output {str(out)!r} exists already; choose a new directory (bags are never overwritten)")
+        if not out.parent.is_dir():
+            raise BagError(f"cannot create {str(out)!r}: directory {str(out.parent)!r} does not exist")
+        self.out = out
+        self.typestore = get_typestore(Stores.ROS2_KILTED)
+        plugin = StoragePlugin.SQLITE3 if storage == "sqlite3" else StoragePlugin.MCAP
+        self.writer = Writer(out, version=9, storage_plugin=plugin)
+        self.writer.open()
+        self.connections: dict[str, object] = {}
+        self.counts: Counter[str] = Counter()
+        self.closed = False
+
+    def _ensure_type(self, msgtype: str) -> None:
+        if msgtype in self.typestore.fielddefs:
+            return
+        self.typestore.register(get_types_from_msg(message_definition_text(msgtype), msgtype))
+
+    def add_topic(self, topic: str, msgtype: str, offered: list) -> None:
+        msgtype = normalize_type(msgtype)
+        self._ensure_type(msgtype)
+        self.connections[topic] = self.writer.add_connection(
+            topic, msgtype, typestore=self.typestore, offered_qos_profiles=offered_to_bag_qos(offered)
+        )
+
+    def write(self, topic: str, stamp_ns: int, raw: bytes) -> None:
+        self.writer.write(self.connections[topic], stamp_ns, raw)
+        self.counts[topic] += 1
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.writer.close()
+
+
+class Recorder:
+    """Subscribes (raw) to ``topics`` as they appear in the graph of ``node`` and hands messages to ``sink``.
+
+    ``sink`` needs ``add_topic(topic, msgtype, offered_qos_profiles)`` and ``write(topic, stamp_ns, raw)``.
+    """
+
+    def __init__(self, node, topics: tuple[str, ...], sink, *, depth: int = 100, progress=None) -> None:
+        self.node = node
+        self.wanted = [node.resolve_topic_name(t) if hasattr(node, "resolve_topic_name") else t for t in topics]
+        self.sink = sink
+        self.depth = depth
+        self.progress = progress
+        self.subscriptions: dict[str, object] = {}
+        self.warned: set[str] = set()
+
+    def discover(self) -> None:
+        """Subscribe to every wanted topic that now has a publisher."""
+        graph = dict(self.node.get_topic_names_and_types())
+        for topic in self.wanted:
+            if topic in self.subscriptions or topic not in graph:
+                continue
+            types = graph[topic]
+            msgtype = types[0]
+            if len(types) > 1 and topic not in self.warned:
+                print(f"{PROG}: warning: {topic} has several types {types}; recording {msgtype}", file=sys.stderr)
+            try:
+                cls = message_class(msgtype)
+            except (ImportError, AttributeError, ValueError):
+                if topic not in self.warned:
+                    print(f"{PROG}: warning: not recording {topic}: message type {msgtype} is not installed", file=sys.stderr)
+                    self.warned.add(topic)
+                continue
+            offered = [info.qos_profile for info in self.node.get_publishers_info_by_topic(topic)]
+            if not offered:
+                continue  # the topic is known only through subscribers so far
+            try:
+                self.sink.add_topic(topic, msgtype, offered)
+            except BagError as err:
+                if topic not in self.warned:
+                    print(f"{PROG}: warning: not recording {topic}: {err}", file=sys.stderr)
+                    self.warned.add(topic)
+                continue
+            qos = subscription_qos(offered, self.depth)
+            self.subscriptions[topic] = self.node.create_subscription(
+                cls, topic, self._callback(topic), qos, raw=True
+            )
+
+    def _callback(self, topic: str):
+        def on_message(raw: bytes) -> None:
+            self.sink.write(topic, time.time_ns(), raw)
+            if self.progress is not None:
+                self.progress.update(1)
+
+        return on_message
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description=(
+            "Record topics into a rosbag2 bag (sqlite3 or mcap) without `ros2 bag`. Default topics: the policy "
+            "node's inputs (cameras, joint states, instruction, robot description) and outputs (action chunks, "
+            "inference stats, diagnostics). Stop with Ctrl-C or --duration; the bag is always closed properly."
+        ),
+        epilog="Example: specprune-record session1 --storage mcap --duration 60",
+    )
+    p.add_argument("out", type=Path, help="bag directory to create (must not exist)")
+    p.add_argument(
+        "--topics", nargs="+", default=None, metavar="TOPIC",
+        help="topics to record (space or comma separated); default: " + " ".join(DEFAULT_TOPICS),
+    )  # fmt: skip
+    p.add_argument("--storage", choices=("sqlite3", "mcap"), default="sqlite3", help="storage format (default sqlite3)")
+    p.add_argument("--duration", type=float, default=None, metavar="SEC", help="stop after SEC seconds")
+    p.add_argument("--qos-depth", type=int, default=100, help="keep-last depth of the subscriptions (default 100)")
+    p.add_argument("--no-progress", action="store_true", help="no message counter on stderr")
+    p.add_argument("--json", action="store_true", help="print a JSON summary (messages per topic) on stdout")
+    return p
+
+
+def run(opts: RecordOptions, *, as_json: bool = False) -> int:
+    try:
+        sink = BagSink(opts.out, opts.storage)
+    except (BagError, WriterError, OSError) as err:
+        return fail(PROG, " ".join(str(err).split()))
+    progress = None
+    interrupted = False
+    started = time.monotonic()
+    try:
+        with ros_context("specprune_record") as node:
+            if opts.progress:
+                from tqdm import tqdm
+
+                progress = tqdm(unit="msg", file=sys.stderr, desc="record", dynamic_ncols=True)
+            recorder = Recorder(node, opts.topics, sink, depth=opts.depth, progress=progress)
+            import rclpy
+
+            executor = rclpy.executors.SingleThreadedExecutor(context=node.context)
+            executor.add_node(node)
+            next_discovery = 0.0
+            try:
+                while opts.duration is None or time.monotonic() - started < opts.duration:
+                    now = time.monotonic()
+                    if now >= next_discovery:
+                        recorder.discover()
+                        next_discovery = now + opts.discovery_period
+                    executor.spin_once(timeout_sec=0.05)
+            except KeyboardInterrupt:
+                interrupted = True
+            finally:
+                executor.remove_node(node)
+                executor.shutdown()
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        if progress is not None:
+            progress.close()
+        sink.close()
+    missing = [t for t in opts.topics if t not in sink.counts]
+    summary = {
+        "bag": str(opts.out),
+        "storage": opts.storage,
+        "seconds": round(time.monotonic() - started, 3),
+        "interrupted": interrupted,
+        "messages": sum(sink.counts.values()),
+        "topics": dict(sink.counts),
+        "not_seen": missing,
+    }
+    if as_json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"{PROG}: wrote {summary['messages']} messages on {len(sink.counts)} topics to {opts.out}", file=sys.stderr)
+    if missing:
+        print(f"{PROG}: no messages on: {', '.join(missing)}", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    topics: list[str] = []
+    for item in args.topics or []:
+        topics += [t.strip() for t in item.split(",") if t.strip()]
+    try:
+        opts = RecordOptions(
+            out=args.out,
+            topics=tuple(topics) if topics else DEFAULT_TOPICS,
+            storage=args.storage,
+            duration=args.duration,
+            depth=args.qos_depth,
+            progress=not args.no_progress,
+        )
+    except ValueError as err:
+        return fail(PROG, str(err))
+    try:
+        return run(opts, as_json=args.json)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
