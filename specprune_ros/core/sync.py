@@ -233,6 +233,10 @@ class Synchronizer:
         frames = self._frames[view or self.config.reference]
         return frames[-1].stamp if frames else None
 
+    def latest_positions(self) -> dict[str, float]:
+        """Every joint's newest position (merged over messages); empty before the first joint state."""
+        return dict(self._merged_pos)
+
     def buffered(self) -> dict[str, int]:
         """Items held per buffer (bounded by ``buffer_size``): views and ``joint_states``."""
         out = {v: len(f) for v, f in self._frames.items()}

@@ -1,0 +1,565 @@
+"""``policy_node``: the lifecycle node that runs a (pruned) OpenVLA-OFT policy on a ROS 2 robot.
+
+Thin by design: messages in -> :class:`~specprune_ros.core.sync.Synchronizer` -> ``policy.infer`` on a
+worker thread -> messages out. Every rule and every number lives in the core or in the adapter functions.
+
+Lifecycle: configure = validate parameters, load the model, create publishers and subscriptions;
+activate = start the control loop; deactivate = stop it; cleanup = free the model. With ``autostart``
+(default) ``main`` configures and activates at start-up. See docs/ros-node.md.
+"""
+from __future__ import annotations
+
+import gc
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import rclpy
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+
+from specprune_ros.core.images import ImageDecodeError, dim_pruned_patches
+from specprune_ros.core.kinematics import KinematicModel, KinematicsError
+from specprune_ros.core.proprio import ProprioBuilder, ProprioConfig
+from specprune_ros.core.sync import SyncConfig, Synchronizer, SyncInputError
+from specprune_ros.core.types import ActionChunk, InputError, Policy
+
+from . import conversions as conv
+from .adapters import GripperMap, TwistLimits, joint_trajectory, rows_to_twists
+from .diagnostics import ERROR, NodeHealth, to_diagnostic_array
+from .parameters import NODE_NAME, NodeConfig, ParamSpec, configs_from_values, parameter_specs, unknown_parameters
+
+#: reliable + transient local, depth 1: latched topics (instruction, robot_description)
+LATCHED_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST,
+    depth=1,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.TRANSIENT_LOCAL,
+)
+
+PolicyFactory = Callable[[NodeConfig, Any], Policy]
+
+
+@dataclass
+class _ActiveChunk:
+    """The chunk being executed: rows ``[0, limit)`` are stepped through at ``dt``."""
+
+    actions: np.ndarray  # (T, A)
+    next_row: int
+    limit: int
+
+
+def _declare(node: LifecycleNode, spec: ParamSpec) -> None:
+    from rcl_interfaces.msg import ParameterDescriptor
+
+    desc = ParameterDescriptor(description=spec.doc, dynamic_typing=True)
+    default = list(spec.default) if isinstance(spec.default, tuple) else spec.default
+    if isinstance(default, list) and not default:
+        default = None  # an empty list has no ROS type; unset means "the field default"
+    node.declare_parameter(spec.name, default, desc)
+
+
+def _free_accelerator_memory() -> None:
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+class PolicyNode(LifecycleNode):
+    """Lifecycle node ``specprune_policy``.
+
+    Args:
+        node_name: ROS node name.
+        policy_factory: ``(NodeConfig, PolicyConfig) -> Policy``; default: FakePolicy when
+            ``fake_policy`` is true, else ``build_policy``. Tests inject their own policy here.
+        **kwargs: passed to ``rclpy.lifecycle.LifecycleNode`` (parameter_overrides, namespace, ...).
+    """
+
+    def __init__(self, node_name: str = NODE_NAME, policy_factory: PolicyFactory | None = None, **kwargs) -> None:
+        super().__init__(node_name, **kwargs)
+        self._specs = parameter_specs()
+        for spec in self._specs:
+            _declare(self, spec)
+        self._policy_factory = policy_factory
+        self._lock = threading.RLock()
+        self.health = NodeHealth()
+        self.cfg: NodeConfig | None = None
+        self.policy_config = None
+        self.policy: Policy | None = None
+        self.sync: Synchronizer | None = None
+        self.kinematics: KinematicModel | None = None
+        self._proprio_cfg: ProprioConfig | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._busy = False
+        self._active: _ActiveChunk | None = None
+        self._executed: list[np.ndarray] = []
+        self._sequence = 0
+        self._last_used_seq = 0
+        self._reset_pending = False
+        self._last_gripper: float | None = None
+        self._stopped = True
+        self._subs: list = []
+        self._pubs: dict[str, Any] = {}
+        self._control_timer = None
+        self._dt = 0.05
+        self.add_post_set_parameters_callback(self._on_parameters_set)
+        period = self.get_parameter("diagnostics_period").value
+        period = float(period) if isinstance(period, (int, float)) and period > 0 else 1.0
+        from diagnostic_msgs.msg import DiagnosticArray
+
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._diag_timer = self.create_timer(period, self.publish_diagnostics)
+        self.health.set_state("unconfigured", "not configured yet")
+
+    # ================================================================================ lifecycle
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            self._configure()
+        except (ValueError, KinematicsError, FileNotFoundError, ImportError, RuntimeError, TypeError) as exc:
+            message = f"configure failed: {exc}"
+            self.get_logger().error(message)
+            self.health.configure_failed(message)
+            self._teardown()
+            return TransitionCallbackReturn.FAILURE
+        self.health.set_state("inactive", "configured; activate to start", level=1)
+        return TransitionCallbackReturn.SUCCESS
+
+    def _configure(self) -> None:
+        values = {s.name: self.get_parameter(s.name).value for s in self._specs}
+        cfg, policy_kw = configs_from_values(values)
+        from specprune_ros.core.config import PolicyConfig
+
+        policy_cfg = PolicyConfig(**policy_kw, views=tuple(cfg.camera_views))
+        overrides = getattr(self, "_parameter_overrides", {}) or {}
+        unknown = unknown_parameters(list(overrides))
+        self.health = NodeHealth(tuple(cfg.camera_views))
+        self.health.unknown_parameters = unknown
+        if unknown:
+            self.get_logger().warning(f"unknown parameters ignored (typo?): {unknown}")
+        proprio_cfg = ProprioConfig(
+            sources=tuple(cfg.proprio_sources),
+            joints=tuple(cfg.proprio_joints),
+            gripper_joints=tuple(cfg.gripper_joints),
+            gripper_scales=tuple(cfg.gripper_scales),
+            ee_position_offset=tuple(cfg.ee_position_offset),
+        )
+        if proprio_cfg.needs_kinematics and not cfg.ee_frame:
+            raise ValueError(f"proprio_sources {list(proprio_cfg.sources)} need forward kinematics: set ee_frame")
+
+        policy = self._make_policy(cfg, policy_cfg, proprio_cfg)
+        if tuple(policy.views) != tuple(cfg.camera_views):
+            raise ValueError(f"camera_views {list(cfg.camera_views)} do not match the policy's views {list(policy.views)}")
+        want = proprio_cfg.dim or None
+        if policy.proprio_dim != want:
+            raise ValueError(
+                f"the policy takes a proprio vector of size {policy.proprio_dim} but proprio_sources "
+                f"{list(proprio_cfg.sources)} make {proprio_cfg.dim} values ({proprio_cfg.layout()})"
+            )
+        kin = None
+        if cfg.ee_frame and cfg.robot_description_file:
+            with open(cfg.robot_description_file, encoding="utf-8") as f:
+                kin = KinematicModel(f.read(), cfg.ee_frame, tuple(cfg.arm_joints))
+
+        with self._lock:
+            self.cfg, self.policy_config, self.policy = cfg, policy_cfg, policy
+            self._proprio_cfg = proprio_cfg
+            self.kinematics = kin
+            self._dt = float(getattr(policy, "dt", None) or policy_cfg.control_dt)
+            self.sync = Synchronizer(
+                SyncConfig(
+                    views=tuple(cfg.camera_views),
+                    max_age=cfg.max_age,
+                    max_skew=cfg.max_skew,
+                    frozen_timeout=cfg.frozen_timeout,
+                    buffer_size=cfg.buffer_size,
+                    require_joint_states=bool(proprio_cfg.sources) or bool(cfg.ee_frame),
+                ),
+                ProprioBuilder(proprio_cfg, kin),
+            )
+            self.sync.set_instruction(cfg.instruction)
+            self._sequence = 0
+            self._last_used_seq = 0
+            self._active = None
+            self._executed = []
+            self._busy = False
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="specprune_infer")
+        self._create_interfaces(cfg)
+        self.get_logger().info(
+            f"configured: views {list(cfg.camera_views)} on {list(cfg.camera_topics)}, proprio {proprio_cfg.layout()}, "
+            f"dt {self._dt} s, dry_run {cfg.dry_run}, policy {type(policy).__name__}"
+        )
+
+    def _make_policy(self, cfg: NodeConfig, policy_cfg, proprio_cfg: ProprioConfig) -> Policy:
+        if self._policy_factory is not None:
+            return self._policy_factory(cfg, policy_cfg)
+        if cfg.fake_policy:
+            from specprune_ros.core.fake import FakePolicy
+
+            return FakePolicy(
+                views=tuple(cfg.camera_views),
+                proprio_dim=proprio_cfg.dim or None,
+                action_dim=cfg.fake_action_dim,
+                chunk_len=cfg.fake_chunk_len,
+                dt=policy_cfg.control_dt,
+                delay_s=cfg.fake_delay,
+            )
+        if not policy_cfg.checkpoint:
+            raise ValueError("parameter checkpoint is empty: give the checkpoint directory (or set fake_policy: true)")
+        from specprune_ros.core.policy import build_policy
+
+        self.get_logger().info(f"loading checkpoint {policy_cfg.checkpoint} on {policy_cfg.device} ...")
+        t0 = time.perf_counter()
+        policy = build_policy(policy_cfg)
+        self.get_logger().info(f"model loaded in {time.perf_counter() - t0:.1f} s")
+        return policy
+
+    def _create_interfaces(self, cfg: NodeConfig) -> None:
+        from sensor_msgs.msg import CompressedImage, Image, JointState
+        from std_msgs.msg import String
+
+        try:
+            from specprune_ros.msg import ActionChunk as ActionChunkMsg
+            from specprune_ros.msg import InferenceStats
+        except ImportError as exc:
+            raise ImportError(
+                f"generated messages specprune_ros.msg are not importable ({exc}); build them with `make setup` "
+                "and run in that environment (`source tools/ros_env.sh`)"
+            ) from exc
+        for view, topic, compressed in zip(cfg.camera_views, cfg.camera_topics, cfg.compressed):
+            msg_type = CompressedImage if compressed else Image
+            self._subs.append(
+                self.create_subscription(
+                    msg_type, topic, lambda msg, v=view, c=compressed: self._on_image(v, msg, c), qos_profile_sensor_data
+                )
+            )
+        self._subs.append(self.create_subscription(JointState, cfg.joint_states_topic, self._on_joint_state, qos_profile_sensor_data))
+        self._subs.append(self.create_subscription(String, cfg.instruction_topic, self._on_instruction, LATCHED_QOS))
+        if cfg.ee_frame and not cfg.robot_description_file:
+            self._subs.append(
+                self.create_subscription(String, cfg.robot_description_topic, self._on_robot_description, LATCHED_QOS)
+            )
+        pubs = self._pubs
+        pubs["chunk"] = self.create_lifecycle_publisher(ActionChunkMsg, "~/action_chunk", 10)
+        pubs["stats"] = self.create_lifecycle_publisher(InferenceStats, "~/inference_stats", 10)
+        if cfg.debug_image:
+            pubs["debug"] = self.create_lifecycle_publisher(Image, "~/debug_image", qos_profile_sensor_data)
+        if not cfg.dry_run:  # dry run: no actuating publisher exists at all
+            from geometry_msgs.msg import TwistStamped
+            from trajectory_msgs.msg import JointTrajectory
+
+            if cfg.twist_enabled:
+                pubs["twist"] = self.create_lifecycle_publisher(TwistStamped, cfg.twist_topic, 10)
+            if cfg.joint_trajectory_enabled:
+                pubs["trajectory"] = self.create_lifecycle_publisher(JointTrajectory, cfg.joint_trajectory_topic, 10)
+            if cfg.gripper_enabled:
+                pubs["gripper"] = self.create_lifecycle_publisher(conv.gripper_msg_class(cfg.gripper_msg_type), cfg.gripper_topic, 10)
+        elif cfg.twist_enabled or cfg.joint_trajectory_enabled or cfg.gripper_enabled:
+            self.get_logger().info("dry_run is true: adapters are enabled but publish nothing; set dry_run:=false to command the robot")
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._control_timer = self.create_timer(self._dt, self._control_tick)
+        self._stopped = True
+        self.health.set_state("active", "active: waiting for inputs")
+        self.get_logger().info(f"active: control loop at {1.0 / self._dt:.1f} Hz")
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if self._control_timer is not None:
+            self.destroy_timer(self._control_timer)
+            self._control_timer = None
+        self._publish_stop()
+        with self._lock:
+            self._active = None
+            self._executed = []
+        self.health.set_state("inactive", "deactivated", level=1)
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._teardown()
+        self.health.set_state("unconfigured", "cleaned up", level=1)
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._teardown()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._teardown()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _teardown(self) -> None:
+        """Stop the loop, wait for an inference in flight, destroy interfaces, free the model."""
+        if self._control_timer is not None:
+            self.destroy_timer(self._control_timer)
+            self._control_timer = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        for sub in self._subs:
+            self.destroy_subscription(sub)
+        self._subs = []
+        for pub in self._pubs.values():
+            self.destroy_lifecycle_publisher(pub)
+        self._pubs = {}
+        with self._lock:
+            self.policy = None
+            self.sync = None
+            self.kinematics = None
+            self._active = None
+            self._busy = False
+        gc.collect()
+        _free_accelerator_memory()
+
+    # ================================================================================ inputs
+    def _now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _on_image(self, view: str, msg, compressed: bool) -> None:
+        stamp = conv.stamp_to_sec(msg.header.stamp)
+        try:
+            rgb = conv.compressed_to_rgb(msg) if compressed else conv.image_to_rgb(msg)
+        except ImageDecodeError as exc:
+            with self._lock:
+                if self.sync is not None:
+                    self.sync.add_image_error(view, stamp, str(exc))
+            self.health.bad_frame()
+            self.get_logger().warning(f"camera view {view!r}: {exc}", throttle_duration_sec=2.0)
+            return
+        with self._lock:
+            if self.sync is None:
+                return
+            self.sync.add_image(view, stamp, rgb)
+            busy = self._busy
+        self.health.frame(view, busy)
+
+    def _on_joint_state(self, msg) -> None:
+        stamp = conv.stamp_to_sec(msg.header.stamp)
+        velocities = list(msg.velocity) if len(msg.velocity) else None
+        try:
+            with self._lock:
+                if self.sync is None:
+                    return
+                self.sync.add_joint_state(stamp, list(msg.name), list(msg.position), velocities)
+        except SyncInputError as exc:
+            self.health.refusal(exc.reason, str(exc))
+            self.get_logger().warning(str(exc), throttle_duration_sec=2.0)
+            return
+        self.health.joint_state()
+
+    def _set_instruction(self, text: str) -> None:
+        with self._lock:
+            if self.sync is None:
+                return
+            if text.strip() != self.sync.instruction:
+                self.sync.set_instruction(text)
+                self._reset_pending = True  # a new task is a new episode for the pruning controller
+                self.get_logger().info(f"instruction: {text.strip()!r}")
+
+    def _on_instruction(self, msg) -> None:
+        self._set_instruction(msg.data)
+
+    def _on_parameters_set(self, params) -> None:
+        for p in params:
+            if p.name == "instruction" and isinstance(p.value, str):
+                self._set_instruction(p.value)
+
+    def _on_robot_description(self, msg) -> None:
+        cfg = self.cfg
+        if cfg is None or not cfg.ee_frame:
+            return
+        try:
+            kin = KinematicModel(msg.data, cfg.ee_frame, tuple(cfg.arm_joints))
+        except KinematicsError as exc:
+            message = f"robot_description unusable: {exc}"
+            self.health.refusal("bad_robot_description", message)
+            self.get_logger().error(message)
+            return
+        with self._lock:
+            self.kinematics = kin
+            if self.sync is not None:
+                self.sync.set_proprio(ProprioBuilder(self._proprio_cfg, kin))
+        self.get_logger().info(f"robot_description received: {len(kin.joint_names)} joints, EE frame {cfg.ee_frame!r}")
+
+    # ================================================================================ control loop
+    def _control_tick(self) -> None:
+        """At control rate: step the active chunk one row (adapters), start an inference when due."""
+        row = None
+        with self._lock:
+            active = self._active
+            if active is not None and active.next_row < active.limit:
+                row = active.actions[active.next_row]
+                active.next_row += 1
+                self._executed.append(row)
+            due = active is None or active.next_row >= active.limit
+            start = due and not self._busy and self.policy is not None
+        if row is not None:
+            self._emit_row(row)
+        elif due:
+            self._publish_stop()
+        if start:
+            self._start_inference()
+
+    def _start_inference(self) -> None:
+        now = self._now()
+        with self._lock:
+            if self._busy or self.sync is None or self._pool is None:
+                return
+            executed = np.stack(self._executed) if self._executed else None  # (N, A)
+            try:
+                result = self.sync.sync(now, executed)
+            except InputError as exc:
+                reason = getattr(exc, "reason", "input")
+                self.health.refusal(reason, str(exc))
+                self.get_logger().warning(f"not acting: {exc}", throttle_duration_sec=2.0)
+                return
+            ref = self.sync.config.reference
+            seq = result.frame_seqs[ref]
+            self.health.skipped(seq - self._last_used_seq - 1)
+            self._last_used_seq = seq
+            self._executed = []
+            self._busy = True
+            reset, self._reset_pending = self._reset_pending, False
+            pool = self._pool
+        pool.submit(self._infer, result, reset)
+
+    def _infer(self, result, reset: bool) -> None:
+        """Worker thread: one inference; errors are reported, never raised."""
+        try:
+            policy = self.policy
+            if policy is None:
+                return
+            if reset:
+                policy.reset()
+            t0 = time.perf_counter()
+            chunk = policy.infer(result.observation)
+            latency = time.perf_counter() - t0
+            actions = np.asarray(chunk.actions, dtype=np.float64)
+            if actions.ndim != 2 or actions.shape[0] == 0 or not np.all(np.isfinite(actions)):
+                raise RuntimeError(f"policy returned unusable actions (shape {actions.shape}, finite {np.isfinite(actions).all()})")
+            self._publish_chunk(chunk, actions, latency, result)
+        except InputError as exc:
+            self.health.refusal("policy_input", str(exc))
+            self.get_logger().warning(f"policy refused the observation: {exc}", throttle_duration_sec=2.0)
+        except Exception as exc:  # noqa: BLE001 - an inference error must never take the node down
+            message = f"inference failed: {type(exc).__name__}: {exc}"
+            self.health.failure(message)
+            self.get_logger().error(message, throttle_duration_sec=2.0)
+        finally:
+            with self._lock:
+                self._busy = False
+
+    def _publish_chunk(self, chunk: ActionChunk, actions: np.ndarray, latency: float, result) -> None:
+        cfg = self.cfg
+        with self._lock:
+            seq = self._sequence
+            self._sequence += 1
+            rows = actions.shape[0]
+            limit = min(cfg.execute_steps or rows, rows)
+            self._active = _ActiveChunk(actions, 0, limit)
+            self._last_gripper = self._last_gripper  # kept: only changes are sent
+            kin = self.kinematics
+            start_positions = self.sync.latest_positions() if self.sync is not None else {}
+        joint_names = tuple(cfg.arm_joints) if cfg.joint_trajectory_enabled else ()
+        self._pubs["chunk"].publish(
+            conv.action_chunk_msg(chunk, seq, latency, cfg.camera_views, cfg.action_names, cfg.base_frame, joint_names)
+        )
+        self._pubs["stats"].publish(conv.inference_stats_msg(chunk, seq, cfg.base_frame))
+        stats = chunk.stats
+        kept = sum(int(stats.kept_per_view.get(v, 0)) for v in cfg.camera_views)
+        self.health.chunk(latency, stats.mode, stats.preset, kept, int(stats.total_tokens), result.ee_speed_source)
+        if "trajectory" in self._pubs:
+            self._publish_trajectory(kin, start_positions, actions)
+        if "debug" in self._pubs:
+            self._publish_debug(chunk, result)
+
+    def _twist_limits(self) -> TwistLimits:
+        cfg = self.cfg
+        return TwistLimits(cfg.twist_linear_scale, cfg.twist_angular_scale, cfg.max_linear_speed, cfg.max_angular_speed)
+
+    def _publish_trajectory(self, kin: KinematicModel | None, positions: dict, actions: np.ndarray) -> None:
+        cfg = self.cfg
+        if kin is None:
+            self.health.refusal("no_robot_description", "joint trajectory adapter: no robot_description yet; trajectory not sent")
+            return
+        try:
+            start = kin.arm_positions(positions)
+            with self._lock:
+                limit = self._active.limit if self._active is not None else actions.shape[0]
+            pos, vel, times = joint_trajectory(
+                kin, start, actions[:limit], self._dt, self._twist_limits(), cfg.ik_damping, cfg.max_joint_velocity
+            )
+        except (KinematicsError, ValueError) as exc:
+            self.health.refusal("trajectory", f"joint trajectory adapter: {exc}")
+            self.get_logger().warning(f"joint trajectory not sent: {exc}", throttle_duration_sec=2.0)
+            return
+        self._pubs["trajectory"].publish(conv.joint_trajectory_msg(kin.arm_joints, pos, vel, times))
+
+    def _publish_debug(self, chunk: ActionChunk, result) -> None:
+        cfg, pcfg = self.cfg, self.policy_config
+        view = cfg.debug_image_view or cfg.camera_views[0]
+        rgb = result.observation.images[view]
+        kept = chunk.stats.kept_patches.get(view)
+        if kept is not None:
+            rgb = dim_pruned_patches(rgb, kept, crop_scale=pcfg.crop_scale if pcfg.center_crop else 1.0, flip=pcfg.flip)
+        self._pubs["debug"].publish(conv.rgb_to_image(rgb, conv.sec_to_stamp(chunk.stamp), view))
+
+    def _emit_row(self, row: np.ndarray) -> None:
+        """Send one action row to the enabled adapters (nothing in dry run: no publishers exist)."""
+        cfg = self.cfg
+        if cfg is None:
+            return
+        stamp = self.get_clock().now().to_msg()
+        if "twist" in self._pubs:
+            try:
+                twist = rows_to_twists(row[None, :], self._twist_limits())[0]
+                self._pubs["twist"].publish(conv.twist_msg(twist, stamp, cfg.base_frame))
+                self._stopped = False
+            except ValueError as exc:
+                self.health.failure(f"twist adapter: {exc}")
+        if "gripper" in self._pubs and cfg.gripper_index < row.shape[0]:
+            gmap = GripperMap(cfg.gripper_close_above, cfg.gripper_open_position, cfg.gripper_closed_position)
+            try:
+                command = gmap.command(float(row[cfg.gripper_index]))
+            except ValueError as exc:
+                self.health.failure(f"gripper adapter: {exc}")
+                return
+            if command != self._last_gripper:
+                self._pubs["gripper"].publish(conv.gripper_msg(command, cfg.gripper_msg_type))
+                self._last_gripper = command
+
+    def _publish_stop(self) -> None:
+        """One zero twist when the chunk runs out, so Servo stops instead of coasting on the last command."""
+        if "twist" in self._pubs and not self._stopped and self.cfg is not None:
+            self._pubs["twist"].publish(conv.twist_msg(np.zeros(6), self.get_clock().now().to_msg(), self.cfg.base_frame))
+            self._stopped = True
+
+    # ================================================================================ diagnostics
+    def publish_diagnostics(self) -> None:
+        self._diag_pub.publish(to_diagnostic_array(self.health, self.get_name(), self.get_clock().now().to_msg()))
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point: ``ros2 run specprune_ros policy_node --ros-args --params-file config/policy.yaml``."""
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+
+    try:
+        with rclpy.init(args=args):
+            node = PolicyNode()
+            if node.get_parameter("autostart").value:
+                if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+                    node.trigger_activate()
+                else:
+                    node.get_logger().error("configure failed (see above); fix the parameters and configure again")
+            executor = SingleThreadedExecutor()
+            executor.add_node(node)
+            executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+
+
+if __name__ == "__main__":
+    main()

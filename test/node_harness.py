@@ -1,0 +1,244 @@
+"""In-process harness for policy-node tests: the node, a peer node that plays robot and cameras, an executor.
+
+The peer publishes synthetic camera frames and joint states from a feeder thread at a set rate, stamped
+with the current ROS time; knobs on :class:`Feeder` inject faults (bad encoding, wrong size, NaN joints,
+missing joints, old stamps, frozen frames) while it runs, so a test can watch refusal and recovery.
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import rclpy
+from ros_env import messages  # noqa: F401  (makes the generated messages importable)
+
+PANDA_URDF = (Path(__file__).parent / "fixtures" / "panda.urdf").read_text()
+ARM = [f"panda_joint{i}" for i in range(1, 8)]
+FINGERS = ["panda_finger_joint1", "panda_finger_joint2"]
+READY = [0.0, -math.pi / 4, 0.0, -3 * math.pi / 4, 0.0, math.pi / 2, math.pi / 4]
+NODE = "specprune_policy"
+
+
+def wait_until(cond: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll ``cond`` until true; AssertionError naming ``what`` after ``timeout`` s (a hang guard, not a timing check)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class Feeder(threading.Thread):
+    """Publishes frames for every view and a joint state at ``rate`` Hz until stopped."""
+
+    def __init__(self, harness: "Harness", rate: float = 30.0, size: int = 64) -> None:
+        super().__init__(daemon=True)
+        self.h = harness
+        self.rate = rate
+        self.size = size
+        self.encoding = "rgb8"
+        self.bad_step = False  # data shorter than height * step
+        self.stamp_offset = 0.0  # seconds added to every stamp (negative: old data)
+        self.camera_on = True
+        self.freeze = False
+        self.nan_joint: str | None = None
+        self.drop_joint: str | None = None
+        self.joint_velocities: list[float] | None = None
+        self.q = list(READY)
+        self.count = 0
+        self.published: list[float] = []  # stamps of primary frames
+        self._halt = threading.Event()
+
+    def frame(self, view_index: int) -> np.ndarray:
+        k = 0 if self.freeze else self.count
+        rng = np.random.default_rng(1000 * view_index + k)
+        return rng.integers(0, 256, (self.size, self.size, 3), dtype=np.uint8)
+
+    def run(self) -> None:
+        from sensor_msgs.msg import Image, JointState
+
+        period = 1.0 / self.rate
+        while not self._halt.is_set():
+            now = self.h.io.get_clock().now().nanoseconds * 1e-9 + self.stamp_offset
+            stamp = _stamp(now)
+            if self.camera_on:
+                for i, pub in enumerate(self.h.cam_pubs):
+                    rgb = self.frame(i)
+                    msg = Image()
+                    msg.header.stamp = stamp
+                    msg.height, msg.width = rgb.shape[:2]
+                    msg.encoding = self.encoding
+                    msg.step = rgb.shape[1] * 3
+                    data = rgb.tobytes()
+                    msg.data = data[:-5] if self.bad_step else data
+                    pub.publish(msg)
+                self.published.append(now)
+            js = JointState()
+            js.header.stamp = stamp
+            names = ARM + FINGERS
+            pos = list(self.q) + [0.04, 0.04]
+            if self.nan_joint in names:
+                pos[names.index(self.nan_joint)] = float("nan")
+            if self.drop_joint in names:
+                i = names.index(self.drop_joint)
+                names = names[:i] + names[i + 1 :]
+                pos = pos[:i] + pos[i + 1 :]
+            js.name = names
+            js.position = pos
+            if self.joint_velocities is not None:
+                js.velocity = list(self.joint_velocities)[: len(names)]
+            self.h.joint_pub.publish(js)
+            self.count += 1
+            self._halt.wait(period)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(timeout=5)
+
+
+def _stamp(t: float):
+    from builtin_interfaces.msg import Time
+
+    ns = int(round(t * 1e9))
+    return Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
+
+
+class Harness:
+    """PolicyNode + a peer node + one executor spinning in a background thread."""
+
+    def __init__(
+        self,
+        context,
+        params: dict[str, Any],
+        policy_factory=None,
+        configure: bool = True,
+        activate: bool = True,
+        urdf: str | None = PANDA_URDF,
+        instruction: str | None = "pick up the red block",
+    ) -> None:
+        from diagnostic_msgs.msg import DiagnosticArray
+        from geometry_msgs.msg import TwistStamped
+        from rclpy.executors import MultiThreadedExecutor
+        from rclpy.parameter import Parameter
+        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+        from sensor_msgs.msg import Image, JointState
+        from std_msgs.msg import Float64, String
+        from trajectory_msgs.msg import JointTrajectory
+
+        from specprune_ros.msg import ActionChunk, InferenceStats
+        from specprune_ros.ros.policy_node import PolicyNode
+
+        base = {
+            "camera_views": ["primary", "wrist"],
+            "camera_topics": ["/test/primary/image", "/test/wrist/image"],
+            "robot_description_topic": "/test/robot_description",
+            "joint_states_topic": "/test/joint_states",
+            "instruction_topic": "/test/instruction",
+            "diagnostics_period": 0.1,
+            "frozen_timeout": 0.0,
+            "gripper_scales": [1.0, -1.0],
+        }
+        base.update(params)
+        self.params = base
+        overrides = [Parameter(k, value=v) for k, v in base.items()]
+        self.node = PolicyNode(context=context, parameter_overrides=overrides, policy_factory=policy_factory)
+        self.io = rclpy.create_node("test_peer", context=context)
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.cam_pubs = [self.io.create_publisher(Image, t, qos_profile_sensor_data) for t in base["camera_topics"]]
+        self.joint_pub = self.io.create_publisher(JointState, base["joint_states_topic"], qos_profile_sensor_data)
+        self.instruction_pub = self.io.create_publisher(String, base["instruction_topic"], latched)
+        self.urdf_pub = self.io.create_publisher(String, base["robot_description_topic"], latched)
+        self.chunks: list = []
+        self.stats: list = []
+        self.diags: list = []
+        self.twists: list = []
+        self.trajectories: list = []
+        self.grippers: list = []
+        self.debug_images: list = []
+        self._lock = threading.Lock()
+        sub = self.io.create_subscription
+        sub(ActionChunk, f"/{NODE}/action_chunk", self._keep(self.chunks), 100)
+        sub(InferenceStats, f"/{NODE}/inference_stats", self._keep(self.stats), 100)
+        sub(DiagnosticArray, "/diagnostics", self._keep(self.diags, limit=50), 100)
+        sub(TwistStamped, base.get("twist_topic", f"/{NODE}/delta_twist_cmds"), self._keep(self.twists), 100)
+        sub(JointTrajectory, base.get("joint_trajectory_topic", "/joint_trajectory_controller/joint_trajectory"), self._keep(self.trajectories), 100)
+        sub(Float64, base.get("gripper_topic", "/gripper/command"), self._keep(self.grippers), 100)
+        sub(Image, f"/{NODE}/debug_image", self._keep(self.debug_images), qos_profile_sensor_data)
+        if urdf is not None:
+            self.urdf_pub.publish(String(data=urdf))
+        if instruction is not None:
+            self.instruction_pub.publish(String(data=instruction))
+        self.executor = MultiThreadedExecutor(num_threads=2, context=context)
+        self.executor.add_node(self.node)
+        self.executor.add_node(self.io)
+        self._spin = threading.Thread(target=self.executor.spin, daemon=True)
+        self._spin.start()
+        self.feeder: Feeder | None = None
+        if configure:
+            self.configure_result = self.node.trigger_configure()
+            if activate:
+                self.node.trigger_activate()
+
+    def _keep(self, store: list, limit: int | None = None):
+        def cb(msg) -> None:
+            with self._lock:
+                store.append(msg)
+                if limit is not None and len(store) > limit:
+                    del store[0]
+
+        return cb
+
+    def feed(self, rate: float = 30.0, size: int = 64) -> Feeder:
+        self.feeder = Feeder(self, rate, size)
+        self.feeder.start()
+        return self.feeder
+
+    def n_chunks(self) -> int:
+        with self._lock:
+            return len(self.chunks)
+
+    def last_diag(self) -> tuple[int, str, dict[str, str]] | None:
+        with self._lock:
+            if not self.diags:
+                return None
+            status = self.diags[-1].status[0]
+        return status.level[0], status.message, {kv.key: kv.value for kv in status.values}
+
+    def wait_diag(self, cond: Callable[[int, str, dict[str, str]], bool], timeout: float = 10.0, what: str = "diagnostic"):
+        """Wait for a /diagnostics status published after this call that satisfies ``cond``."""
+        with self._lock:
+            start = len(self.diags)
+            self.diags.clear()
+
+        def check() -> bool:
+            with self._lock:
+                items = list(self.diags)
+            for d in items:
+                s = d.status[0]
+                if cond(s.level[0], s.message, {kv.key: kv.value for kv in s.values}):
+                    return True
+            return False
+
+        del start
+        wait_until(check, timeout, what)
+        return self.last_diag()
+
+    def wait_chunks(self, n: int, timeout: float = 10.0) -> None:
+        wait_until(lambda: self.n_chunks() >= n, timeout, f"{n} action chunks (have {self.n_chunks()})")
+
+    def close(self) -> None:
+        if self.feeder is not None:
+            self.feeder.stop()
+        try:
+            self.node.trigger_shutdown()
+        except Exception:  # noqa: BLE001 - already shut down or never configured
+            pass
+        self.executor.shutdown(timeout_sec=5)
+        self._spin.join(timeout=5)
+        self.node.destroy_node()
+        self.io.destroy_node()
