@@ -131,7 +131,7 @@ def bridge_command(
     params = dict(bridge_parameters(args), **(extra or {}))
     cmd: list[str] = []
     if script:
-        venv = str(Path(python).resolve().parent.parent) if Path(python).exists() else str(Path(python).parent.parent)
+        venv = str(Path(python).absolute().parent.parent)  # <venv>/bin/python (not resolved: it is a symlink)
         cmd = ["env", f"VENV={venv}", "bash", script]
     cmd += [python, "-m", "specprune_ros.sim.libero_node", "--ros-args", "-r", f"__node:={BRIDGE_NODE_NAME}"]
     cmd += ["-r", f"action_chunk:={POLICY_CHUNK_TOPIC}"]
