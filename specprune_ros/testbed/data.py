@@ -69,7 +69,7 @@ class Episode:
 
 
 def collect_episode(seed: int, noise: float, noise_seed: int, task_config: TaskConfig = TaskConfig()) -> Episode:
-    """Run the expert on task ``seed``; translation noise N(0, noise) (action units) is added to executed actions."""
+    """Run the expert on task ``seed``; noise N(0, noise) (action units) is added to the executed translation and yaw."""
     rng = np.random.default_rng(noise_seed)
     task = TabletopTask(seed, task_config)
     snaps, props, labels, executed = [], [], [], []
@@ -77,7 +77,8 @@ def collect_episode(seed: int, noise: float, noise_seed: int, task_config: TaskC
         a = expert_action(task)
         e = a.copy()
         if noise > 0:
-            e[0:3] = np.clip(e[0:3] + rng.normal(0.0, noise, size=3), -1.0, 1.0)
+            idx = [0, 1, 2, 5]  # translation and yaw
+            e[idx] = np.clip(e[idx] + rng.normal(0.0, noise, size=4), -1.0, 1.0)
         snaps.append(task.snapshot())
         props.append(task.proprio())
         labels.append(a)
@@ -181,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--episodes", type=int, default=100, help="number of successful episodes (default 100)")
     parser.add_argument("--seed", type=int, default=0, help="data seed, picks the task seeds (default 0)")
-    parser.add_argument("--noise", type=float, default=0.15, help="std of the translation noise injected into executed actions")
+    parser.add_argument("--noise", type=float, default=0.15, help="std of the translation and yaw noise injected into executed actions")
     parser.add_argument("--out", required=True, help="output .npz path")
     args = parser.parse_args(argv)
     try:

@@ -37,6 +37,7 @@ def expert_action(task: TabletopTask) -> np.ndarray:
     """The expert's 7-D action for the task's current state."""
     s, sc = task.state, task.scene
     a = np.zeros(7)
+    a[5] = float(np.clip(-0.5 * s.yaw / task.config.yaw_step, -1.0, 1.0))  # hold the yaw at zero
     if s.held < 0:
         obj = sc.objects[sc.target]
         p = s.object_pos[sc.target]
@@ -86,6 +87,6 @@ def run_expert(task: TabletopTask, noise: float = 0.0, rng: np.random.Generator 
         a = expert_action(task)
         if noise > 0:
             a = a.copy()
-            a[0:3] += rng.normal(0.0, noise, size=3)
+            a[[0, 1, 2, 5]] += rng.normal(0.0, noise, size=4)
         task.step(a)
     return task.success

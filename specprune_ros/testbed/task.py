@@ -404,12 +404,12 @@ class TabletopTask:
     def restore(self, snap: np.ndarray) -> None:
         n = len(self.scene.objects)
         snap = np.asarray(snap, dtype=np.float64)
-        if snap.shape != (14 + 3 * n,):
-            raise ValueError(f"snapshot must have shape ({14 + 3 * n},) for seed {self.seed}, got {snap.shape}")
+        if snap.shape != (13 + 3 * n,):
+            raise ValueError(f"snapshot must have shape ({13 + 3 * n},) for seed {self.seed}, got {snap.shape}")
         self.state = TaskState(
             ee=snap[0:3].copy(), yaw=float(snap[3]), finger=float(snap[4]), held=int(round(snap[5])),
             step=int(round(snap[6])), success=bool(snap[7] > 0.5), ee_vel=snap[8:11].copy(),
-            yaw_vel=float(snap[11]), finger_vel=float(snap[12]), object_pos=snap[14:].reshape(n, 3).copy(),
+            yaw_vel=float(snap[11]), finger_vel=float(snap[12]), object_pos=snap[13:].reshape(n, 3).copy(),
         )
 
     # ------------------------------------------------------------- robot views

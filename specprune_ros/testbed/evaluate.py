@@ -1,0 +1,323 @@
+"""``specprune-testbed-eval``: closed-loop success of a policy on the test-bed task, per pruning preset.
+
+For each variant (a preset name such as ``off`` or ``paper``, optionally suffixed ``+nocontroller`` to run it
+with the coarse/fine controller disabled), N seeded episodes are run closed loop exactly as a robot would:
+render both cameras, build the observation (proprio, instruction, the actions executed since the last query),
+``policy.infer``, execute the chunk's rows open loop at the control rate (dropping the rest of a chunk when the
+controller asks for a re-query on entering fine mode). Reported per variant: success rate with a 95% Wilson
+interval, episode length, inference latency, visual tokens kept, mean sequence length over the layers, the
+fraction of queries in fine mode and each episode's mode time-line. Writes ``results.json`` and
+``results.png`` (success with intervals, latency, tokens, mode time-lines).
+
+Evaluation seeds start at ``--first-seed`` (default 0); training demonstrations use seeds >= 1,000,000.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..core.config import PolicyConfig
+from ..core.presets import PRESETS, ControllerConfig, PruningConfig
+from ..core.types import MODE_FINE, InputError, Observation, Policy
+from .task import TabletopTask, TaskConfig
+
+NO_CONTROLLER = "+nocontroller"
+DEFAULT_VARIANTS = ("off", "conservative", "paper", "aggressive", "static-only", "paper+nocontroller")
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval of a binomial proportion (robust at 0 and n successes)."""
+    if n <= 0:
+        raise ValueError(f"n={n} must be >= 1")
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes={successes} must lie in [0, n={n}]")
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def pruning_for(variant: str) -> PruningConfig:
+    """The pruning configuration of a variant name (``preset`` or ``preset+nocontroller``)."""
+    base = variant.removesuffix(NO_CONTROLLER)
+    if base not in PRESETS:
+        raise ValueError(f"unknown variant {variant!r}: use a preset ({', '.join(sorted(PRESETS))}), optionally "
+                         f"followed by {NO_CONTROLLER!r}")
+    cfg = PRESETS[base]
+    if variant.endswith(NO_CONTROLLER):
+        cfg = dataclasses.replace(cfg, controller=dataclasses.replace(cfg.controller, enabled=False))
+    return cfg
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Evaluation parameters.
+
+    Attributes:
+        checkpoint: checkpoint directory (released layout), e.g. the committed ``checkpoints/testbed``.
+        variants: presets to compare (``off`` is the unpruned baseline); ``<preset>+nocontroller`` disables the
+            coarse/fine controller of that preset.
+        episodes: episodes per variant (seeds first_seed .. first_seed + episodes - 1, the same for every variant).
+        first_seed: first task seed.
+        max_steps: control steps before an episode counts as failed.
+        measured_speed: pass the measured end-effector speed (from the joint velocities) to the controller.
+        threads: torch CPU threads.
+    """
+
+    checkpoint: str = "checkpoints/testbed"
+    variants: tuple[str, ...] = DEFAULT_VARIANTS
+    episodes: int = 50
+    first_seed: int = 0
+    max_steps: int = 240
+    measured_speed: bool = False
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.variants:
+            raise ValueError("variants is empty: name at least one preset, e.g. off,paper")
+        for v in self.variants:
+            pruning_for(v)
+        if len(set(self.variants)) != len(self.variants):
+            raise ValueError(f"variants repeat: {list(self.variants)}")
+        if self.episodes < 1:
+            raise ValueError(f"episodes={self.episodes} must be >= 1")
+        if self.first_seed < 0:
+            raise ValueError(f"first_seed={self.first_seed} must be >= 0")
+        if self.max_steps < 1:
+            raise ValueError(f"max_steps={self.max_steps} must be >= 1")
+        if self.threads < 1:
+            raise ValueError(f"threads={self.threads} must be >= 1")
+
+
+def _requery_row(policy: Policy, chunk) -> int | None:
+    """Row after which the controller wants a re-query (``None``: execute the whole chunk)."""
+    if not chunk.stats.requery:
+        return None
+    record = getattr(getattr(policy, "pruner", None), "record", None)
+    row = getattr(record, "requery_after", None)
+    return int(row) if row is not None else None
+
+
+def run_episode(policy: Policy, seed: int, task_config: TaskConfig = TaskConfig(), measured_speed: bool = False) -> dict:
+    """One closed-loop episode; returns its record (success, steps, per-query statistics)."""
+    task = TabletopTask(seed, task_config)
+    policy.reset()
+    executed: np.ndarray | None = None
+    queries: list[dict] = []
+    error = None
+    while not task.done:
+        speed = None
+        if measured_speed:
+            jv = task.joint_velocities()
+            speed = (float(np.linalg.norm(jv[0:3])), float(abs(jv[3])))
+        obs = Observation(images=task.render(), proprio=task.proprio(), instruction=task.instruction,
+                          stamp=task.state.step * task_config.control_dt, executed_actions=executed, ee_speed=speed)
+        try:
+            chunk = policy.infer(obs)
+        except InputError as err:
+            error = f"policy refused the observation: {err}"
+            break
+        st = chunk.stats
+        row = _requery_row(policy, chunk)
+        n_rows = len(chunk.actions) if row is None else row + 1
+        done_rows = []
+        try:
+            for a in chunk.actions[:n_rows]:
+                task.step(a)
+                done_rows.append(a)
+                if task.done:
+                    break
+        except ValueError as err:
+            error = f"invalid action from the policy: {err}"
+            break
+        executed = np.asarray(done_rows, dtype=np.float64)
+        queries.append({
+            "step": int(task.state.step - len(done_rows)),
+            "mode": st.mode,
+            "latency_ms": float(st.timings_ms.get("total", float("nan"))),
+            "kept": {k: int(v) for k, v in st.kept_per_view.items()},
+            "mean_seq_len": float(np.mean(st.tokens_per_layer)) if st.tokens_per_layer else float("nan"),
+            "total_tokens": int(st.total_tokens),
+            "requery": bool(row is not None),
+        })
+    return {"seed": seed, "instruction": task.instruction, "success": bool(task.success), "steps": int(task.state.step),
+            "error": error, "queries": queries}
+
+
+def summarize(variant: str, episodes: list[dict]) -> dict:
+    n = len(episodes)
+    k = sum(e["success"] for e in episodes)
+    lo, hi = wilson_interval(k, n)
+    q = [x for e in episodes for x in e["queries"]]
+    lat = np.array([x["latency_ms"] for x in q]) if q else np.array([np.nan])
+    views = sorted({v for x in q for v in x["kept"]})
+    succ_len = [e["steps"] for e in episodes if e["success"]]
+    return {
+        "variant": variant,
+        "episodes": n,
+        "successes": int(k),
+        "success_rate": k / n,
+        "wilson95": [lo, hi],
+        "mean_steps": float(np.mean([e["steps"] for e in episodes])),
+        "mean_steps_success": float(np.mean(succ_len)) if succ_len else None,
+        "queries": len(q),
+        "latency_ms": {"mean": float(np.nanmean(lat)), "p50": float(np.nanpercentile(lat, 50)),
+                       "p90": float(np.nanpercentile(lat, 90))},
+        "kept_per_view": {v: float(np.mean([x["kept"].get(v, np.nan) for x in q])) for v in views},
+        "mean_seq_len": float(np.mean([x["mean_seq_len"] for x in q])) if q else None,
+        "total_tokens": int(q[0]["total_tokens"]) if q else None,
+        "fine_fraction": float(np.mean([x["mode"] == MODE_FINE for x in q])) if q else 0.0,
+        "requeries": int(sum(x["requery"] for x in q)),
+        "errors": [e["error"] for e in episodes if e["error"]],
+    }
+
+
+def plot(results: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summ = results["summary"]
+    names = [s["variant"] for s in summ]
+    x = np.arange(len(names))
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    ax = axes[0, 0]
+    rate = np.array([s["success_rate"] for s in summ]) * 100
+    err = np.array([[s["success_rate"] - s["wilson95"][0], s["wilson95"][1] - s["success_rate"]] for s in summ]).T * 100
+    ax.bar(x, rate, yerr=err, capsize=4, color="tab:green")
+    ax.set_xticks(x, names, rotation=20)
+    ax.set_ylabel("success % (95% Wilson)")
+    ax.set_ylim(0, 105)
+    ax.set_title(f"closed-loop success, {summ[0]['episodes']} episodes each")
+    ax = axes[0, 1]
+    ax.bar(x, [s["latency_ms"]["mean"] for s in summ], color="tab:blue")
+    ax.set_xticks(x, names, rotation=20)
+    ax.set_ylabel("latency per chunk, ms (mean)")
+    ax = axes[1, 0]
+    views = sorted({v for s in summ for v in s["kept_per_view"]})
+    w = 0.8 / max(1, len(views))
+    for i, v in enumerate(views):
+        ax.bar(x + i * w - 0.4 + w / 2, [s["kept_per_view"].get(v, 0) for s in summ], w, label=f"{v} kept after static")
+    ax.plot(x, [s["mean_seq_len"] or 0 for s in summ], "k.-", label="mean sequence length over layers")
+    ax.set_xticks(x, names, rotation=20)
+    ax.set_ylabel("tokens")
+    ax.legend(fontsize=8)
+    ax = axes[1, 1]
+    row = 0
+    labels = []
+    for s_name, eps in results["episodes"].items():
+        for e in eps[:4]:
+            for qd in e["queries"]:
+                color = "tab:orange" if qd["mode"] == MODE_FINE else ("tab:gray" if qd["mode"] == "off" else "tab:blue")
+                ax.broken_barh([(qd["step"], 8)], (row - 0.4, 0.8), color=color)
+            ax.plot([e["steps"]], [row], "g*" if e["success"] else "rx")
+            labels.append(f"{s_name} s{e['seed']}")
+            row += 1
+    ax.set_yticks(range(len(labels)), labels, fontsize=6)
+    ax.set_xlabel("control step (blue coarse, orange fine, gray off; * success, x failure)")
+    ax.set_title("mode time-line (first episodes)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def evaluate(cfg: EvalConfig, out_dir: str | Path | None = None, progress: bool = True) -> dict:
+    """Run every variant and return (and optionally write) the results."""
+    import torch
+
+    from ..core.policy import build_policy
+
+    torch.set_num_threads(cfg.threads)
+    task_config = TaskConfig(max_steps=cfg.max_steps)
+    seeds = list(range(cfg.first_seed, cfg.first_seed + cfg.episodes))
+    results: dict = {"config": dataclasses.asdict(cfg), "summary": [], "episodes": {}}
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(cfg.variants) * len(seeds), desc="episodes", unit="ep")
+    t0 = time.perf_counter()
+    for variant in cfg.variants:
+        base = variant.removesuffix(NO_CONTROLLER)
+        policy = build_policy(PolicyConfig(checkpoint=cfg.checkpoint, preset=base), pruning_for(variant))
+        eps = []
+        for seed in seeds:
+            eps.append(run_episode(policy, seed, task_config, cfg.measured_speed))
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(variant=variant, success=f"{sum(e['success'] for e in eps)}/{len(eps)}")
+        results["episodes"][variant] = eps
+        results["summary"].append(summarize(variant, eps))
+    if bar is not None:
+        bar.close()
+    results["wall_s"] = time.perf_counter() - t0
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps(results, indent=1))
+        plot(results, out / "results.png")
+    return results
+
+
+def table(results: dict) -> str:
+    lines = ["| variant | success % (95% CI) | steps | latency ms | kept primary/wrist | mean seq len | fine % |",
+             "|---|---|---|---|---|---|---|"]
+    for s in results["summary"]:
+        kept = "/".join(f"{s['kept_per_view'].get(v, float('nan')):.0f}" for v in ("primary", "wrist"))
+        lines.append(
+            f"| {s['variant']} | {100 * s['success_rate']:.0f} ({100 * s['wilson95'][0]:.0f}-{100 * s['wilson95'][1]:.0f}) "
+            f"| {s['mean_steps']:.0f} | {s['latency_ms']['mean']:.1f} | {kept} | {s['mean_seq_len']:.0f} "
+            f"| {100 * s['fine_fraction']:.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    d = EvalConfig()
+    p = argparse.ArgumentParser(
+        prog="specprune-testbed-eval",
+        description="Closed-loop success of a checkpoint on the test-bed task for the unpruned baseline and each "
+        "pruning preset: success with 95%% Wilson intervals, episode length, latency, tokens kept, mode time-lines. "
+        "Writes <out>/results.json and <out>/results.png.",
+    )
+    p.add_argument("--checkpoint", default=d.checkpoint, help=f"checkpoint directory (default {d.checkpoint})")
+    p.add_argument("--variants", default=",".join(d.variants),
+                   help=f"comma-separated presets, '<preset>{NO_CONTROLLER}' disables its controller "
+                   f"(default {','.join(d.variants)}; presets: {', '.join(sorted(PRESETS))})")
+    p.add_argument("--episodes", type=int, default=d.episodes, help=f"episodes per variant (default {d.episodes})")
+    p.add_argument("--first-seed", type=int, default=d.first_seed, help="first task seed (default 0)")
+    p.add_argument("--max-steps", type=int, default=d.max_steps, help=f"step limit per episode (default {d.max_steps})")
+    p.add_argument("--measured-speed", action="store_true", help="pass the measured EE speed to the controller")
+    p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (default 1)")
+    p.add_argument("--out", default="testbed_eval", help="output directory (default testbed_eval)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+    try:
+        cfg = EvalConfig(checkpoint=args.checkpoint, variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()),
+                         episodes=args.episodes, first_seed=args.first_seed, max_steps=args.max_steps,
+                         measured_speed=args.measured_speed, threads=args.threads)
+        res = evaluate(cfg, args.out, progress=not args.no_progress)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(res["summary"], indent=1))
+    else:
+        print(table(res))
+        print(f"wrote {Path(args.out) / 'results.json'} and {Path(args.out) / 'results.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

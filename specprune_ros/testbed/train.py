@@ -1,0 +1,457 @@
+"""``specprune-train``: train a small OpenVLA-OFT-architecture policy on the test-bed task, on a CPU.
+
+The network is the project's own :class:`~specprune_ros.core.model.OFTModel` (fused DINOv2 + SigLIP timm
+towers made tiny through ``timm_overrides``, the 3-layer GELU projector, the proprio projector, a small Llama
+run bidirectionally, the L1-regression MLP-ResNet head) with the real token layout:
+``BOS | 256 primary | 256 wrist | proprio | prompt | 56 placeholders | stop``. Inputs are made exactly as
+:class:`~specprune_ros.core.policy.OFTPolicy` makes them at inference (same frame preprocessing, proprio
+normalization and prompt tokenizer), and the result is written in the released checkpoint layout, so the
+normal loader (``build_policy``) runs it with every pruning preset.
+
+The tokenizer is Llama-2-shaped (ids 0-2 special, "▁" = 29871, <PAD> = 32000, byte fallback) with whole-word
+tokens for the prompt template and the task's vocabulary, so a prompt takes about 20 tokens like the real
+one does.
+
+Training is seeded (model init, data, batch order: batch ``k`` is drawn from ``default_rng([seed, k])``),
+shows a tqdm progress bar, saves a resumable state every ``--save-every-min`` minutes and on Ctrl-C, and
+stops at ``--steps`` or after ``--max-minutes``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer, decoders, models, normalizers
+
+from ..core.checkpoint import write_checkpoint
+from ..core.config import PreprocessConfig
+from ..core.model import ModelSpec, OFTModel
+from ..core.policy import normalize_proprio
+from ..core.preprocess import normalize, policy_frame
+from ..core.prompt import PROMPT_TEMPLATE, SPACE_TOKEN_ID, PromptTokenizer
+from .data import CHUNK_LEN, Episode, dataset_statistics, generate
+from .task import OBJECT_COLORS, PLATE_COLORS, SHAPES, TEMPLATES, VIEWS, TabletopTask, TaskConfig
+
+UNNORM_KEY = "testbed"
+DINO_ID = "vit_large_patch14_reg4_dinov2.lvd142m"
+SIGLIP_ID = "vit_so400m_patch14_siglip_224"
+VOCAB = 32000
+#: resumable state and scratch files live in <out_dir>/WORK_DIR (not part of the checkpoint)
+WORK_DIR = "train_work"
+STATE_FILE = "train_state.pt"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training run parameters (all recorded in the checkpoint directory's ``train_config.json``).
+
+    Attributes:
+        out_dir: where the checkpoint (released layout) and the resumable state go.
+        episodes: expert demonstrations to generate.
+        data_seed: picks the demonstrations' task seeds (disjoint from evaluation seeds).
+        noise: std of the noise injected into executed demonstration actions (action units).
+        seed: model initialization and batch order.
+        steps: optimizer steps.
+        batch_size: samples per step (one prompt length per batch).
+        lr: peak learning rate (linear warm-up, cosine decay to 10%).
+        weight_decay: AdamW weight decay.
+        vit_dim, vit_depth, vit_heads: both vision towers' width, depth and heads.
+        llm_hidden, llm_layers, llm_heads, llm_intermediate: the Llama's size.
+        val_episodes: held-out demonstrations for the validation L1 loss.
+        save_every_min: minutes between resumable saves.
+        max_minutes: stop (and write the checkpoint) after this many minutes of training, 0 = no limit.
+        fp16: store the exported weights in float16 (halves the size; loads as float32).
+        threads: torch CPU threads.
+    """
+
+    out_dir: str = "checkpoints/testbed"
+    episodes: int = 400
+    data_seed: int = 0
+    noise: float = 0.15
+    seed: int = 0
+    steps: int = 2400
+    batch_size: int = 8
+    lr: float = 6e-4
+    weight_decay: float = 0.01
+    vit_dim: int = 48
+    vit_depth: int = 3
+    vit_heads: int = 2
+    llm_hidden: int = 128
+    llm_layers: int = 6
+    llm_heads: int = 4
+    llm_intermediate: int = 256
+    val_episodes: int = 10
+    save_every_min: float = 4.0
+    max_minutes: float = 0.0
+    fp16: bool = True
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        positive = ("episodes", "steps", "batch_size", "vit_dim", "vit_depth", "vit_heads", "llm_hidden", "llm_layers",
+                    "llm_heads", "llm_intermediate", "threads")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.vit_depth < 2:
+            raise ValueError(f"vit_depth={self.vit_depth} must be >= 2 (features come from the second-to-last block)")
+        if self.vit_dim % self.vit_heads:
+            raise ValueError(f"vit_dim={self.vit_dim} must be divisible by vit_heads={self.vit_heads}")
+        if self.llm_hidden % self.llm_heads:
+            raise ValueError(f"llm_hidden={self.llm_hidden} must be divisible by llm_heads={self.llm_heads}")
+        if self.llm_layers < 2:
+            raise ValueError(f"llm_layers={self.llm_layers} must be >= 2 (pruning scores layers 0 and 1)")
+        if not 0 < self.lr < 1:
+            raise ValueError(f"lr={self.lr} must lie in (0, 1)")
+        if self.val_episodes < 0 or self.max_minutes < 0 or self.save_every_min <= 0:
+            raise ValueError("val_episodes and max_minutes must be >= 0 and save_every_min > 0, got "
+                             f"{self.val_episodes}, {self.max_minutes}, {self.save_every_min}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+def task_words() -> list[str]:
+    """Words of the prompt template and of every instruction the task can produce."""
+    text = " ".join([PROMPT_TEMPLATE.format(task=""), *TEMPLATES, *OBJECT_COLORS, *PLATE_COLORS, *SHAPES])
+    for ch in "{}?\n":
+        text = text.replace(ch, " ")
+    words = sorted({w for w in text.split() if w not in ("obj", "plate}", "task")} | {"plate"})
+    return words
+
+
+def make_word_tokenizer_files(words: list[str], vocab_size: int = VOCAB) -> dict[str, str]:
+    """A Llama-2-shaped BPE tokenizer whose merges turn each of ``words`` into one token.
+
+    Ids 0/1/2 = <unk>/<s>/</s>, 3..258 byte fallback, then printable ASCII characters, then the merged
+    word pieces; "▁" (29871) and <PAD> (= vocab_size) as in Llama-2. Words are merged with and without the
+    leading "▁" (the normalizer turns spaces into "▁" and prepends one) by left-to-right extension merges
+    (``("▁re", "d") -> "▁red"``), so merges never compete across word boundaries.
+    """
+    vocab: dict[str, int] = {"▁": SPACE_TOKEN_ID}
+    next_id = 0
+
+    def add(token: str) -> None:
+        nonlocal next_id
+        if token in vocab:
+            return
+        if next_id == SPACE_TOKEN_ID:
+            next_id += 1
+        if next_id >= vocab_size:
+            raise ValueError(f"{len(vocab)} tokens do not fit a vocabulary of {vocab_size}")
+        vocab[token] = next_id
+        next_id += 1
+
+    for token in ("<unk>", "<s>", "</s>", *(f"<0x{b:02X}>" for b in range(256)), *(chr(c) for c in range(33, 127))):
+        add(token)
+    merges: list[tuple[str, str]] = []
+    by_len: dict[int, list[tuple[str, str]]] = {}
+    seen: set[tuple[str, str]] = set()
+    # every word follows a "▁" except the "Out:" after the prompt's newline
+    pieces = {"▁" + w for w in words} | {w for w in words if w == "Out:"}
+    for piece in sorted(pieces, key=lambda x: (len(x), x)):
+        for k in range(2, len(piece) + 1):
+            pair = (piece[: k - 1], piece[k - 1])
+            if pair not in seen:
+                seen.add(pair)
+                by_len.setdefault(k, []).append(pair)
+    for k in sorted(by_len):
+        for left, right in by_len[k]:
+            merges.append((left, right))
+            add(left + right)
+    filler = 0
+    while next_id < vocab_size:
+        add(f"<unused{filler}>")
+        filler += 1
+    bpe = models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True)
+    tok = Tokenizer(bpe)
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    tok.add_special_tokens(["<unk>", "<s>", "</s>"])
+    tok.add_special_tokens(["<PAD>"])
+    if tok.token_to_id("<PAD>") != vocab_size or tok.token_to_id("▁") != SPACE_TOKEN_ID:
+        raise RuntimeError("tokenizer ids do not follow the Llama-2 layout")
+    special = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<PAD>"}
+    return {
+        "tokenizer.json": tok.to_str(),
+        "tokenizer_config.json": json.dumps({**special, "add_bos_token": True, "add_eos_token": False}),
+        "special_tokens_map.json": json.dumps(special),
+        "added_tokens.json": json.dumps({"<PAD>": vocab_size}),
+    }
+
+
+def checkpoint_config(cfg: TrainConfig) -> dict:
+    """config.json of the trained model (released layout + ``timm_overrides``)."""
+    return {
+        "model_type": "openvla",
+        "vision_backbone_id": "dinosiglip-vit-so-224px",
+        "llm_backbone_id": "llama2-7b-pure",
+        "arch_specifier": "no-align+fused-gelu-mlp",
+        "use_fused_vision_backbone": True,
+        "timm_model_ids": [DINO_ID, SIGLIP_ID],
+        "timm_override_act_layers": [None, None],
+        "timm_overrides": [
+            {"embed_dim": cfg.vit_dim, "depth": cfg.vit_depth, "num_heads": cfg.vit_heads},
+            {"embed_dim": cfg.vit_dim, "depth": cfg.vit_depth, "num_heads": cfg.vit_heads},
+        ],
+        "image_sizes": [224, 224],
+        "image_resize_strategy": "resize-naive",
+        "llm_max_length": 2048,
+        "pad_token_id": VOCAB,
+        "pad_to_multiple_of": 64,
+        "n_action_bins": 256,
+        "norm_stats": {},
+        "num_actions_chunk": CHUNK_LEN,
+        "text_config": {
+            "model_type": "llama", "vocab_size": VOCAB + 64, "pad_token_id": VOCAB,
+            "hidden_size": cfg.llm_hidden, "intermediate_size": cfg.llm_intermediate,
+            "num_hidden_layers": cfg.llm_layers, "num_attention_heads": cfg.llm_heads,
+            "num_key_value_heads": cfg.llm_heads,
+        },
+    }
+
+
+def build_model(cfg: TrainConfig) -> tuple[OFTModel, dict]:
+    """Freshly initialized network (seeded by ``cfg.seed``) and its config.json."""
+    config = checkpoint_config(cfg)
+    spec = ModelSpec(
+        timm_model_ids=tuple(config["timm_model_ids"]),
+        timm_overrides=tuple(config["timm_overrides"]),
+        image_size=224,
+        text_config={k: v for k, v in config["text_config"].items() if k != "model_type"},
+        proprio_dim=8, action_dim=7, chunk_len=CHUNK_LEN,
+    )
+    torch.manual_seed(cfg.seed)
+    model = OFTModel(spec)
+    with torch.no_grad():  # timm's DINOv2 LayerScale starts at 1e-5: blocks would begin as near-identities
+        for name, p in model.named_parameters():
+            if name.endswith((".ls1.gamma", ".ls2.gamma")):
+                p.fill_(0.1)
+    return model, config
+
+
+# ----------------------------------------------------------------------------------------------------------
+class Batcher:
+    """Turns episodes into model inputs exactly as OFTPolicy does at inference."""
+
+    def __init__(self, episodes: list[Episode], stats: dict, tokenizer: PromptTokenizer,
+                 task_config: TaskConfig = TaskConfig(), preprocess: PreprocessConfig = PreprocessConfig()) -> None:
+        self.episodes = episodes
+        self.stats = stats
+        self.tokenizer = tokenizer
+        self.preprocess = preprocess
+        self.tasks = {}
+        self.task_config = task_config
+        # bucket (episode, step) pairs by prompt length: a batch needs one length
+        self.buckets: dict[int, list[tuple[int, int]]] = {}
+        for i, ep in enumerate(episodes):
+            n = len(tokenizer.encode(ep.instruction)[0])
+            self.buckets.setdefault(n, []).extend((i, t) for t in range(len(ep)))
+        self.lengths = sorted(self.buckets)
+        sizes = np.array([len(self.buckets[n]) for n in self.lengths], dtype=np.float64)
+        self.weights = sizes / sizes.sum()
+
+    def _task(self, seed: int) -> TabletopTask:
+        if seed not in self.tasks:
+            self.tasks[seed] = TabletopTask(seed, self.task_config)
+        return self.tasks[seed]
+
+    def sample(self, rng: np.random.Generator, batch_size: int) -> dict[str, torch.Tensor]:
+        n = self.lengths[rng.choice(len(self.lengths), p=self.weights)]
+        bucket = self.buckets[n]
+        picks = [bucket[j] for j in rng.integers(len(bucket), size=batch_size)]
+        return self.make(picks)
+
+    def make(self, picks: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
+        pixels, proprio, ids, target = [], [], [], []
+        a_stats = self.stats["action"]
+        lo, hi = np.asarray(a_stats["q01"]), np.asarray(a_stats["q99"])
+        mask = np.asarray(a_stats["mask"], dtype=bool)
+        for i, t in picks:
+            ep = self.episodes[i]
+            task = self._task(ep.seed)
+            task.restore(ep.snapshots[t])
+            frames = task.render()
+            pixels.append(normalize([policy_frame(frames[v], self.preprocess) for v in VIEWS]))  # (1, 12, 224, 224)
+            proprio.append(normalize_proprio(ep.proprio[t], self.stats["proprio"]))
+            ids.append(self.tokenizer.encode(ep.instruction)[0])
+            chunk = ep.action_chunk(t)  # (T, A) robot units
+            norm = np.where(mask, 2 * (chunk - lo) / (hi - lo + 1e-8) - 1, chunk)
+            target.append(np.clip(norm, -1.0, 1.0))
+        return {
+            "pixel_values": torch.cat(pixels),  # (B, 12, 224, 224)
+            "proprio": torch.tensor(np.stack(proprio), dtype=torch.float32),  # (B, 8)
+            "prompt_ids": torch.tensor(ids, dtype=torch.long),  # (B, 1+P)
+            "actions": torch.tensor(np.stack(target), dtype=torch.float32),  # (B, T, A)
+        }
+
+
+def l1_loss(model: OFTModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    pred = model(batch["pixel_values"], batch["proprio"], batch["prompt_ids"])  # (B, T, A)
+    return (pred - batch["actions"]).abs().mean()
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    warm = max(1, min(100, cfg.steps // 10))
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    frac = (step - warm) / max(1, cfg.steps - warm)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    steps_done: int
+    train_loss: float
+    val_loss: float | None
+    minutes: float
+
+
+def train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainResult:
+    """Run (or resume) training and write the checkpoint; returns the final losses."""
+    torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    work = out / WORK_DIR
+    work.mkdir(exist_ok=True)
+    state_file = work / STATE_FILE
+
+    episodes = generate(cfg.episodes + cfg.val_episodes, seed=cfg.data_seed, noise=cfg.noise, progress=progress)
+    val_eps, train_eps = episodes[: cfg.val_episodes], episodes[cfg.val_episodes:]
+    stats = {UNNORM_KEY: dataset_statistics(train_eps)}
+    tok_files = make_word_tokenizer_files(task_words())
+    tok_dir = work / "tokenizer"
+    tok_dir.mkdir(exist_ok=True)
+    for name, text in tok_files.items():
+        (tok_dir / name).write_text(text)
+    tokenizer = PromptTokenizer(tok_dir / "tokenizer.json")
+    batcher = Batcher(train_eps, stats[UNNORM_KEY], tokenizer)
+    val_batches = []
+    if val_eps:
+        vb = Batcher(val_eps, stats[UNNORM_KEY], tokenizer)
+        val_batches = [vb.sample(np.random.default_rng([cfg.seed, 10**9 + k]), cfg.batch_size) for k in range(4)]
+
+    model, config = build_model(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    start, elapsed_before, losses = 0, 0.0, []
+    if state_file.exists():
+        state = torch.load(state_file, map_location="cpu", weights_only=True)
+        if state["train_config"] != json.dumps(asdict(cfg), sort_keys=True):
+            raise ValueError(f"{state_file} was written by a different configuration; remove it or use the same flags "
+                             f"(saved: {state['train_config']})")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start, elapsed_before, losses = int(state["step"]), float(state["elapsed_s"]), list(state["losses"])
+        log(f"resuming from {state_file} at step {start}")
+
+    def save_state(step: int, elapsed: float) -> None:
+        tmp = state_file.with_suffix(".tmp")
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "elapsed_s": elapsed,
+                    "losses": losses, "train_config": json.dumps(asdict(cfg), sort_keys=True)}, tmp)
+        tmp.replace(state_file)
+
+    model.train()
+    t_start = time.perf_counter()
+    last_save = t_start
+    step = start
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step")
+    try:
+        while step < cfg.steps:
+            elapsed = elapsed_before + time.perf_counter() - t_start
+            if cfg.max_minutes and elapsed > 60 * cfg.max_minutes:
+                log(f"time limit of {cfg.max_minutes} min reached at step {step}")
+                break
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, cfg)
+            batch = batcher.sample(np.random.default_rng([cfg.seed, step]), cfg.batch_size)
+            loss = l1_loss(model, batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            losses.append(loss.item())
+            step += 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(l1=f"{np.mean(losses[-50:]):.4f}", lr=f"{lr_at(step, cfg):.1e}")
+            if time.perf_counter() - last_save > 60 * cfg.save_every_min:
+                save_state(step, elapsed_before + time.perf_counter() - t_start)
+                last_save = time.perf_counter()
+    except KeyboardInterrupt:
+        log(f"interrupted at step {step}: saving a resumable state")
+        save_state(step, elapsed_before + time.perf_counter() - t_start)
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    minutes = (elapsed_before + time.perf_counter() - t_start) / 60
+    save_state(step, minutes * 60)
+
+    model.eval()
+    val_loss = None
+    if val_batches:
+        with torch.no_grad():
+            val_loss = float(np.mean([float(l1_loss(model, b)) for b in val_batches]))
+    train_loss = float(np.mean(losses[-50:])) if losses else float("nan")
+    write_checkpoint(out, model, config, stats, tok_files, step=step, shards=1,
+                     dtype=torch.float16 if cfg.fp16 else None)
+    for stale in out.glob("*--*_checkpoint.pt"):
+        if not stale.name.endswith(f"--{step}_checkpoint.pt"):
+            stale.unlink()
+    summary = {"train_config": asdict(cfg), "steps_done": step, "train_l1_last50": train_loss, "val_l1": val_loss,
+               "minutes": minutes, "train_transitions": stats[UNNORM_KEY]["num_transitions"],
+               "loss_curve_every_50": [float(np.mean(losses[i:i + 50])) for i in range(0, len(losses), 50)]}
+    (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    return TrainResult(out, step, train_loss, val_loss, minutes)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="specprune-train",
+        description="Train a small OpenVLA-OFT-architecture policy on the test-bed task (CPU, about 30-40 min with "
+        "the defaults) and write it in the released checkpoint layout. Re-running with the same flags resumes "
+        f"from <out-dir>/{WORK_DIR}/{STATE_FILE}.",
+    )
+    defaults = TrainConfig()
+    for name, value in asdict(defaults).items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=value, help=f"(default {value})")
+        else:
+            p.add_argument(flag, type=type(value), default=value, help=f"(default {value})")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the result summary as JSON")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    kw = {k: v for k, v in vars(args).items() if k not in ("no_progress", "json")}
+    try:
+        cfg = TrainConfig(**kw)
+        res = train(cfg, progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    summary = {"out_dir": str(res.out_dir), "steps": res.steps_done, "train_l1": res.train_loss,
+               "val_l1": res.val_loss, "minutes": round(res.minutes, 2)}
+    print(json.dumps(summary) if args.json else
+          f"wrote {res.out_dir} after {res.steps_done} steps ({res.minutes:.1f} min): train L1 {res.train_loss:.4f}, "
+          f"val L1 {res.val_loss if res.val_loss is None else round(res.val_loss, 4)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
