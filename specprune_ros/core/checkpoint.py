@@ -223,11 +223,11 @@ def load_model(ckpt: Checkpoint, device: str | torch.device = "cpu", dtype: torc
         state.update({f"proprio_projector.{k}": v for k, v in ckpt.proprio_state.items()})
     state = {k: v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device) for k, v in state.items()}
     model.load_state_dict(state, strict=True, assign=True)
-    _rebuild_buffers(model, device)
+    rebuild_buffers(model, device)
     return model.eval().requires_grad_(False)
 
 
-def _rebuild_buffers(model: OFTModel, device) -> None:
+def rebuild_buffers(model: OFTModel, device) -> None:
     """Non-persistent buffers (RoPE inverse frequencies) are not in checkpoints: recompute them in fp32."""
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 

@@ -317,8 +317,12 @@ class Synchronizer:
             max_skew = max(max_skew, self._check_skew("joint state", snapshot.stamp, ref))
             required = self.proprio.required_joints() if self.proprio is not None else []
             for name in required:
-                if name in snapshot.joint_stamps:
-                    self._check_age(f"joint {name!r}", snapshot.joint_stamps[name], now)
+                if name in snapshot.joint_stamps and now - snapshot.joint_stamps[name] > cfg.max_age:
+                    raise StaleInput(
+                        f"joint {name!r} is missing from recent joint states: last value is "
+                        f"{now - snapshot.joint_stamps[name]:.3f} s old (max_age {cfg.max_age} s)",
+                        STALE,
+                    )
             self._check_age("joint state", snapshot.stamp, now)
         if self.proprio is not None and snapshot is not None:
             try:

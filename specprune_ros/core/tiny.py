@@ -85,9 +85,34 @@ def tiny_statistics(action_dim: int = 7, proprio_dim: int = 8) -> dict:
     }
 
 
-def random_model(size: str = "tiny", seed: int = 0, proprio_dim: int = 8, action_dim: int = 7, chunk_len: int = 8) -> tuple[OFTModel, dict]:
-    """A randomly initialized network of ``size`` and its config.json dict."""
+def init_random_(model: OFTModel, seed: int) -> OFTModel:
+    """Deterministic random weights: N(0, 0.02) matrices and embeddings, zero biases, unit norms and LayerScale."""
+    gens: dict[torch.device, torch.Generator] = {}
+    norm_weights = set()
+    for mod_name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.LayerNorm) or type(mod).__name__.endswith("RMSNorm"):
+            norm_weights.add(f"{mod_name}.weight")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name in norm_weights or name.endswith(".gamma"):
+                p.fill_(1.0)
+            elif name.endswith(".bias"):
+                p.zero_()
+            else:
+                if p.device not in gens:
+                    gens[p.device] = torch.Generator(device=p.device).manual_seed(seed)
+                p.normal_(0.0, 0.02, generator=gens[p.device])
+    return model
+
+
+def random_model(
+    size: str = "tiny", seed: int = 0, proprio_dim: int = 8, action_dim: int = 7, chunk_len: int = 8,
+    device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+) -> tuple[OFTModel, dict]:
+    """A randomly initialized network of ``size`` (built without a weight file) and its config.json dict."""
     cfg = checkpoint_config(size)
+    if chunk_len != 8:
+        cfg["num_actions_chunk"] = chunk_len
     spec = ModelSpec(
         timm_model_ids=tuple(cfg["timm_model_ids"]),
         timm_overrides=tuple(cfg.get("timm_overrides") or ()),
@@ -97,21 +122,14 @@ def random_model(size: str = "tiny", seed: int = 0, proprio_dim: int = 8, action
         action_dim=action_dim,
         chunk_len=chunk_len,
     )
-    gen_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
+    with torch.device("meta"):
         model = OFTModel(spec)
-        # Random init leaves LayerScale at timm's small default and Llama at std 0.02; make the towers and
-        # the head produce non-trivial outputs so that tests can tell inputs apart.
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if name.endswith((".gamma",)):
-                    p.fill_(1.0)
-    finally:
-        torch.random.set_rng_state(gen_state)
-    if chunk_len != 8:
-        cfg["num_actions_chunk"] = chunk_len
-    return model, cfg
+    model = model.to_empty(device=device).to(dtype)
+    init_random_(model, seed)
+    from .checkpoint import rebuild_buffers
+
+    rebuild_buffers(model, device)
+    return model.eval(), cfg
 
 
 def make_tiny_checkpoint(out_dir: str | Path, seed: int = 0, size: str = "tiny") -> Path:

@@ -1,0 +1,1 @@
+"""Command-line tools (entry points in setup.py). Each module has a tiny ``main``."""

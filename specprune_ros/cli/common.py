@@ -1,0 +1,95 @@
+"""Shared command-line plumbing: flags derived from the config dataclasses, error handling, JSON."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from typing import Callable, Sequence
+
+from ..core.config import ConfigError, PolicyConfig
+
+_NEGATIVE_VALUE = re.compile(r"^-(\d|\.\d)")
+
+
+def join_negative_values(argv: Sequence[str]) -> list[str]:
+    """``--opt -0.1,0.2`` -> ``--opt=-0.1,0.2`` so argparse does not take the value for an option."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        tok = argv[i]
+        if tok.startswith("--") and "=" not in tok and i + 1 < len(argv) and _NEGATIVE_VALUE.match(argv[i + 1]):
+            out.append(f"{tok}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(tok)
+        i += 1
+    return out
+
+
+def parse_floats(text: str) -> list[float]:
+    """``"0.1,-0.2, 3"`` -> [0.1, -0.2, 3.0] with a clear error."""
+    try:
+        return [float(x) for x in text.split(",") if x.strip() != ""]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_policy_args(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """One flag per PolicyConfig field, with the field's documentation as help."""
+    group = parser.add_argument_group("policy (PolicyConfig)")
+    for name, (type_name, default, doc) in PolicyConfig.fields_doc().items():
+        if name in skip:
+            continue
+        help_text = f"{doc} (default: {default if default not in ('', None) else 'none'})"
+        if type_name == "bool":
+            group.add_argument(_flag(name), action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif type_name.startswith("tuple"):
+            group.add_argument(_flag(name), default=None, metavar="A,B", help=help_text)
+        else:
+            conv = {"int": int, "float": float}.get(type_name, str)
+            group.add_argument(_flag(name), type=conv, default=None, help=help_text)
+
+
+def policy_config_from_args(args: argparse.Namespace, **overrides) -> PolicyConfig:
+    values = {}
+    for name in PolicyConfig.fields_doc():
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        if name == "views":
+            value = tuple(v.strip() for v in value.split(",") if v.strip())
+        values[name] = value
+    values.update(overrides)
+    return PolicyConfig.from_mapping(values)
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    from ..core.checkpoint import CheckpointError
+    from ..core.types import InputError
+
+    return (ConfigError, CheckpointError, InputError, FileNotFoundError, ValueError)
+
+
+def run(main: Callable[[list[str]], int | None], argv: Sequence[str] | None, prog: str) -> int:
+    """Run ``main`` with Unix conventions: user errors -> one line on stderr and exit 2; Ctrl-C -> 130."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    argv = join_negative_values(list(sys.argv[1:] if argv is None else argv))
+    try:
+        return int(main(argv) or 0)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except user_errors() as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+
+
+def print_json(obj) -> None:
+    json.dump(obj, sys.stdout, indent=2, sort_keys=False)
+    sys.stdout.write("\n")

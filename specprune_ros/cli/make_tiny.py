@@ -1,0 +1,43 @@
+"""specprune-make-tiny: write a random-weight checkpoint in the released OpenVLA-OFT layout."""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from ..core.tiny import SIZES, make_tiny_checkpoint
+from .common import run
+
+PROG = "specprune-make-tiny"
+
+
+def main_args(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Write a random-weight checkpoint laid out like the released OpenVLA-OFT ones (config.json with "
+        "timm_overrides, safetensors shards + index, dataset_statistics.json with key 'tiny_sim', action head and "
+        "proprio projector .pt files, tokenizer). 'tiny' is for tests and the demo, 'mid' for CPU benchmarks, "
+        "'full' has the real 7B shapes (about 30 GB in fp32).",
+    )
+    p.add_argument("out_dir", help="directory to create")
+    p.add_argument("--size", choices=sorted(SIZES), default="tiny", help="model size (default: tiny)")
+    p.add_argument("--seed", type=int, default=0, help="weight seed (default: 0)")
+    p.add_argument("--force", action="store_true", help="replace an existing directory")
+    args = p.parse_args(argv)
+    out = Path(args.out_dir)
+    if out.exists() and any(out.iterdir()):
+        if not args.force:
+            raise ValueError(f"{out} exists and is not empty; pass --force to replace it")
+        shutil.rmtree(out)
+    path = make_tiny_checkpoint(out, seed=args.seed, size=args.size)
+    print(path)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(main_args, argv, PROG)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
