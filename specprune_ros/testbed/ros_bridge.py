@@ -1,0 +1,315 @@
+"""``testbed_sim_node``: the test-bed task behind ROS 2 topics, in real time.
+
+    tools/ros_env.sh .venv/bin/testbed_sim_node --ros-args -p seed:=0 -p episodes:=10
+
+Publishes (relative names, so a namespace or remapping applies):
+    ``primary/image_raw``, ``wrist/image_raw`` (sensor_msgs/Image, rgb8, 224x224, sensor-data QoS),
+    ``joint_states`` (sensor_msgs/JointState: gantry_x/y/z, gripper_yaw, finger_left/right; positions and
+    velocities), ``instruction`` and ``robot_description`` (std_msgs/String, reliable + transient local; the
+    gantry URDF whose ``tcp`` frame is the tool point) and ``episode_status`` (specprune_ros/EpisodeStatus,
+    transient local).
+Subscribes: ``action_chunk_topic`` (specprune_ros/ActionChunk, default ``/specprune_policy/action_chunk``,
+the policy node's output). Service: ``~/reset`` (std_srvs/Trigger): start the next episode now.
+
+Time is the node's clock (wall time, or /clock with ``use_sim_time``). A timer at ``control_rate`` executes
+one row of the newest chunk per tick (a new chunk replaces the rows left of the previous one) and then
+publishes the joint states and, every ``camera_every`` ticks, both camera images with the same stamp. When no
+row is left the gantry holds still and the episode's step counter does not advance (a slow policy costs
+wall time, not task steps). Episodes end on success or after ``max_steps`` executed rows; with
+``auto_reset`` the next seed starts ``reset_delay`` seconds later, until ``episodes`` have run (0 = forever).
+
+The ROS-free part (:class:`TestbedRunner`) holds all the logic and is tested without ROS.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from .task import GANTRY_URDF, JOINT_NAMES, TabletopTask, TaskConfig
+
+NODE_NAME = "testbed_sim_node"
+CAMERA_TOPICS = {"primary": "primary/image_raw", "wrist": "wrist/image_raw"}
+ACTION_DIM = 7
+
+
+@dataclass(frozen=True)
+class BridgeConfig:
+    """The node's parameters (``--ros-args -p name:=value``); see :data:`PARAM_DOC`."""
+
+    seed: int = 0
+    episodes: int = 0
+    max_steps: int = 240
+    control_rate: float = 20.0
+    camera_every: int = 1
+    auto_reset: bool = True
+    reset_delay: float = 1.0
+    action_chunk_topic: str = "/specprune_policy/action_chunk"
+    frame_id: str = "world"
+
+    def __post_init__(self) -> None:
+        if self.seed < 0:
+            raise ValueError(f"seed={self.seed} must be >= 0")
+        if self.episodes < 0:
+            raise ValueError(f"episodes={self.episodes} must be >= 0 (0 = run forever)")
+        if self.max_steps < 1:
+            raise ValueError(f"max_steps={self.max_steps} must be >= 1")
+        if not 0 < self.control_rate <= 200:
+            raise ValueError(f"control_rate={self.control_rate} must lie in (0, 200] Hz (the task was trained at 20)")
+        if self.camera_every < 1:
+            raise ValueError(f"camera_every={self.camera_every} must be >= 1 tick")
+        if self.reset_delay < 0:
+            raise ValueError(f"reset_delay={self.reset_delay} must be >= 0 seconds")
+        if not self.action_chunk_topic:
+            raise ValueError("action_chunk_topic is empty: name the policy node's ActionChunk topic")
+
+
+PARAM_DOC = {
+    "seed": "task seed of the first episode; episode k uses seed + k",
+    "episodes": "episodes to run, 0 = keep going",
+    "max_steps": "executed control steps before an episode times out",
+    "control_rate": "Hz: action rows executed (and joint states published) per second; the policy was trained at 20",
+    "camera_every": "publish the camera images every this many control ticks",
+    "auto_reset": "start the next episode reset_delay seconds after one ends",
+    "reset_delay": "seconds between the end of an episode and the next one",
+    "action_chunk_topic": "specprune_ros/ActionChunk topic to execute",
+    "frame_id": "frame_id of the joint states (the URDF root link is `world`)",
+}
+
+
+class TestbedRunner:
+    """Episode bookkeeping and chunk execution, without ROS.
+
+    ``on_chunk`` accepts a (rows, 7) action array (replacing any rows left); ``tick`` executes one row and
+    returns True if it did. ``status`` is waiting / running / success / timeout.
+    """
+
+    __test__ = False  # not a pytest class
+
+    def __init__(self, config: BridgeConfig = BridgeConfig()) -> None:
+        self.config = config
+        self.episode = -1
+        self.task: TabletopTask | None = None
+        self.rows: list[np.ndarray] = []
+        self.dropped = 0
+        self.executed = 0
+
+    @property
+    def status(self) -> str:
+        if self.task is None:
+            return "waiting"
+        if self.task.success:
+            return "success"
+        if self.task.done:
+            return "timeout"
+        return "running"
+
+    @property
+    def more_episodes(self) -> bool:
+        return self.config.episodes == 0 or self.episode + 1 < self.config.episodes
+
+    def start_episode(self) -> TabletopTask:
+        self.episode += 1
+        self.task = TabletopTask(self.config.seed + self.episode, TaskConfig(max_steps=self.config.max_steps))
+        self.rows = []
+        return self.task
+
+    def on_chunk(self, actions: np.ndarray) -> str | None:
+        """Queue a chunk; returns None, or why it was refused (nothing changes then)."""
+        a = np.asarray(actions, dtype=np.float64)
+        if a.ndim != 2 or a.shape[0] < 1 or a.shape[1] != ACTION_DIM:
+            self.dropped += 1
+            return f"action chunk of shape {a.shape} refused: the test bed needs (rows >= 1, {ACTION_DIM})"
+        if not np.all(np.isfinite(a)):
+            self.dropped += 1
+            return "action chunk with NaN or inf refused"
+        if self.status != "running":
+            self.dropped += 1
+            return f"action chunk dropped: no episode is running ({self.status})"
+        self.rows = list(a)
+        return None
+
+    def tick(self) -> bool:
+        if self.status != "running" or not self.rows:
+            return False
+        self.task.step(self.rows.pop(0))
+        self.executed += 1
+        if self.task.done:
+            self.rows = []
+        return True
+
+
+def _time_msg_from_ns(ns: int):
+    from builtin_interfaces.msg import Time
+
+    return Time(sec=int(ns // 1_000_000_000), nanosec=int(ns % 1_000_000_000))
+
+
+def make_node(config_overrides: dict | None = None, **node_kwargs):
+    """Create the bridge node (rclpy must be initialized). ``config_overrides`` set parameters in tests."""
+    from rcl_interfaces.msg import ParameterDescriptor
+    from rclpy.node import Node
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+    from sensor_msgs.msg import Image, JointState
+    from std_msgs.msg import String
+    from std_srvs.srv import Trigger
+
+    try:
+        from specprune_ros.msg import ActionChunk, EpisodeStatus
+    except ImportError as exc:
+        raise SystemExit(
+            f"{NODE_NAME}: the generated messages are not importable ({exc}); run `make setup` and start the node "
+            "through tools/ros_env.sh (docs/development.md)"
+        ) from exc
+
+    if config_overrides:
+        from rclpy.parameter import Parameter
+
+        params = [Parameter(k, value=v) for k, v in config_overrides.items()]
+        node_kwargs.setdefault("parameter_overrides", params)
+
+    class TestbedBridge(Node):
+        def __init__(self) -> None:
+            super().__init__(NODE_NAME, **node_kwargs)
+            defaults = BridgeConfig()
+            values = {}
+            for f in fields(BridgeConfig):
+                values[f.name] = self.declare_parameter(
+                    f.name, getattr(defaults, f.name), ParameterDescriptor(description=PARAM_DOC[f.name])
+                ).value
+            self.config = BridgeConfig(**values)
+            self.runner = TestbedRunner(self.config)
+            latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                                 durability=DurabilityPolicy.TRANSIENT_LOCAL)
+            self._pub_images = {v: self.create_publisher(Image, t, qos_profile_sensor_data) for v, t in CAMERA_TOPICS.items()}
+            self._pub_joints = self.create_publisher(JointState, "joint_states", 10)
+            self._pub_instruction = self.create_publisher(String, "instruction", latched)
+            self._pub_description = self.create_publisher(String, "robot_description", latched)
+            self._pub_status = self.create_publisher(EpisodeStatus, "episode_status", latched)
+            self._EpisodeStatus = EpisodeStatus
+            self.create_subscription(ActionChunk, self.config.action_chunk_topic, self._on_chunk, 10)
+            self.create_service(Trigger, "~/reset", self._on_reset)
+            self._pub_description.publish(String(data=GANTRY_URDF))
+            self._ticks = 0
+            self._reset_timer = None
+            self._start()
+            self._timer = self.create_timer(1.0 / self.config.control_rate, self._tick)
+
+        # -- episodes
+        def _start(self) -> None:
+            task = self.runner.start_episode()
+            self._pub_instruction.publish(String(data=task.instruction))
+            self.get_logger().info(f"episode {self.runner.episode} (seed {task.seed}): {task.instruction!r}")
+            self._publish_state(images=True)
+            self._publish_status()
+
+        def _on_reset(self, _request, response):
+            self._cancel_reset_timer()
+            self._start()
+            response.success = True
+            response.message = f"episode {self.runner.episode}: seed {self.runner.task.seed}"
+            return response
+
+        def _cancel_reset_timer(self) -> None:
+            if self._reset_timer is not None:
+                self._reset_timer.cancel()
+                self.destroy_timer(self._reset_timer)
+                self._reset_timer = None
+
+        def _scheduled_reset(self) -> None:
+            self._cancel_reset_timer()
+            self._start()
+
+        # -- control loop
+        def _on_chunk(self, msg) -> None:
+            actions = np.asarray(msg.actions, dtype=np.float64)
+            if msg.rows * msg.cols != actions.size:
+                self.get_logger().error(f"action chunk {msg.sequence}: rows*cols={msg.rows * msg.cols} but "
+                                        f"{actions.size} values; refused")
+                return
+            why = self.runner.on_chunk(actions.reshape(msg.rows, msg.cols))
+            if why is not None:
+                self.get_logger().warning(why, throttle_duration_sec=2.0)
+
+        def _tick(self) -> None:
+            was_running = self.runner.status == "running"
+            stepped = self.runner.tick()
+            self._ticks += 1
+            self._publish_state(images=self._ticks % self.config.camera_every == 0)
+            if stepped or was_running != (self.runner.status == "running"):
+                self._publish_status()
+            if was_running and self.runner.status != "running":
+                t = self.runner.task
+                self.get_logger().info(f"episode {self.runner.episode} ended: {self.runner.status} after {t.state.step} steps")
+                if self.config.auto_reset and self.runner.more_episodes and self._reset_timer is None:
+                    self._reset_timer = self.create_timer(max(self.config.reset_delay, 1e-3), self._scheduled_reset)
+
+        # -- publishing
+        def _publish_state(self, images: bool) -> None:
+            task = self.runner.task
+            stamp = self.get_clock().now().to_msg()
+            js = JointState()
+            js.header.stamp = stamp
+            js.header.frame_id = self.config.frame_id
+            js.name = list(JOINT_NAMES)
+            js.position = [float(v) for v in task.joint_positions()]
+            js.velocity = [float(v) for v in task.joint_velocities()]
+            self._pub_joints.publish(js)
+            if images:
+                for view, img in task.render().items():
+                    msg = Image()
+                    msg.header.stamp = stamp
+                    msg.header.frame_id = f"{view}_camera"
+                    msg.height, msg.width = int(img.shape[0]), int(img.shape[1])
+                    msg.encoding = "rgb8"
+                    msg.step = int(img.shape[1]) * 3
+                    msg.data = img.tobytes()
+                    self._pub_images[view].publish(msg)
+
+        def _publish_status(self) -> None:
+            r = self.runner
+            msg = self._EpisodeStatus()
+            msg.header.stamp = self.get_clock().now().to_msg()
+            msg.task = f"testbed/seed{r.task.seed}" if r.task is not None else "testbed"
+            msg.instruction = r.task.instruction if r.task is not None else ""
+            msg.episode = max(r.episode, 0)
+            msg.step = r.task.state.step if r.task is not None else 0
+            msg.max_steps = self.config.max_steps
+            msg.status = r.status
+            msg.success = r.status == "success"
+            self._pub_status.publish(msg)
+
+    return TestbedBridge()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv if argv is None else argv
+    if any(a in ("-h", "--help") for a in args[1:]) and "--ros-args" not in args:
+        print(__doc__)
+        print("Parameters (--ros-args -p name:=value):")
+        for name, doc in PARAM_DOC.items():
+            print(f"  {name:<20} {doc} (default: {getattr(BridgeConfig(), name)!r})")
+        return 0
+    import rclpy
+    from rclpy.executors import ExternalShutdownException
+
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = make_node()
+        rclpy.spin(node)
+    except ValueError as exc:
+        print(f"{NODE_NAME}: {exc}", file=sys.stderr)
+        return 2
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

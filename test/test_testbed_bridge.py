@@ -1,0 +1,150 @@
+"""testbed_sim_node: the ROS-free runner, and the node over real rclpy driven closed loop by the expert."""
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import pytest
+from ros_env import messages, ros_context  # noqa: F401  (ros_context is a fixture)
+
+from specprune_ros.testbed.expert import expert_action
+from specprune_ros.testbed.ros_bridge import BridgeConfig, TestbedRunner
+from specprune_ros.testbed.task import GANTRY_URDF, JOINT_NAMES, TabletopTask
+
+
+def expert_chunk(task: TabletopTask, rows: int = 8) -> np.ndarray:
+    """The expert's next ``rows`` actions, planned on a copy of ``task`` (the task itself is not changed)."""
+    sim = TabletopTask(task.seed, task.config)
+    sim.restore(task.snapshot())
+    out = []
+    for _ in range(rows):
+        if sim.done:
+            break
+        a = expert_action(sim)
+        sim.step(a)
+        out.append(a)
+    return np.array(out)
+
+
+def test_runner_executes_rows_and_replaces_chunks():
+    r = TestbedRunner(BridgeConfig(seed=3, max_steps=50))
+    assert r.status == "waiting"
+    assert r.on_chunk(np.zeros((2, 7))) is not None  # no episode yet
+    r.start_episode()
+    assert r.status == "running" and r.task.seed == 3
+    assert not r.tick()  # nothing queued: the gantry holds and no step is counted
+    assert r.task.state.step == 0
+    assert r.on_chunk(np.tile([1.0, 0, 0, 0, 0, 0, -1], (4, 1))) is None
+    start = r.task.state.ee.copy()
+    assert r.tick() and r.tick()
+    np.testing.assert_allclose(r.task.state.ee[0] - start[0], 0.02)
+    r.on_chunk(np.tile([0, 1.0, 0, 0, 0, 0, -1], (3, 1)))  # replaces the 2 rows left
+    for _ in range(5):
+        r.tick()
+    assert r.task.state.step == 5
+    np.testing.assert_allclose(r.task.state.ee[:2] - start[:2], [0.02, 0.03])
+
+
+def test_runner_refuses_bad_chunks_with_reasons():
+    r = TestbedRunner()
+    r.start_episode()
+    assert "shape" in r.on_chunk(np.zeros((3, 6)))
+    assert "shape" in r.on_chunk(np.zeros((0, 7)))
+    assert "NaN" in r.on_chunk(np.full((2, 7), np.nan))
+    assert r.dropped == 3 and not r.rows
+
+
+def test_runner_solves_episodes_with_expert_chunks_and_counts_episodes():
+    r = TestbedRunner(BridgeConfig(seed=10, episodes=2))
+    for _ in range(2):
+        r.start_episode()
+        while r.status == "running":
+            r.on_chunk(expert_chunk(r.task))
+            while r.tick():
+                pass
+        assert r.status == "success"
+    assert not r.more_episodes
+
+
+def test_runner_times_out():
+    r = TestbedRunner(BridgeConfig(max_steps=5))
+    r.start_episode()
+    r.on_chunk(np.zeros((8, 7)))
+    while r.tick():
+        pass
+    assert r.status == "timeout" and r.task.state.step == 5 and not r.rows
+
+
+def test_bad_parameters_are_named():
+    with pytest.raises(ValueError, match="control_rate"):
+        BridgeConfig(control_rate=0)
+    with pytest.raises(ValueError, match="episodes"):
+        BridgeConfig(episodes=-1)
+
+
+# ------------------------------------------------------------------------------------------- over rclpy
+def test_node_closed_loop_over_ros(ros_context):
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+    from sensor_msgs.msg import Image, JointState
+    from std_msgs.msg import String
+
+    from specprune_ros.testbed.ros_bridge import make_node
+
+    msg = messages()
+    topic = f"/testbed_chunks_{os.getpid()}"
+    bridge = make_node({"seed": 21, "episodes": 1, "control_rate": 200.0, "action_chunk_topic": topic,
+                        "camera_every": 5}, context=ros_context)
+    probe = rclpy.create_node("testbed_probe", context=ros_context)
+    latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    got: dict = {"images": {}, "joints": None, "status": [], "instruction": None, "urdf": None}
+    probe.create_subscription(String, "/instruction", lambda m: got.__setitem__("instruction", m.data), latched)
+    probe.create_subscription(String, "/robot_description", lambda m: got.__setitem__("urdf", m.data), latched)
+    probe.create_subscription(msg.EpisodeStatus, "/episode_status", lambda m: got["status"].append(m), latched)
+    probe.create_subscription(JointState, "/joint_states", lambda m: got.__setitem__("joints", m), 10)
+    for view in ("primary", "wrist"):
+        probe.create_subscription(Image, f"/{view}/image_raw",
+                                  lambda m, v=view: got["images"].__setitem__(v, m), qos_profile_sensor_data)
+    pub = probe.create_publisher(msg.ActionChunk, topic, 10)
+    ex = SingleThreadedExecutor(context=ros_context)
+    ex.add_node(bridge)
+    ex.add_node(probe)
+    task = bridge.runner.task
+    sent = 0
+    deadline = time.monotonic() + 60.0
+    try:
+        while time.monotonic() < deadline:
+            ex.spin_once(timeout_sec=0.01)
+            if got["status"] and got["status"][-1].status in ("success", "timeout"):
+                break
+            if got["joints"] is not None and not bridge.runner.rows and bridge.runner.status == "running":
+                rows = expert_chunk(task)
+                chunk = msg.ActionChunk()
+                chunk.sequence = sent
+                chunk.rows, chunk.cols = rows.shape
+                chunk.actions = rows.reshape(-1).tolist()
+                pub.publish(chunk)
+                sent += 1
+                # wait until the bridge has it, so that the next chunk is planned from the right state
+                t_wait = time.monotonic() + 5.0
+                while not bridge.runner.rows and bridge.runner.status == "running" and time.monotonic() < t_wait:
+                    ex.spin_once(timeout_sec=0.01)
+        for _ in range(20):
+            ex.spin_once(timeout_sec=0.01)
+    finally:
+        ex.shutdown()
+        probe.destroy_node()
+        bridge.destroy_node()
+    assert got["instruction"] == task.instruction
+    assert got["urdf"] == GANTRY_URDF
+    assert got["status"] and got["status"][-1].status == "success" and got["status"][-1].success
+    assert got["status"][-1].instruction == task.instruction
+    js = got["joints"]
+    assert list(js.name) == list(JOINT_NAMES) and len(js.velocity) == len(JOINT_NAMES)
+    np.testing.assert_allclose(js.position, task.joint_positions())
+    for view in ("primary", "wrist"):
+        img = got["images"][view]
+        assert (img.encoding, img.height, img.width, img.step) == ("rgb8", 224, 224, 224 * 3)
+    assert 1 < sent < 40
