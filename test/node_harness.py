@@ -6,6 +6,7 @@ missing joints, old stamps, frozen frames) while it runs, so a test can watch re
 """
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 import time
@@ -21,6 +22,7 @@ ARM = [f"panda_joint{i}" for i in range(1, 8)]
 FINGERS = ["panda_finger_joint1", "panda_finger_joint2"]
 READY = [0.0, -math.pi / 4, 0.0, -3 * math.pi / 4, 0.0, math.pi / 2, math.pi / 4]
 NODE = "specprune_policy"
+_instances = itertools.count()
 
 
 def wait_until(cond: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
@@ -44,6 +46,9 @@ class Feeder(threading.Thread):
         self.encoding = "rgb8"
         self.bad_step = False  # data shorter than height * step
         self.stamp_offset = 0.0  # seconds added to every stamp (negative: old data)
+        self.camera_stamp_offset = 0.0  # seconds added to camera stamps only
+        self.view_stamp_offset: dict[int, float] = {}  # camera index -> extra seconds
+        self.bad_value = float("nan")  # value written into ``nan_joint``
         self.camera_on = True
         self.freeze = False
         self.nan_joint: str | None = None
@@ -66,24 +71,27 @@ class Feeder(threading.Thread):
         while not self._halt.is_set():
             now = self.h.io.get_clock().now().nanoseconds * 1e-9 + self.stamp_offset
             stamp = _stamp(now)
+            cam_stamp = _stamp(now + self.camera_stamp_offset)
             if self.camera_on:
                 for i, pub in enumerate(self.h.cam_pubs):
                     rgb = self.frame(i)
                     msg = Image()
-                    msg.header.stamp = stamp
+                    msg.header.stamp = cam_stamp if i not in self.view_stamp_offset else _stamp(
+                        now + self.camera_stamp_offset + self.view_stamp_offset[i]
+                    )
                     msg.height, msg.width = rgb.shape[:2]
                     msg.encoding = self.encoding
                     msg.step = rgb.shape[1] * 3
                     data = rgb.tobytes()
                     msg.data = data[:-5] if self.bad_step else data
                     pub.publish(msg)
-                self.published.append(now)
+                self.published.append(now + self.camera_stamp_offset)
             js = JointState()
             js.header.stamp = stamp
             names = ARM + FINGERS
             pos = list(self.q) + [0.04, 0.04]
             if self.nan_joint in names:
-                pos[names.index(self.nan_joint)] = float("nan")
+                pos[names.index(self.nan_joint)] = self.bad_value
             if self.drop_joint in names:
                 i = names.index(self.drop_joint)
                 names = names[:i] + names[i + 1 :]
@@ -133,12 +141,18 @@ class Harness:
         from specprune_ros.msg import ActionChunk, InferenceStats
         from specprune_ros.ros.policy_node import PolicyNode
 
+        k = next(_instances)
+        self.name = NODE if k == 0 else f"{NODE}_{k}"  # harnesses alive at once must not share topics
+        ns = f"/test{k}"
         base = {
             "camera_views": ["primary", "wrist"],
-            "camera_topics": ["/test/primary/image", "/test/wrist/image"],
-            "robot_description_topic": "/test/robot_description",
-            "joint_states_topic": "/test/joint_states",
-            "instruction_topic": "/test/instruction",
+            "camera_topics": [f"{ns}/primary/image", f"{ns}/wrist/image"],
+            "robot_description_topic": f"{ns}/robot_description",
+            "joint_states_topic": f"{ns}/joint_states",
+            "instruction_topic": f"{ns}/instruction",
+            "twist_topic": f"{ns}/servo/delta_twist_cmds",
+            "joint_trajectory_topic": f"{ns}/arm_controller/joint_trajectory",
+            "gripper_topic": f"{ns}/gripper/command",
             "diagnostics_period": 0.1,
             "frozen_timeout": 0.0,
             "gripper_scales": [1.0, -1.0],
@@ -146,8 +160,8 @@ class Harness:
         base.update(params)
         self.params = base
         overrides = [Parameter(k, value=v) for k, v in base.items()]
-        self.node = PolicyNode(context=context, parameter_overrides=overrides, policy_factory=policy_factory)
-        self.io = rclpy.create_node("test_peer", context=context)
+        self.node = PolicyNode(self.name, context=context, parameter_overrides=overrides, policy_factory=policy_factory)
+        self.io = rclpy.create_node(f"test_peer{k}", context=context)
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self.cam_pubs = [self.io.create_publisher(Image, t, qos_profile_sensor_data) for t in base["camera_topics"]]
         self.joint_pub = self.io.create_publisher(JointState, base["joint_states_topic"], qos_profile_sensor_data)
@@ -162,13 +176,13 @@ class Harness:
         self.debug_images: list = []
         self._lock = threading.Lock()
         sub = self.io.create_subscription
-        sub(ActionChunk, f"/{NODE}/action_chunk", self._keep(self.chunks), 100)
-        sub(InferenceStats, f"/{NODE}/inference_stats", self._keep(self.stats), 100)
-        sub(DiagnosticArray, "/diagnostics", self._keep(self.diags, limit=50), 100)
-        sub(TwistStamped, base.get("twist_topic", f"/{NODE}/delta_twist_cmds"), self._keep(self.twists), 100)
-        sub(JointTrajectory, base.get("joint_trajectory_topic", "/joint_trajectory_controller/joint_trajectory"), self._keep(self.trajectories), 100)
-        sub(Float64, base.get("gripper_topic", "/gripper/command"), self._keep(self.grippers), 100)
-        sub(Image, f"/{NODE}/debug_image", self._keep(self.debug_images), qos_profile_sensor_data)
+        sub(ActionChunk, f"/{self.name}/action_chunk", self._keep(self.chunks), 100)
+        sub(InferenceStats, f"/{self.name}/inference_stats", self._keep(self.stats), 100)
+        sub(DiagnosticArray, "/diagnostics", self._keep_diag, 100)
+        sub(TwistStamped, base["twist_topic"], self._keep(self.twists), 100)
+        sub(JointTrajectory, base["joint_trajectory_topic"], self._keep(self.trajectories), 100)
+        sub(Float64, base["gripper_topic"], self._keep(self.grippers), 100)
+        sub(Image, f"/{self.name}/debug_image", self._keep(self.debug_images), qos_profile_sensor_data)
         if urdf is not None:
             self.urdf_pub.publish(String(data=urdf))
         if instruction is not None:
@@ -192,6 +206,13 @@ class Harness:
                     del store[0]
 
         return cb
+
+    def _keep_diag(self, msg) -> None:
+        if msg.status and msg.status[0].hardware_id == self.name:
+            with self._lock:
+                self.diags.append(msg)
+                if len(self.diags) > 50:
+                    del self.diags[0]
 
     def feed(self, rate: float = 30.0, size: int = 64) -> Feeder:
         self.feeder = Feeder(self, rate, size)

@@ -226,3 +226,13 @@ def test_config_validation():
         SyncConfig(views=("primary",), reference_view="side")
     with pytest.raises(ValueError, match="repeats"):
         SyncConfig(views=("a", "a"))
+
+
+def test_joint_that_stops_being_published(sync):
+    feed(sync, 10.0)
+    sync.add_image("primary", 10.6, frame(1))
+    sync.add_image("wrist", 10.6, frame(2))
+    sync.add_joint_state(10.6, ARM[:6] + FINGERS, READY[:6] + [0.04, 0.04])  # panda_joint7 dropped out
+    with pytest.raises(StaleInput, match="panda_joint7") as info:
+        sync.sync(10.6)
+    assert info.value.reason == STALE

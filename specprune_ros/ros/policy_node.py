@@ -25,12 +25,12 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from specprune_ros.core.images import ImageDecodeError, dim_pruned_patches
 from specprune_ros.core.kinematics import KinematicModel, KinematicsError
 from specprune_ros.core.proprio import ProprioBuilder, ProprioConfig
-from specprune_ros.core.sync import SyncConfig, Synchronizer, SyncInputError
+from specprune_ros.core.sync import NO_ROBOT_DESCRIPTION, SyncConfig, Synchronizer, SyncInputError
 from specprune_ros.core.types import ActionChunk, InputError, Policy
 
 from . import conversions as conv
 from .adapters import GripperMap, TwistLimits, joint_trajectory, rows_to_twists
-from .diagnostics import ERROR, NodeHealth, to_diagnostic_array
+from .diagnostics import NodeHealth, to_diagnostic_array
 from .parameters import NODE_NAME, NodeConfig, ParamSpec, configs_from_values, parameter_specs, unknown_parameters
 
 #: reliable + transient local, depth 1: latched topics (instruction, robot_description)
@@ -102,6 +102,7 @@ class PolicyNode(LifecycleNode):
         self._reset_pending = False
         self._last_gripper: float | None = None
         self._stopped = True
+        self._urdf_error = ""
         self._subs: list = []
         self._pubs: dict[str, Any] = {}
         self._control_timer = None
@@ -375,10 +376,12 @@ class PolicyNode(LifecycleNode):
             kin = KinematicModel(msg.data, cfg.ee_frame, tuple(cfg.arm_joints))
         except KinematicsError as exc:
             message = f"robot_description unusable: {exc}"
+            self._urdf_error = str(exc)
             self.health.refusal("bad_robot_description", message)
             self.get_logger().error(message)
             return
         with self._lock:
+            self._urdf_error = ""
             self.kinematics = kin
             if self.sync is not None:
                 self.sync.set_proprio(ProprioBuilder(self._proprio_cfg, kin))
@@ -413,8 +416,11 @@ class PolicyNode(LifecycleNode):
                 result = self.sync.sync(now, executed)
             except InputError as exc:
                 reason = getattr(exc, "reason", "input")
-                self.health.refusal(reason, str(exc))
-                self.get_logger().warning(f"not acting: {exc}", throttle_duration_sec=2.0)
+                message = str(exc)
+                if reason == NO_ROBOT_DESCRIPTION and self._urdf_error:
+                    message += f"; the robot_description received was unusable: {self._urdf_error}"
+                self.health.refusal(reason, message)
+                self.get_logger().warning(f"not acting: {message}", throttle_duration_sec=2.0)
                 return
             ref = self.sync.config.reference
             seq = result.frame_seqs[ref]
