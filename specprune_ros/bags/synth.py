@@ -67,8 +67,8 @@ class EpisodeSpec:
         instruction: the task text published on the instruction topic.
         seed: seeds the table texture and the small jitter of the motion.
         image_encoding: ``"rgb8"`` (sensor_msgs/Image) or ``"jpeg"`` (sensor_msgs/CompressedImage).
-        frozen_view: a view whose frames stop (repeat the same stamp gap) after ``frozen_after`` seconds, to
-            test staleness handling; None = both cameras run for the whole episode.
+        frozen_view: a view whose camera stops publishing after ``frozen_after`` seconds (a dead driver), to
+            test staleness handling; None = every camera runs for the whole episode.
         frozen_after: see ``frozen_view``.
     """
 

@@ -1,0 +1,160 @@
+"""specprune-eval on synthetic episode bags: report files, counts that match the bag, the node's schedule,
+``off`` = baseline, and the real loader on the tiny checkpoint."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from specprune_ros.bags.bagio import Bag
+from specprune_ros.bags.evaluate import main
+from specprune_ros.bags.synth import CAMERA_TOPICS, INSTRUCTION_TOPIC, JOINT_STATES_TOPIC, EpisodeSpec, write_episode_bag
+
+REPORT_FILES = ("summary.json", "index.html", "latency.png", "tokens.png", "modes.png")
+
+
+@pytest.fixture(scope="module")
+def episode(tmp_path_factory) -> Path:
+    """2 s, 10 fps, joint states serialized by rclpy (driver bytes, empty efforts)."""
+    root = tmp_path_factory.mktemp("eval_bags")
+    return write_episode_bag(root / "ep", EpisodeSpec(seconds=2.0, fps=10, joint_rate=50), storage="mcap", joint_bytes="rclpy")
+
+
+def run_eval(capsys, *args) -> tuple[int, str, str]:
+    code = main([*map(str, args), "--no-progress"])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def check_consistent(summary: dict, bag_path: Path) -> None:
+    """Numbers that must agree with each other and with the bag, whatever the timing."""
+    with Bag(bag_path) as bag:
+        counts = {t: i.count for t, i in bag.topics().items()}
+        frame_stamps = {
+            conn.topic: [] for conn in bag.select(list(CAMERA_TOPICS.values()))
+        }
+        for conn, _, raw in bag.messages(bag.select(list(CAMERA_TOPICS.values()))):
+            h = bag.deserialize(raw, conn.msgtype).header
+            frame_stamps[conn.topic].append(h.stamp.sec + h.stamp.nanosec * 1e-9)
+    c = summary["counts"]
+    # every message of the fed topics was fed, every frame counted
+    assert c["frames"] == {v: counts[t] for v, t in CAMERA_TOPICS.items()}
+    assert c["messages_fed"][JOINT_STATES_TOPIC] == counts[JOINT_STATES_TOPIC]
+    assert c["messages_fed"][INSTRUCTION_TOPIC] == 1
+    n = c["observations"]
+    assert n > 0
+    obs = summary["observations"]
+    assert len(obs) == n == summary["baseline"]["steps"]
+    # every observation is traceable to recorded frames: its stamp is a primary frame stamp, the wrist frame
+    # used is a recorded wrist frame
+    for o in obs:
+        assert o["stamp"] in frame_stamps[CAMERA_TOPICS["primary"]]
+        assert o["image_stamps"]["wrist"] in frame_stamps[CAMERA_TOPICS["wrist"]]
+    # frames used + frames not used = frames of the reference view
+    assert n + c["unused_reference_frames"] == c["frames"]["primary"]
+    # the node's schedule: the next query comes when the executed rows are done (no refusal in between here)
+    rows = len(summary["actions"]["baseline"][0])
+    dt = summary["schedule"]["dt"]
+    gaps = np.diff([o["t"] for o in obs])
+    np.testing.assert_allclose(gaps, rows * dt, atol=1e-6)
+    base_total = summary["baseline"]["latency_ms"]["total"]["median"]
+    for name, s in summary["presets"].items():
+        assert s["steps"] == n, name
+        assert len(s["timeline"]) == n
+        assert [p["stamp"] for p in s["timeline"]] == [o["stamp"] for o in obs]  # same observations for all
+        assert s["speedup_vs_baseline"] == pytest.approx(base_total / s["latency_ms"]["total"]["median"])
+        assert sum(s["modes"].values()) == n
+
+
+def test_fake_policy_report(episode, tmp_path, capsys):
+    out = tmp_path / "report"
+    code, stdout, err = run_eval(capsys, episode, "--fake-policy", "--presets=off,paper", "--out", out, "--json")
+    assert code == 0, err
+    for name in (*REPORT_FILES, "actions_off.png", "actions_paper.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    index = (out / "index.html").read_text()
+    for name in ("latency.png", "tokens.png", "modes.png", "actions_paper.png"):
+        assert f'src="{name}"' in index
+    summary = json.loads((out / "summary.json").read_text())
+    check_consistent(summary, episode)
+    brief = json.loads(stdout)  # --json: the summary without per-step lists
+    assert brief["counts"] == summary["counts"] and "observations" not in brief
+    off = summary["presets"]["off"]
+    assert off["action_deviation"]["mean_abs"] == 0.0
+    assert off["action_deviation"]["per_dim_max_abs"] == [0.0] * 7
+    # the fake policy answers from the images: each chunk depends on the observation
+    actions = np.array(summary["actions"]["baseline"])  # (N, T, A)
+    assert len({a.tobytes() for a in actions}) == len(actions)
+
+
+def test_tiny_checkpoint_real_loader(episode, tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "report"
+    code, _, err = run_eval(
+        capsys, episode, f"--checkpoint={tiny_checkpoint}", "--presets=off,paper", "--out", out, "--max-steps=3"
+    )
+    assert code == 0, err
+    for name in REPORT_FILES:
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["counts"]["observations"] == 3
+    base, off, paper = summary["baseline"], summary["presets"]["off"], summary["presets"]["paper"]
+    assert base["steps"] == off["steps"] == paper["steps"] == 3
+    # a second unpruned instance on the same observations gives the same actions: zero deviation
+    assert off["action_deviation"]["max_abs"] == 0.0
+    assert off["tokens"]["kept_visual_median"] == base["tokens"]["kept_visual_median"] == 512
+    assert set(base["modes"]) == {"off"}
+    # pruning keeps fewer visual tokens and changes the actions a little, but stays finite
+    assert paper["tokens"]["kept_visual_median"] < 512
+    assert 0.0 < paper["action_deviation"]["mean_abs"] < np.inf
+    assert set(paper["modes"]) <= {"coarse", "fine"}
+    for s in (off, paper):
+        assert s["speedup_vs_baseline"] == pytest.approx(
+            base["latency_ms"]["total"]["median"] / s["latency_ms"]["total"]["median"]
+        )
+        assert {"preprocess", "vision", "llm", "head", "total"} <= set(s["latency_ms"])
+
+
+def test_compressed_cameras_and_topic_mapping(tmp_path, capsys):
+    views = {"primary": "/cams/front/compressed", "wrist": "/cams/hand/compressed"}
+    bag = write_episode_bag(
+        tmp_path / "jpeg", EpisodeSpec(seconds=1.0, fps=10, joint_rate=20, views=views, image_encoding="jpeg")
+    )
+    out = tmp_path / "report"
+    code, _, err = run_eval(capsys, bag, "--fake-policy", "--out", out)
+    assert code == 2 and "camera topic(s)" in err and "/cams/front/compressed" in err  # names what the bag has
+    code, _, err = run_eval(
+        capsys, bag, "--fake-policy", "--out", out, "--no-plots",
+        "--camera-topics", f"primary={views['primary']}", f"wrist={views['wrist']}",
+    )  # fmt: skip
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["counts"]["frames"] == {"primary": 10, "wrist": 10}
+    assert summary["counts"]["observations"] > 0
+    assert not (out / "latency.png").exists()
+
+
+def test_frozen_camera_is_refused_like_the_node(tmp_path, capsys):
+    """A camera that stops: observations stop with reason 'stale' once its last frame is too old."""
+    bag = write_episode_bag(
+        tmp_path / "frozen", EpisodeSpec(seconds=2.0, fps=10, joint_rate=20, frozen_view="wrist", frozen_after=0.5)
+    )
+    out = tmp_path / "report"
+    code, _, err = run_eval(capsys, bag, "--fake-policy", "--out", out, "--no-plots")
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    refusals = summary["counts"]["refusals"]
+    assert refusals.get("stale", 0) + refusals.get("skew", 0) > 0
+    assert all(o["image_stamps"]["wrist"] <= 1_700_000_000 + 0.5 for o in summary["observations"])
+
+
+def test_bad_arguments(episode, tmp_path, capsys):
+    out = tmp_path / "r"
+    code, _, err = run_eval(capsys, episode, "--fake-policy", "--presets=paper,fancy", "--out", out)
+    assert code == 2 and "fancy" in err and "aggressive" in err
+    code, _, err = run_eval(capsys, episode, "--fake-policy", "--camera-topics=side=/x", "--out", out)
+    assert code == 2 and "side" in err
+    code, _, err = run_eval(capsys, episode, "--checkpoint", tmp_path / "nope", "--out", out)
+    assert code == 2 and "nope" in err
+    assert "Traceback" not in err
