@@ -15,12 +15,17 @@ Publishes (names relative, so a namespace or remapping applies):
 Subscribes: ``action_chunk`` (specprune_ros/ActionChunk). Service: ``~/reset`` (std_srvs/Trigger): start
 the next episode on the next initial state.
 
-Simulated time only moves when the simulator steps. After each reset (and the 10 wait steps) and after
-each executed chunk, the node publishes the observation at the current simulated time and waits for a
-chunk whose ``header.stamp`` is exactly that time; chunks computed from any other observation are
-dropped (the OFT protocol queries the policy only when the action queue is empty). While it waits, the
-clock stands still, so a slow policy costs wall-clock time but not task time; the observation and the
-clock are re-sent every ``republish_period`` wall seconds so a late or lossy subscriber still gets them.
+Simulated time (``/clock``, 0.05 s per control step) moves with the simulator, so a slow policy costs
+wall-clock time but never task time. The OFT protocol queries the policy only when the action queue is
+empty: after each reset (and its 10 wait steps) and after each executed chunk the simulator pauses on a
+*pending observation* and executes only a chunk computed from it (``header.stamp`` between the pause's
+first stamp and now); chunks computed from any earlier observation are dropped. Every step publishes
+joint states, pose and executed action before the clock tick of that step, and the pending observation's
+images also come before its clock tick, so a policy node whose control timer runs on simulated time sees
+the complete observation when that tick fires. If no chunk arrives for ``idle_tick_period`` wall
+seconds (the policy started late, refused an input, or is still computing), the clock advances one
+tick without a simulator step and the unchanged observation is re-sent at the new time, so the
+policy's timer keeps running and its inputs stay fresh; ``EpisodeStatus.step`` counts simulator steps only.
 """
 from __future__ import annotations
 
@@ -84,15 +89,15 @@ class BridgeConfig:
     autostart: bool = True
     auto_reset: bool = False
     publish_every_step: bool = False
-    republish_period: float = 1.0
+    idle_tick_period: float = 1.0
     start_time: float = 1.0
     world_frame: str = "world"
 
     def __post_init__(self) -> None:
         if self.init_state < 0:
             raise ProtocolError(f"init_state={self.init_state} must be >= 0")
-        if not self.republish_period > 0:
-            raise ProtocolError(f"republish_period={self.republish_period} must be > 0 seconds")
+        if not self.idle_tick_period > 0:
+            raise ProtocolError(f"idle_tick_period={self.idle_tick_period} must be > 0 seconds")
         if self.start_time < 0:
             raise ProtocolError(f"start_time={self.start_time} must be >= 0 seconds")
         self.protocol  # validates suite, max_steps, wait_steps, open_loop_steps
@@ -116,7 +121,8 @@ PARAM_DOC = {
     "autostart": "start the first episode as soon as the simulator is ready",
     "auto_reset": "start the next episode (next initial state) as soon as one ends",
     "publish_every_step": "publish camera images after every simulator step (for viewing), not only when a chunk is due",
-    "republish_period": "wall seconds between re-sends of the pending observation and /clock while waiting for a chunk",
+    "idle_tick_period": "wall seconds without a usable chunk after which the clock ticks once (no simulator step) "
+    "and the pending observation is re-sent at the new time",
     "start_time": "simulated time (s) of the first observation",
     "world_frame": "frame_id of ee_pose (the URDF root link)",
 }
@@ -176,7 +182,8 @@ class LiberoBridge(Node):
         self.instruction = ""
         self.task = f"{self.config.suite}/{self.config.task_id}"
         self.now_ns = int(round(self.config.start_time * 1e9))
-        self.query_ns: int | None = None  # stamp of the observation a chunk must answer
+        self.pause_ns: int | None = None  # first stamp of the pending observation; None while not waiting
+        self._rows_left = 0  # simulator steps left before the next pause (decides when images go out)
         self.dropped_chunks = 0
         self.failure = ""
         self.ready = threading.Event()
@@ -230,13 +237,14 @@ class LiberoBridge(Node):
         try:
             while True:
                 try:
-                    kind, arg = self._cmds.get(timeout=self.config.republish_period)
+                    kind, arg = self._cmds.get(timeout=self.config.idle_tick_period)
                 except queue.Empty:
-                    if self.episode.running and self.query_ns is not None:
+                    if self.episode.running and self.pause_ns is not None:
+                        self.now_ns += _NS_PER_STEP  # idle tick: time passes, the simulator does not step
                         self._publish_observation(self.episode.frame, images=True)
                         self._publish_status()
                     else:
-                        self._publish_clock()
+                        self._publish_clock()  # same time again, for late subscribers
                     continue
                 if kind == "stop":
                     break
@@ -267,35 +275,35 @@ class LiberoBridge(Node):
         init_state = self.next_init_state % n_states if n_states else self.next_init_state
         self.next_init_state = init_state + 1
         self.episode_index += 1
-        self.query_ns = None
+        self.pause_ns = None
         self._publish_status(status="waiting")
+        self._rows_left = self.config.wait_steps
         try:
             frame = self.episode.start(init_state, on_step=self._after_step)
         except Exception as exc:
             self._fail(f"episode {self.episode_index} could not start: {type(exc).__name__}: {exc}")
             return False
+        if self.config.wait_steps == 0:  # no step published the first observation
+            self._publish_observation(frame, images=True)
         self.get_logger().info(
             f"episode {self.episode_index}: {self.task} initial state {init_state}: {self.instruction!r}"
         )
-        self._await_chunk(frame)
-        return True
-
-    def _await_chunk(self, frame: SimFrame) -> None:
-        self.query_ns = self.now_ns
-        self._publish_observation(frame, images=True)
+        self.pause_ns = self.now_ns
         self._publish_status()
+        return True
 
     def _execute(self, msg) -> None:
         ep = self.episode
-        if ep is None or not ep.running or self.query_ns is None:
+        if ep is None or not ep.running or self.pause_ns is None:
             self.dropped_chunks += 1
             self.get_logger().debug("action chunk dropped: no episode is running")
             return
         stamp = _stamp_ns(msg.header.stamp)
-        if stamp != self.query_ns:
+        if not self.pause_ns <= stamp <= self.now_ns:
             self.dropped_chunks += 1
             self.get_logger().debug(
-                f"action chunk for t={stamp * 1e-9:.3f} s dropped: waiting for t={self.query_ns * 1e-9:.3f} s"
+                f"action chunk for t={stamp * 1e-9:.3f} s dropped: it must answer the observation of "
+                f"t={self.pause_ns * 1e-9:.3f} s or later"
             )
             return
         if msg.cols != ACTION_DIM or msg.rows < 1 or len(msg.actions) != msg.rows * msg.cols:
@@ -306,22 +314,22 @@ class LiberoBridge(Node):
             )
             return
         actions = np.asarray(msg.actions, dtype=np.float64).reshape(msg.rows, msg.cols)  # (T, A)
-        self.query_ns = None
+        rows = min(msg.rows, self.config.open_loop_steps or msg.rows, ep.config.step_limit - ep.step)
+        pause, self.pause_ns, self._rows_left = self.pause_ns, None, rows
         try:
             ep.execute(actions, on_step=self._after_step)
         except ProtocolError as exc:  # nothing was executed
-            self.query_ns = self.now_ns
+            self.pause_ns = pause
             self.dropped_chunks += 1
             self.get_logger().error(f"action chunk {msg.sequence} rejected: {exc}")
             return
         except Exception as exc:
             self._fail(f"episode {self.episode_index}: the simulator failed: {type(exc).__name__}: {exc}")
             return
-        if ep.running:
-            self._await_chunk(ep.frame)
-            return
-        self._publish_observation(ep.frame, images=True)
         self._publish_status()
+        if ep.running:
+            self.pause_ns = self.now_ns
+            return
         self.get_logger().info(f"episode {self.episode_index} ended: {ep.status} after {ep.step} steps")
         if self.config.auto_reset:
             self._start_episode()
@@ -329,6 +337,7 @@ class LiberoBridge(Node):
     def _after_step(self, frame: SimFrame) -> None:
         """Called by the episode after every simulator step: advance the clock, publish the state."""
         self.now_ns += _NS_PER_STEP
+        self._rows_left -= 1
         ep = self.episode
         if ep is not None and ep.status != "waiting" and ep.executed:  # a policy step, not a wait step
             row = ep.executed[-1]  # (A,)
@@ -336,7 +345,8 @@ class LiberoBridge(Node):
             msg.layout.dim = [MultiArrayDimension(label="action", size=int(row.shape[0]), stride=int(row.shape[0]))]
             msg.data = [float(v) for v in row]
             self._pub_executed.publish(msg)
-        self._publish_observation(frame, images=self.config.publish_every_step)
+        pending = self._rows_left <= 0 or (ep is not None and ep.done)  # the next query sees this frame
+        self._publish_observation(frame, images=pending or self.config.publish_every_step)
 
     # ---------------------------------------------------------------- publishing
 
@@ -344,8 +354,8 @@ class LiberoBridge(Node):
         self._pub_clock.publish(Clock(clock=_time_msg(self.now_ns)))
 
     def _publish_observation(self, frame: SimFrame, images: bool) -> None:
+        """Joint states, pose and (optionally) images at the current time, then the clock tick."""
         stamp = _time_msg(self.now_ns)
-        self._publish_clock()
         js = JointState()
         js.header.stamp = stamp
         js.name = list(ARM_JOINTS + GRIPPER_JOINTS)
@@ -373,6 +383,7 @@ class LiberoBridge(Node):
                 msg.step = int(img.shape[1]) * 3
                 msg.data = np.ascontiguousarray(img, dtype=np.uint8).tobytes()
                 pub.publish(msg)
+        self._publish_clock()  # last: a timer on simulated time fires with this observation complete
 
     def _publish_status(self, status: str | None = None) -> None:
         ep = self.episode
