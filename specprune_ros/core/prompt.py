@@ -48,37 +48,71 @@ class PromptTokenizer:
         return self._cache[instruction]
 
 
-def make_tiny_tokenizer_files(vocab_size: int = 32000) -> dict[str, str]:
-    """A Llama-2-shaped tokenizer (character BPE + byte fallback, "▁" = 29871, <PAD> = 32000).
+#: words that become single tokens in generated tokenizers, so prompts have Llama-like lengths
+COMMON_WORDS = tuple(
+    """In: What action should the robot take to Out:
+    a an the on in into onto of to from at top bottom left right front back middle side edge center
+    and then it its
+    pick up put place push pull open close turn lift move stack grasp drop slide rotate
+    red green blue yellow purple cyan white black orange pink brown gray
+    cube ball triangle block plate bowl cup mug drawer cabinet stove basket box bottle can tray shelf
+    small large big tiny""".split()
+)
 
-    Not the real Llama vocabulary, but the same normalizer, special ids and byte fallback, so prompt
-    layouts behave like the released tokenizer's.
+
+def make_tiny_tokenizer_files(words=COMMON_WORDS, vocab_size: int = 32000) -> dict[str, str]:
+    """A Llama-2-shaped BPE tokenizer whose merges turn each of ``words`` into one token.
+
+    Ids 0/1/2 = <unk>/<s>/</s>, 3..258 byte fallback, then printable ASCII characters, then the merged
+    word pieces; "▁" (29871) and <PAD> (= vocab_size) as in Llama-2. Words are merged after a leading "▁"
+    (the normalizer turns spaces into "▁" and prepends one; "Out:" follows a newline and is merged bare)
+    by left-to-right extension merges (``("▁re", "d") -> "▁red"``), so merges never compete across word
+    boundaries. Other words fall back to characters. Not the real Llama vocabulary, but the same
+    normalizer, special ids and byte fallback, and prompts of about the same length.
     """
-    vocab: dict[str, int] = {UNK: 0, BOS: 1, EOS: 2}
-    for b in range(256):
-        vocab[f"<0x{b:02X}>"] = len(vocab)
-    chars = [chr(c) for c in range(33, 127)]
-    for ch in chars:
-        vocab.setdefault(ch, len(vocab))
+    vocab: dict[str, int] = {"▁": SPACE_TOKEN_ID}
+    next_id = 0
+
+    def add(token: str) -> None:
+        nonlocal next_id
+        if token in vocab:
+            return
+        if next_id == SPACE_TOKEN_ID:
+            next_id += 1
+        if next_id >= vocab_size:
+            raise ValueError(f"{len(vocab)} tokens do not fit a vocabulary of {vocab_size}")
+        vocab[token] = next_id
+        next_id += 1
+
+    for token in (UNK, BOS, EOS, *(f"<0x{b:02X}>" for b in range(256)), *(chr(c) for c in range(33, 127))):
+        add(token)
+    pieces = {"▁" + w for w in words} | ({"Out:"} if "Out:" in words else set())
+    by_len: dict[int, list[tuple[str, str]]] = {}
+    seen: set[tuple[str, str]] = set()
+    for piece in sorted(pieces, key=lambda x: (len(x), x)):
+        for k in range(2, len(piece) + 1):
+            pair = (piece[: k - 1], piece[k - 1])
+            if pair not in seen:
+                seen.add(pair)
+                by_len.setdefault(k, []).append(pair)
+    merges = [pair for k in sorted(by_len) for pair in by_len[k]]
+    for left, right in merges:
+        add(left + right)
     filler = 0
-    while len(vocab) < vocab_size:
-        if len(vocab) == SPACE_TOKEN_ID:
-            vocab["▁"] = SPACE_TOKEN_ID
-            continue
-        vocab[f"<unused{filler}>"] = len(vocab)
+    while next_id < vocab_size:
+        add(f"<unused{filler}>")
         filler += 1
-    model = models.BPE(vocab=vocab, merges=[], unk_token=UNK, byte_fallback=True, fuse_unk=True)
-    tok = Tokenizer(model)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=UNK, byte_fallback=True, fuse_unk=True))
     tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
     tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)])
     tok.add_special_tokens([UNK, BOS, EOS])
     tok.add_special_tokens([PAD])
-    assert tok.token_to_id(PAD) == vocab_size and tok.token_to_id("▁") == SPACE_TOKEN_ID
+    if tok.token_to_id(PAD) != vocab_size or tok.token_to_id("▁") != SPACE_TOKEN_ID:
+        raise RuntimeError("tokenizer ids do not follow the Llama-2 layout")
+    special = {"bos_token": BOS, "eos_token": EOS, "unk_token": UNK, "pad_token": PAD}
     return {
         "tokenizer.json": tok.to_str(),
-        "tokenizer_config.json": json.dumps(
-            {"bos_token": BOS, "eos_token": EOS, "unk_token": UNK, "pad_token": PAD, "add_bos_token": True, "add_eos_token": False}
-        ),
-        "special_tokens_map.json": json.dumps({"bos_token": BOS, "eos_token": EOS, "unk_token": UNK, "pad_token": PAD}),
+        "tokenizer_config.json": json.dumps({**special, "add_bos_token": True, "add_eos_token": False}),
+        "special_tokens_map.json": json.dumps(special),
         "added_tokens.json": json.dumps({PAD: vocab_size}),
     }

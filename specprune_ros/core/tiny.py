@@ -135,4 +135,4 @@ def random_model(
 def make_tiny_checkpoint(out_dir: str | Path, seed: int = 0, size: str = "tiny") -> Path:
     """Write a random-weight checkpoint of ``size`` (default tiny) in the released layout; returns its path."""
     model, cfg = random_model(size, seed)
-    return write_checkpoint(out_dir, model, cfg, tiny_statistics(), make_tiny_tokenizer_files(VOCAB))
+    return write_checkpoint(out_dir, model, cfg, tiny_statistics(), make_tiny_tokenizer_files(vocab_size=VOCAB))
