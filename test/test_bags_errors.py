@@ -1,0 +1,133 @@
+"""Bad bags and bad arguments: one clear line naming the problem, non-zero exit, no traceback."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rosbags.rosbag2 import Writer
+from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+from ros_env import subprocess_env
+
+from specprune_ros.bags import evaluate, record, replay
+from specprune_ros.bags.bagio import Bag, BagError
+from specprune_ros.bags.synth import CAMERA_TOPICS, EpisodeSpec, write_episode_bag
+
+SPEC = EpisodeSpec(seconds=0.5, fps=10, joint_rate=20, image_size=64)
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("good")
+    return {s: write_episode_bag(root / s, SPEC, storage=s) for s in ("sqlite3", "mcap")}
+
+
+def damaged(good: dict[str, Path], storage: str, tmp_path: Path, how: str) -> Path:
+    src = good[storage]
+    dst = tmp_path / f"{storage}_{how}"
+    shutil.copytree(src, dst)
+    storage_file = next(p for p in dst.iterdir() if p.suffix in (".db3", ".mcap"))
+    data = storage_file.read_bytes()
+    storage_file.write_bytes(b"" if how == "empty" else data[: len(data) // 2])
+    return dst
+
+
+def one_line_error(err: str, *needles: str) -> None:
+    assert "Traceback" not in err
+    lines = [line for line in err.strip().splitlines() if "error:" in line]
+    assert len(lines) == 1, err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+@pytest.mark.parametrize("storage", ["sqlite3", "mcap"])
+@pytest.mark.parametrize("how", ["truncated", "empty"])
+def test_truncated_or_empty_storage(good, tmp_path, capsys, storage, how):
+    bag = damaged(good, storage, tmp_path, how)
+    with pytest.raises(BagError, match=str(bag.name)):
+        with Bag(bag) as b:
+            list(b.messages())
+    assert replay.main([str(bag), "--no-progress"]) == 2
+    one_line_error(capsys.readouterr().err, "specprune-replay: error:", bag.name)
+    assert evaluate.main([str(bag), "--fake-policy", f"--out={tmp_path / 'r'}", "--no-progress"]) == 2
+    one_line_error(capsys.readouterr().err, "specprune-eval: error:", bag.name)
+
+
+def test_corrupt_bag_cli_exit_status(good, tmp_path):
+    """The installed command, as a user runs it: exit status 2, one line on stderr, no traceback."""
+    bag = damaged(good, "sqlite3", tmp_path, "truncated")
+    proc = subprocess.run([str(BIN / "specprune-replay"), str(bag)], env=subprocess_env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    one_line_error(proc.stderr, "corrupt or truncated")
+
+
+def test_not_a_bag(tmp_path, capsys):
+    assert replay.main([str(tmp_path / "missing")]) == 2
+    one_line_error(capsys.readouterr().err, "does not exist")
+    (tmp_path / "empty_dir").mkdir()
+    assert replay.main([str(tmp_path / "empty_dir")]) == 2
+    one_line_error(capsys.readouterr().err, "no metadata.yaml")
+    (tmp_path / "notes.txt").write_text("hello")
+    assert evaluate.main([str(tmp_path / "notes.txt"), "--fake-policy", f"--out={tmp_path / 'r'}"]) == 2
+    one_line_error(capsys.readouterr().err, "not a rosbag2 bag")
+
+
+def test_missing_topic(good, capsys):
+    assert replay.main([str(good["mcap"]), "--topics", "/nope", "/joint_states", "--no-progress"]) == 2
+    one_line_error(capsys.readouterr().err, "/nope", "not in bag", CAMERA_TOPICS["primary"])
+    assert replay.main([str(good["mcap"]), "--remap=/elsewhere:=/x", "--no-progress"]) == 2
+    one_line_error(capsys.readouterr().err, "/elsewhere")
+    assert replay.main([str(good["mcap"]), "--start=30", "--no-progress"]) == 2
+    one_line_error(capsys.readouterr().err, "past the end")
+
+
+def test_bad_option_values(good, capsys):
+    assert replay.main([str(good["mcap"]), "--rate=-0.5"]) == 2
+    one_line_error(capsys.readouterr().err, "--rate", "-0.5")
+    assert replay.main([str(good["mcap"]), "--remap=/a/b"]) == 2
+    one_line_error(capsys.readouterr().err, "OLD:=NEW")
+
+
+WIDGET = "acme_msgs/msg/Widget"
+
+
+def unknown_type_bag(path: Path) -> Path:
+    """A bag with a topic of a type that is not installed here (its definition is stored in the bag)."""
+    ts = get_typestore(Stores.ROS2_KILTED)
+    ts.register(get_types_from_msg("string name\nfloat64[] sizes\n", WIDGET))
+    String = ts.types["std_msgs/msg/String"]
+    writer = Writer(path, version=9)
+    writer.open()
+    widgets = writer.add_connection("/widgets", WIDGET, typestore=ts)
+    text = writer.add_connection("/instruction", "std_msgs/msg/String", typestore=ts)
+    for k in range(3):
+        writer.write(widgets, 1_000 + k, ts.serialize_cdr(ts.types[WIDGET](name=f"w{k}", sizes=np.zeros(0)), WIDGET))
+        writer.write(text, 1_001 + k, ts.serialize_cdr(String(data="hi"), "std_msgs/msg/String"))
+    writer.close()
+    return path
+
+
+def test_unknown_message_type(tmp_path, capsys):
+    bag = unknown_type_bag(tmp_path / "widgets")
+    assert replay.main([str(bag), "--no-progress"]) == 2
+    one_line_error(capsys.readouterr().err, WIDGET, "/widgets", "acme_msgs")
+    # the definition stored in the bag still lets the offline tools decode it
+    with Bag(bag) as b:
+        conn = b.select(["/widgets"])[0]
+        msgs = [b.deserialize(raw, conn.msgtype) for _, _, raw in b.messages([conn])]
+    assert [m.name for m in msgs] == ["w0", "w1", "w2"]
+    # leaving the topic out plays the rest
+    assert replay.main([str(bag), "--skip-unknown", "--no-progress", "--json"]) == 0
+    out = capsys.readouterr()
+    assert '"/instruction": 3' in out.out and "skipping" in out.err
+
+
+def test_record_refuses_existing_output(good, capsys):
+    assert record.main([str(good["mcap"]), "--duration=0.1", "--no-progress"]) == 2
+    one_line_error(capsys.readouterr().err, "exists already")
+    assert record.main([str(good["mcap"]) + "_new", "--duration=-1"]) == 2
+    one_line_error(capsys.readouterr().err, "--duration")
