@@ -1,0 +1,175 @@
+"""Node outputs on a known chunk: adapters off by default, TwistStamped / JointTrajectory / gripper values
+when on (clipped), and the debug image with pruned patches dimmed."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from node_harness import ARM, PANDA_URDF, READY, Harness, wait_until
+from ros_env import ros_context  # noqa: F401  (fixture)
+
+from specprune_ros.core.images import dim_pruned_patches
+from specprune_ros.core.kinematics import KinematicModel
+from specprune_ros.core.types import MODE_FINE, ActionChunk, StepStats
+from specprune_ros.ros.adapters import TwistLimits, joint_trajectory, rows_to_twists
+
+CHUNK = np.array(
+    [
+        [0.02, 0.00, 0.00, 0.0, 0.0, 0.0, -1.0],
+        [0.30, 0.40, 0.00, 0.0, 0.0, 0.6, -1.0],  # clipped: |lin| 0.5 -> 0.1 m/s, |ang| 0.6 -> 0.5 rad/s
+        [0.00, 0.00, -0.05, 0.1, 0.0, 0.0, 1.0],
+    ]
+)
+KEPT = {"primary": list(range(128)), "wrist": list(range(0, 256, 2))}  # top half / every other patch
+
+
+class KnownPolicy:
+    """Always returns CHUNK; reports top-half patches of the primary view as kept."""
+
+    views = ("primary", "wrist")
+    proprio_dim = 8
+    action_dim = 7
+    chunk_len = 3
+    dt = 0.05
+
+    def __init__(self) -> None:
+        self.seen = []
+
+    def infer(self, obs):
+        obs.validate(self.views, self.proprio_dim)
+        self.seen.append(obs)
+        stats = StepStats(
+            timings_ms={"total": 1.0},
+            kept_per_view={v: len(p) for v, p in KEPT.items()},
+            kept_patches=KEPT,
+            total_tokens=600,
+            mode=MODE_FINE,
+            preset="paper",
+        )
+        return ActionChunk(actions=CHUNK.copy(), dt=self.dt, stamp=obs.stamp, stats=stats)
+
+    def reset(self) -> None:
+        pass
+
+
+ADAPTERS_ON = {
+    "dry_run": False,
+    "twist_enabled": True,
+    "joint_trajectory_enabled": True,
+    "gripper_enabled": True,
+    "twist_linear_scale": 1.0,
+    "twist_angular_scale": 1.0,
+    "max_linear_speed": 0.1,
+    "max_angular_speed": 0.5,
+    "max_joint_velocity": 0.0,
+    "ik_damping": 0.001,
+    "gripper_open_position": 0.04,
+    "gripper_closed_position": 0.0,
+    "debug_image": True,
+    "center_crop": False,
+}
+
+
+def _vec(v) -> list[float]:
+    return [v.x, v.y, v.z]
+
+
+def test_adapters_on_known_chunk(ros_context):
+    policy = KnownPolicy()
+    h = Harness(ros_context, ADAPTERS_ON, policy_factory=lambda cfg, pcfg: policy)
+    try:
+        h.feed()
+        h.wait_chunks(2)
+        wait_until(lambda: len(h.twists) >= 8 and len(h.grippers) >= 3 and h.debug_images, what="adapter outputs")
+        limits = TwistLimits(1.0, 1.0, 0.1, 0.5)
+        expected = rows_to_twists(CHUNK, limits)  # (3, 6)
+        twists = [np.array(_vec(t.twist.linear) + _vec(t.twist.angular)) for t in h.twists[:8]]
+        # one twist per row at control rate; a zero twist only where no row was ready (next chunk not yet in)
+        moving = []
+        for k, tw in enumerate(twists):
+            if not tw.any():
+                assert k > 0 and np.allclose(twists[k - 1], expected[2]), "zero twist only between chunks"
+            else:
+                moving.append(tw)
+        assert len(moving) >= 6
+        for k, tw in enumerate(moving):
+            np.testing.assert_allclose(tw, expected[k % 3], atol=1e-12)
+        twists = moving
+        np.testing.assert_allclose(np.linalg.norm(twists[1][:3]), 0.1)  # clipped to max_linear_speed
+        np.testing.assert_allclose(twists[1][:3], [0.06, 0.08, 0.0])  # direction kept
+        assert all(t.header.frame_id == "panda_link0" for t in h.twists)
+
+        traj = h.trajectories[0]
+        assert list(traj.joint_names) == ARM
+        assert traj.header.stamp.sec == 0 and traj.header.stamp.nanosec == 0  # start now
+        kin = KinematicModel(PANDA_URDF, "panda_hand_tcp", ARM)
+        pos, vel, times = joint_trajectory(kin, np.array(READY), CHUNK, 0.05, limits, damping=0.001)
+        assert len(traj.points) == 3
+        for k, point in enumerate(traj.points):
+            np.testing.assert_allclose(point.positions, pos[k], atol=1e-9)
+            np.testing.assert_allclose(point.velocities, vel[k], atol=1e-9)
+            assert point.time_from_start.sec + point.time_from_start.nanosec * 1e-9 == pytest.approx(times[k])
+        moved = kin.frame_pose(pos[-1]).position - kin.frame_pose(np.array(READY)).position
+        np.testing.assert_allclose(moved, expected[:, :3].sum(axis=0) * 0.05, atol=5e-4)
+        chunk = h.chunks[0]
+        assert list(chunk.joint_names) == ARM and chunk.mode == "fine"
+        assert list(chunk.tokens_kept_per_view) == [128, 128] and chunk.tokens_total == 600
+
+        # gripper: open (rows 0-1 are -1), close (row 2 is +1), open again at the next chunk; only changes are sent
+        values = [g.data for g in h.grippers[:3]]
+        assert values == [0.04, 0.0, 0.04]
+
+        # debug image: the frame the policy saw with the bottom half (pruned patches) dimmed
+        img = h.debug_images[0]
+        assert img.encoding == "rgb8"
+        stamp = img.header.stamp.sec + img.header.stamp.nanosec * 1e-9
+        obs = min(policy.seen, key=lambda o: abs(o.stamp - stamp))
+        assert obs.stamp == pytest.approx(stamp, abs=2e-6)
+        got = np.frombuffer(bytes(img.data), np.uint8).reshape(img.height, img.width, 3)
+        np.testing.assert_array_equal(got, dim_pruned_patches(obs.images["primary"], KEPT["primary"]))
+        np.testing.assert_array_equal(got[:32], obs.images["primary"][:32])
+        assert got[32:].mean() < 0.5 * obs.images["primary"][32:].mean()
+    finally:
+        h.close()
+
+
+@pytest.mark.parametrize("params", [{}, {"twist_enabled": True, "joint_trajectory_enabled": True, "gripper_enabled": True}])
+def test_no_actuating_output_by_default_or_in_dry_run(ros_context, params):
+    """Defaults (adapters off, dry_run true) and dry_run with adapters on: no command publisher exists."""
+    h = Harness(ros_context, {"fake_policy": True, "execute_steps": 1, **params})
+    try:
+        h.feed()
+        h.wait_chunks(5)
+        for topic in (h.params["twist_topic"], h.params["joint_trajectory_topic"], h.params["gripper_topic"]):
+            assert h.io.count_publishers(topic) == 0, topic
+        assert h.io.count_publishers(f"/{h.name}/debug_image") == 0
+        assert not h.twists and not h.trajectories and not h.grippers
+    finally:
+        h.close()
+
+
+def test_twist_zero_on_deactivate(ros_context):
+    """Deactivating mid-chunk sends one zero twist, so MoveIt Servo stops."""
+    policy = KnownPolicy()
+    params = dict(ADAPTERS_ON, joint_trajectory_enabled=False, gripper_enabled=False)
+    h = Harness(ros_context, params, policy_factory=lambda cfg, pcfg: policy)
+    try:
+        h.feed()
+        wait_until(lambda: len(h.twists) >= 2, what="twists")
+        h.node.trigger_deactivate()
+
+        def zero(t) -> bool:
+            return _vec(t.twist.linear) == [0.0, 0.0, 0.0] and _vec(t.twist.angular) == [0.0, 0.0, 0.0]
+
+        wait_until(lambda: zero(h.twists[-1]), what="a zero twist after deactivate")
+        n = len(h.twists)
+        h.feeder.stop()
+        h.feeder = None
+        assert len(h.twists) == n  # nothing after the stop while inactive
+    finally:
+        h.close()
+
+
+def test_math_sanity():
+    assert math.isclose(np.linalg.norm(rows_to_twists(CHUNK, TwistLimits())[1, 3:]), 0.5)
