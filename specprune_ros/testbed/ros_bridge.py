@@ -78,6 +78,34 @@ PARAM_DOC = {
 }
 
 
+def policy_node_parameters(checkpoint: str, preset: str = "paper", device: str = "cpu") -> dict:
+    """Parameters of ``policy_node`` (``specprune_policy``) for the test bed: topics, gantry kinematics, proprio.
+
+    The proprio is LIBERO's layout from the joint states through the gantry URDF (``tcp`` frame): EE position,
+    EE axis-angle, finger positions scaled (1, -1), exactly the task's ``proprio()``. The node only publishes
+    chunks (``dry_run``); the bridge executes them.
+    """
+    return {
+        "checkpoint": checkpoint,
+        "preset": preset,
+        "device": device,
+        "dtype": "float32",
+        "camera_views": ["primary", "wrist"],
+        "camera_topics": ["/" + CAMERA_TOPICS["primary"], "/" + CAMERA_TOPICS["wrist"]],
+        "joint_states_topic": "/joint_states",
+        "instruction_topic": "/instruction",
+        "robot_description_topic": "/robot_description",
+        "ee_frame": "tcp",
+        "arm_joints": list(JOINT_NAMES[:4]),
+        "proprio_sources": ["libero"],
+        "gripper_joints": list(JOINT_NAMES[4:]),
+        "gripper_scales": [1.0, -1.0],
+        "base_frame": "world",
+        "control_dt": 0.05,
+        "dry_run": True,
+    }
+
+
 class TestbedRunner:
     """Episode bookkeeping and chunk execution, without ROS.
 

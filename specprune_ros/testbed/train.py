@@ -304,6 +304,15 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
 
 
+#: fields that may change when a run is resumed (the schedule follows the new ``steps``)
+RESUMABLE_CHANGES = ("steps", "max_minutes", "save_every_min", "threads", "out_dir")
+
+
+def _identity(cfg: TrainConfig) -> str:
+    """The part of the configuration a resumed run must share with the saved state."""
+    return json.dumps({k: v for k, v in asdict(cfg).items() if k not in RESUMABLE_CHANGES}, sort_keys=True)
+
+
 @dataclass
 class TrainResult:
     out_dir: Path
@@ -342,9 +351,10 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainResult:
     start, elapsed_before, losses = 0, 0.0, []
     if state_file.exists():
         state = torch.load(state_file, map_location="cpu", weights_only=True)
-        if state["train_config"] != json.dumps(asdict(cfg), sort_keys=True):
+        saved = {k: v for k, v in json.loads(state["train_config"]).items() if k not in RESUMABLE_CHANGES}
+        if json.dumps(saved, sort_keys=True) != _identity(cfg):
             raise ValueError(f"{state_file} was written by a different configuration; remove it or use the same flags "
-                             f"(saved: {state['train_config']})")
+                             f"(only {', '.join(RESUMABLE_CHANGES)} may change; saved: {state['train_config']})")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start, elapsed_before, losses = int(state["step"]), float(state["elapsed_s"]), list(state["losses"])
@@ -353,7 +363,7 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainResult:
     def save_state(step: int, elapsed: float) -> None:
         tmp = state_file.with_suffix(".tmp")
         torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "elapsed_s": elapsed,
-                    "losses": losses, "train_config": json.dumps(asdict(cfg), sort_keys=True)}, tmp)
+                    "losses": losses, "train_config": _identity(cfg)}, tmp)
         tmp.replace(state_file)
 
     model.train()

@@ -1,0 +1,110 @@
+"""specprune-train on a tiny configuration: tokenizer, loss decreases, checkpoint round trip, resume, CLI."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from specprune_ros.core.config import PolicyConfig
+from specprune_ros.core.policy import build_policy, normalize_proprio, unnormalize_actions
+from specprune_ros.core.preprocess import normalize, policy_frame
+from specprune_ros.core.config import PreprocessConfig
+from specprune_ros.core.prompt import SPACE_TOKEN_ID, PromptTokenizer
+from specprune_ros.core.types import Observation
+from specprune_ros.testbed import train as tr
+from specprune_ros.testbed.data import dataset_statistics, generate
+from specprune_ros.testbed.task import VIEWS, TabletopTask
+
+TINY = dict(episodes=3, val_episodes=1, batch_size=2, vit_dim=16, vit_depth=2, vit_heads=1, llm_hidden=32,
+            llm_layers=2, llm_heads=2, llm_intermediate=64, fp16=False, lr=1e-3)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory) -> PromptTokenizer:
+    d = tmp_path_factory.mktemp("tok")
+    for name, text in tr.make_word_tokenizer_files(tr.task_words()).items():
+        (d / name).write_text(text)
+    return PromptTokenizer(d / "tokenizer.json")
+
+
+def test_word_tokenizer_keeps_llama_ids_and_makes_words_single_tokens(tokenizer):
+    ids, prefix = tokenizer.encode("put the red cube on the blue plate")
+    toks = [tokenizer.tok.id_to_token(i) for i in ids]
+    assert ids[0] == 1 and ids[-1] == SPACE_TOKEN_ID
+    assert toks[prefix + 1:prefix + 9] == ["▁put", "▁the", "▁red", "▁cube", "▁on", "▁the", "▁blue", "▁plate"]
+    assert tokenizer.tok.token_to_id("<PAD>") == 32000 and tokenizer.tok.get_vocab_size() == 32001
+    lengths = {len(tokenizer.encode(TabletopTask(s).instruction)[0]) for s in range(100)}
+    assert lengths <= {21, 25}  # one token per word: about as long as the real Llama-2 prompts
+
+
+def test_loss_decreases_on_a_tiny_model(tokenizer):
+    cfg = tr.TrainConfig(**TINY)
+    eps = generate(2, seed=5, noise=0.1)
+    stats = dataset_statistics(eps)
+    batcher = tr.Batcher(eps, stats, tokenizer)
+    batch = batcher.sample(np.random.default_rng(0), 4)
+    assert batch["pixel_values"].shape == (4, 12, 224, 224) and batch["actions"].shape == (4, 8, 7)
+    model, _ = tr.build_model(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(12):
+        loss = tr.l1_loss(model, batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_trained_checkpoint_loads_and_matches_the_in_memory_model(tmp_path):
+    cfg = tr.TrainConfig(out_dir=str(tmp_path / "ckpt"), steps=2, **TINY)
+    res = tr.train(cfg, progress=False, log=lambda m: None)
+    assert res.steps_done == 2 and np.isfinite(res.train_loss) and res.val_loss is not None
+    summary = json.loads((res.out_dir / "train_summary.json").read_text())
+    assert summary["steps_done"] == 2
+    # the in-memory model, from the saved training state
+    model, _ = tr.build_model(cfg)
+    state = torch.load(res.out_dir / tr.WORK_DIR / tr.STATE_FILE, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    model.eval()
+    policy = build_policy(PolicyConfig(checkpoint=str(res.out_dir), preset="off"))
+    assert policy.unnorm_key == tr.UNNORM_KEY and policy.proprio_dim == 8 and policy.chunk_len == 8
+    task = TabletopTask(3)
+    frames = task.render()
+    chunk = policy.infer(Observation(images=frames, proprio=task.proprio(), instruction=task.instruction))
+    entry = json.loads((res.out_dir / "dataset_statistics.json").read_text())[tr.UNNORM_KEY]
+    tok = PromptTokenizer(res.out_dir / "tokenizer.json")
+    pixels = normalize([policy_frame(frames[v], PreprocessConfig()) for v in VIEWS])
+    prop = torch.tensor(normalize_proprio(task.proprio(), entry["proprio"]), dtype=torch.float32)[None]
+    ids = torch.tensor([tok.encode(task.instruction)[0]])
+    with torch.no_grad():
+        expected = unnormalize_actions(model(pixels, prop, ids)[0].numpy(), entry["action"])
+    np.testing.assert_allclose(chunk.actions, expected, rtol=1e-4, atol=1e-5)
+    # pruning presets run on it too
+    paper = build_policy(PolicyConfig(checkpoint=str(res.out_dir), preset="paper"))
+    out = paper.infer(Observation(images=frames, proprio=task.proprio(), instruction=task.instruction))
+    assert out.actions.shape == (8, 7) and sum(out.stats.kept_per_view.values()) < 512
+
+
+def test_resume_continues_and_refuses_a_different_configuration(tmp_path):
+    out = str(tmp_path / "ckpt")
+    tr.train(tr.TrainConfig(out_dir=out, steps=2, **TINY), progress=False, log=lambda m: None)
+    logs = []
+    res = tr.train(tr.TrainConfig(out_dir=out, steps=3, **TINY), progress=False, log=logs.append)
+    assert res.steps_done == 3 and any("resuming" in m and "step 2" in m for m in logs)
+    state = torch.load(tmp_path / "ckpt" / tr.WORK_DIR / tr.STATE_FILE, weights_only=True)
+    assert len(state["losses"]) == 3
+    with pytest.raises(ValueError, match="different configuration"):
+        tr.train(tr.TrainConfig(out_dir=out, steps=4, **{**TINY, "lr": 5e-4}), progress=False, log=lambda m: None)
+
+
+def test_cli_help_and_bad_values(capsys):
+    with pytest.raises(SystemExit) as exc:
+        tr.main(["--help"])
+    assert exc.value.code == 0 and "resumes" in capsys.readouterr().out
+    assert tr.main(["--steps=0", "--out-dir=/nonexistent/x"]) == 2
+    assert "steps=0" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="vit_dim"):
+        tr.TrainConfig(vit_dim=50, vit_heads=3)
