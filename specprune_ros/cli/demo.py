@@ -1,0 +1,113 @@
+"""specprune-demo: the main job on an embedded default, end to end, on any machine.
+
+1. Policy: the committed test-bed checkpoint (checkpoints/testbed) when present, else a generated tiny
+   random checkpoint. One observation through the unpruned and the pruned policy: the chunk and timings.
+2. Closed loop (test-bed checkpoint only): a few episodes of the procedural task, baseline vs pruned.
+3. ROS 2: a generated bag replayed into the running policy node; the chunks it publishes.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..core.config import PolicyConfig
+from ..core.policy import build_policy
+from ..core.tiny import make_tiny_checkpoint
+from ..core.types import Observation
+from .common import run
+
+PROG = "specprune-demo"
+REPO = Path(__file__).resolve().parents[2]
+TESTBED_CHECKPOINT = REPO / "checkpoints" / "testbed"
+
+
+def default_checkpoint(out: Path) -> tuple[Path, bool]:
+    """(checkpoint, trained?): the committed test-bed policy if it is there, else a tiny random one."""
+    if (TESTBED_CHECKPOINT / "config.json").is_file():
+        return TESTBED_CHECKPOINT, True
+    tiny = out / "tiny-checkpoint"
+    if not (tiny / "config.json").is_file():
+        make_tiny_checkpoint(tiny)
+    return tiny, False
+
+
+def sample_observation(seed: int = 0) -> Observation:
+    from ..testbed.task import TabletopTask
+
+    task = TabletopTask(seed=seed)
+    return Observation(images=task.render(), proprio=task.proprio(), instruction=task.instruction)
+
+
+def show_chunk(name: str, chunk) -> None:
+    s = chunk.stats
+    print(f"\n[{name}] {chunk.actions.shape[0]}x{chunk.actions.shape[1]} actions (dt {chunk.dt:.2f}s), mode {s.mode}, "
+          f"visual tokens kept {sum(s.kept_per_view.values())}/512, tokens in last layer {s.tokens_per_layer[-1]}/{s.total_tokens}")
+    for i, row in enumerate(chunk.actions[:3]):
+        print(f"  step {i}: " + " ".join(f"{v:+.3f}" for v in row))
+    print("  ...")
+    print("  ms: " + ", ".join(f"{k} {v:.1f}" for k, v in s.timings_ms.items()))
+
+
+def stage_policy(ckpt: Path, preset: str) -> None:
+    print(f"== 1. policy on one observation ({ckpt})")
+    obs = sample_observation()
+    print(f"instruction: {obs.instruction!r}")
+    totals = {}
+    for name in ("off", preset):
+        policy = build_policy(PolicyConfig(checkpoint=str(ckpt), preset=name))
+        policy.infer(obs)  # warm-up
+        policy.reset()
+        times = []
+        for _ in range(3):
+            policy.reset()
+            t = time.perf_counter()
+            chunk = policy.infer(obs)
+            times.append((time.perf_counter() - t) * 1e3)
+        totals[name] = float(np.median(times))
+        show_chunk(name, chunk)
+    print(f"\nmedian latency: off {totals['off']:.1f} ms, {preset} {totals[preset]:.1f} ms "
+          f"-> {totals['off'] / totals[preset]:.2f}x (a tiny model on a CPU; see docs/benchmarks.md for real sizes)")
+
+
+def stage_closed_loop(ckpt: Path, preset: str, episodes: int) -> None:
+    from ..testbed.evaluate import evaluate_presets
+
+    print(f"\n== 2. closed loop on the test-bed task: {episodes} episodes per preset")
+    evaluate_presets(str(ckpt), ["off", preset], episodes=episodes, seed0=10_000, show=True)
+
+
+def stage_ros(ckpt: Path, out: Path) -> None:
+    from ..bags.demo import replay_into_node
+
+    print("\n== 3. ROS 2: a generated bag replayed into the policy node")
+    replay_into_node(ckpt, out)
+
+
+def main_args(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog=PROG, description="Run the main job on the embedded default checkpoint.")
+    p.add_argument("--out", default="demo_out", help="working directory (default: demo_out)")
+    p.add_argument("--preset", default="paper", help="pruning preset to show (default: paper)")
+    p.add_argument("--episodes", type=int, default=3, help="closed-loop episodes per preset (default: 3)")
+    p.add_argument("--skip-ros", action="store_true", help="skip the ROS 2 stage")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt, trained = default_checkpoint(out)
+    stage_policy(ckpt, args.preset)
+    if trained and args.episodes > 0:
+        stage_closed_loop(ckpt, args.preset, args.episodes)
+    if not args.skip_ros:
+        stage_ros(ckpt, out)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(main_args, argv, PROG)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
