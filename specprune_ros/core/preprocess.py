@@ -33,16 +33,16 @@ def center_crop_resize(img: np.ndarray, scale: float, size: int) -> np.ndarray:
     H, W = img.shape[:2]
     ys = lo * (H - 1) + np.arange(size) * (hi - lo) * (H - 1) / (size - 1)  # (size,)
     xs = lo * (W - 1) + np.arange(size) * (hi - lo) * (W - 1) / (size - 1)
+    f = img.astype(np.float32) / np.float32(255.0)
+    # separable bilinear: rows first, then columns
     y0 = np.floor(ys).astype(int)
-    x0 = np.floor(xs).astype(int)
     y1 = np.minimum(y0 + 1, H - 1)
+    wy = (ys - y0).astype(np.float32)[:, None, None]  # (size, 1, 1)
+    rows = f[y0] * (1 - wy) + f[y1] * wy  # (size, W, 3)
+    x0 = np.floor(xs).astype(int)
     x1 = np.minimum(x0 + 1, W - 1)
-    wy = (ys - y0)[:, None, None]  # (size, 1, 1)
-    wx = (xs - x0)[None, :, None]  # (1, size, 1)
-    f = img.astype(np.float32) / 255.0
-    top = f[y0][:, x0] * (1 - wx) + f[y0][:, x1] * wx
-    bottom = f[y1][:, x0] * (1 - wx) + f[y1][:, x1] * wx
-    out = top * (1 - wy) + bottom * wy  # (size, size, 3) in [0, 1]
+    wx = (xs - x0).astype(np.float32)[None, :, None]  # (1, size, 1)
+    out = rows[:, x0] * (1 - wx) + rows[:, x1] * wx  # (size, size, 3) in [0, 1]
     return np.clip(out * 255.5, 0, 255).astype(np.uint8)
 
 
@@ -64,13 +64,15 @@ def policy_frame(img: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     return np.ascontiguousarray(img)
 
 
+_MEAN = np.array(DINO_MEAN + SIGLIP_MEAN, dtype=np.float32)  # (6,)
+_STD = np.array(DINO_STD + SIGLIP_STD, dtype=np.float32)
+
+
 def normalize(frames: list[np.ndarray], fused: bool = True) -> torch.Tensor:
     """Policy-ready frames (each (224, 224, 3) uint8) -> (1, V*6, 224, 224) float32: per view DINOv2 then SigLIP."""
-    chans = []
-    for frame in frames:
-        x = torch.from_numpy(frame).permute(2, 0, 1).float() / 255.0  # (3, 224, 224)
-        dino = (x - torch.tensor(DINO_MEAN)[:, None, None]) / torch.tensor(DINO_STD)[:, None, None]
-        chans.append(dino)
-        if fused:
-            chans.append((x - torch.tensor(SIGLIP_MEAN)[:, None, None]) / torch.tensor(SIGLIP_STD)[:, None, None])
-    return torch.cat(chans, dim=0)[None]
+    x = np.stack(frames).astype(np.float32) / np.float32(255.0)  # (V, 224, 224, 3)
+    x = np.concatenate([x, x], axis=-1) if fused else x  # (V, 224, 224, 6)
+    c = x.shape[-1]
+    x = (x - _MEAN[:c]) / _STD[:c]
+    x = x.transpose(0, 3, 1, 2).reshape(1, -1, *x.shape[1:3])  # (1, V*C, 224, 224)
+    return torch.from_numpy(np.ascontiguousarray(x))
