@@ -424,6 +424,8 @@ class PolicyNode(LifecycleNode):
                 return
             ref = self.sync.config.reference
             seq = result.frame_seqs[ref]
+            if seq == self._last_used_seq:
+                return  # no new frame since the last query: wait for one rather than act on the same view twice
             self.health.skipped(seq - self._last_used_seq - 1)
             self._last_used_seq = seq
             self._executed = []
