@@ -138,6 +138,7 @@ class OFTPolicy:
                 mode=rec.mode,
                 lookback=rec.lookback,
                 requery=rec.requery,
+                requery_after=rec.requery_after,
                 preset=self.preset,
             )
         return StepStats(

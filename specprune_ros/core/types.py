@@ -93,7 +93,8 @@ class StepStats:
         total_tokens: full (unpruned) sequence length L.
         mode: ``"coarse"``, ``"fine"`` or ``"off"``.
         lookback: frame-difference look-back T in control steps (None when unused / first query).
-        requery: the controller asks the consumer to drop the rest of the current chunk and query again.
+        requery: the controller would enter fine mode inside this chunk; the consumer may re-query early.
+        requery_after: the row after which that happens (execute rows 0..requery_after, then query again).
         preset: the pruning preset name.
     """
 
@@ -106,6 +107,7 @@ class StepStats:
     mode: str = MODE_OFF
     lookback: int | None = None
     requery: bool = False
+    requery_after: int | None = None
     preset: str = "off"
 
     def to_dict(self) -> dict:
@@ -119,6 +121,7 @@ class StepStats:
             "mode": self.mode,
             "lookback": self.lookback,
             "requery": self.requery,
+            "requery_after": self.requery_after,
             "preset": self.preset,
         }
 
