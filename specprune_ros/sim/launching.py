@@ -173,6 +173,21 @@ def policy_parameters(args: SimLaunchArgs) -> dict[str, Any]:
     }
 
 
+def policy_command(params_file: str | Path, python: str | None = None, libero_params: str | Path | None = None) -> list[str]:
+    """Command line of the policy node for the simulator: ``config/libero.yaml`` (if present), then ``params_file``.
+
+    Runs in the policy venv (``python``, default: the interpreter running this code), whose environment
+    must be ``tools/ros_env.sh``'s for that venv.
+    """
+    import sys
+
+    preset = Path(libero_params) if libero_params is not None else REPO_ROOT / LIBERO_PARAMS
+    cmd = [python or sys.executable, "-m", "specprune_ros.ros.policy_node", "--ros-args", "-r", f"__node:={POLICY_NODE_NAME}"]
+    if preset.is_file():
+        cmd += ["--params-file", str(preset)]
+    return cmd + ["--params-file", str(params_file)]
+
+
 def write_params_file(path: Path, params: dict[str, Any], node_name: str = POLICY_NODE_NAME) -> Path:
     """Write ``params`` as a ROS 2 params YAML for ``node_name``."""
     import yaml
