@@ -1,0 +1,110 @@
+"""specprune-infer / specprune-make-tiny / specprune-bench command-line behaviour."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from specprune_ros.cli import bench, infer, make_tiny
+from specprune_ros.cli.common import join_negative_values
+
+PROPRIO = "-0.1,0.2,0,0,0,0,0.03,-0.03"
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    d = tmp_path_factory.mktemp("img")
+    rng = np.random.default_rng(0)
+    paths = {}
+    for view, shape in (("primary", (256, 256, 3)), ("wrist", (120, 160, 3))):
+        path = d / f"{view}.png"
+        cv2.imwrite(str(path), rng.integers(0, 256, shape, dtype=np.uint8))
+        paths[view] = str(path)
+    return paths
+
+
+def args_for(ckpt, images, *extra):
+    return [f"--checkpoint={ckpt}", "--instruction=put the red cube on the blue plate",
+            f"--image=primary={images['primary']}", f"--image=wrist={images['wrist']}", *extra]
+
+
+def test_join_negative_values():
+    assert join_negative_values(["--proprio", "-0.1,0.2", "--flip"]) == ["--proprio=-0.1,0.2", "--flip"]
+    assert join_negative_values(["--proprio=-1", "-h"]) == ["--proprio=-1", "-h"]
+
+
+def test_infer_json(tiny_checkpoint, images, capsys):
+    assert infer.main(args_for(tiny_checkpoint, images, "--proprio", PROPRIO, "--json")) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert np.asarray(out["actions"]).shape == (8, 7)
+    assert out["stats"]["preset"] == "paper"  # the package default
+    assert sum(out["stats"]["kept_per_view"].values()) < 512
+    assert out["unnorm_key"] == "tiny_sim"
+
+
+def test_infer_off_and_text(tiny_checkpoint, images, capsys):
+    assert infer.main(args_for(tiny_checkpoint, images, f"--proprio={PROPRIO}", "--preset=off", "--no-center-crop", "--flip")) == 0
+    text = capsys.readouterr().out
+    assert "8 steps x 7 dims" in text and "preset=off" in text and "primary 256" in text
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--checkpoint=/nonexistent"], "checkpoint directory not found"),
+        (["--preset=papr"], "did you mean 'paper'"),
+        (["--unnorm-key=tiny_sin"], "did you mean 'tiny_sim'"),
+        (["--proprio=1,2"], "proprio must have shape"),
+        (["--proprio=1,x"], "comma-separated numbers"),
+    ],
+)
+def test_infer_errors(tiny_checkpoint, images, capsys, extra, message):
+    args = args_for(tiny_checkpoint, images, f"--proprio={PROPRIO}")
+    args = [a for a in args if not any(a.startswith(e.split("=")[0] + "=") for e in extra)] + extra
+    code = None
+    try:
+        code = infer.main(args)
+    except SystemExit as exit_:  # argparse type errors
+        code = exit_.code
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_infer_missing_view(tiny_checkpoint, images, capsys):
+    args = [a for a in args_for(tiny_checkpoint, images, f"--proprio={PROPRIO}") if "wrist" not in a]
+    assert infer.main(args) == 2
+    assert "lacks camera view(s) ['wrist']" in capsys.readouterr().err
+
+
+def test_console_script(tiny_checkpoint, images):
+    exe = Path(sys.executable).with_name("specprune-infer")
+    proc = subprocess.run([str(exe), *args_for(tiny_checkpoint, images, "--proprio", PROPRIO, "--json")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert len(json.loads(proc.stdout)["actions"]) == 8
+    help_ = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=120)
+    assert help_.returncode == 0 and "--unnorm-key" in help_.stdout
+
+
+def test_make_tiny(tmp_path, capsys):
+    assert make_tiny.main([str(tmp_path / "a"), "--seed=3"]) == 0
+    assert (tmp_path / "a" / "config.json").is_file()
+    assert make_tiny.main([str(tmp_path / "a")]) == 2  # exists: refuse without --force
+    assert "--force" in capsys.readouterr().err
+
+
+def test_bench_tiny_json(tmp_path):
+    out = tmp_path / "bench.json"
+    assert bench.main(["--model=tiny", "--steps=3", "--warmup=1", f"--json={out}", "--device=cpu"]) == 0
+    r = json.loads(out.read_text())
+    for key in ("baseline_ms", "pruned_ms", "speedup", "llm_speedup", "tokens_kept_mean", "flops_ratio_full"):
+        assert key in r and r[key] > 0
+    assert r["tokens_per_layer"]["off"] == [r["tokens_total"]] * 8
+    assert r["tokens_per_layer"]["paper"][-1] < r["tokens_total"]
+    assert 0 < r["flops_ratio_full"] < 1 and r["tokens_kept_mean"] < 512
+    assert out.with_suffix(".png").is_file()
