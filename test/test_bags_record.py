@@ -1,0 +1,96 @@
+"""specprune-record: raw messages into a valid bag, QoS matched and stored, latched topics fetched, clean
+stop on Ctrl-C and on --duration."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import rclpy
+import yaml
+from ros_env import ros_context, subprocess_env  # noqa: F401  (ros_context is a fixture)
+
+from specprune_ros.bags.bagio import Bag
+
+BIN = Path(sys.executable).parent
+
+
+def test_record_until_ctrl_c(ros_context, tmp_path):
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import JointState
+    from std_msgs.msg import String
+
+    node = rclpy.create_node("record_source", context=ros_context)
+    latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    text_pub = node.create_publisher(String, "/rec_test/instruction", latched)
+    joint_pub = node.create_publisher(JointState, "/rec_test/joints", QoSProfile(depth=100))
+    text_pub.publish(String(data="stack the cups"))  # before the recorder exists: fetched through durability
+    executor = SingleThreadedExecutor(context=ros_context)
+    executor.add_node(node)
+    out = tmp_path / "rec"
+    proc = subprocess.Popen(
+        [str(BIN / "specprune-record"), str(out), "--storage=mcap", "--topics", "/rec_test/instruction,/rec_test/joints",
+         "--no-progress", "--json"],
+        env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while joint_pub.get_subscription_count() == 0 and time.monotonic() < deadline:
+            executor.spin_once(timeout_sec=0.05)
+        assert joint_pub.get_subscription_count() > 0, "the recorder never subscribed"
+        for k in range(25):
+            msg = JointState(name=["a", "b"], position=[0.1 * k, -0.1 * k], velocity=[1.0, 2.0])  # effort empty
+            msg.header.stamp.sec = 100 + k
+            joint_pub.publish(msg)
+        from rclpy.duration import Duration
+
+        assert joint_pub.wait_for_all_acked(Duration(seconds=30))
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        executor.shutdown()
+        node.destroy_node()
+    assert proc.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    summary = json.loads(stdout)
+    assert summary["interrupted"] is True
+    assert summary["topics"] == {"/rec_test/instruction": 1, "/rec_test/joints": 25}
+    meta = yaml.safe_load((out / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
+    assert meta["storage_identifier"] == "mcap" and meta["message_count"] == 26
+    with Bag(out) as bag:
+        topics = bag.topics()
+        assert topics["/rec_test/joints"].msgtype == "sensor_msgs/msg/JointState"
+        # the publishers' offered QoS is stored for replay
+        assert [q.durability.name for q in topics["/rec_test/instruction"].qos] == ["TRANSIENT_LOCAL"]
+        assert [q.durability.name for q in topics["/rec_test/joints"].qos] == ["VOLATILE"]
+        got = [raw for _, _, raw in bag.messages(bag.select(["/rec_test/joints"]))]
+        (instruction,) = [bag.deserialize(r, "std_msgs/msg/String") for _, _, r in bag.messages(bag.select(["/rec_test/instruction"]))]
+        decoded = [bag.deserialize(r, "sensor_msgs/msg/JointState") for r in got]
+    assert instruction.data == "stack the cups"
+    assert [m.header.stamp.sec for m in decoded] == list(range(100, 125))  # all, once, in order
+    assert [m.position.tolist() for m in decoded] == [[0.1 * k, -0.1 * k] for k in range(25)]
+    assert all(len(m.effort) == 0 and m.velocity.tolist() == [1.0, 2.0] for m in decoded)
+
+
+@pytest.mark.parametrize("storage", ["sqlite3", "mcap"])
+def test_duration_stop_writes_valid_empty_bag(tmp_path, storage):
+    out = tmp_path / "quiet"
+    proc = subprocess.run(
+        [str(BIN / "specprune-record"), str(out), f"--storage={storage}", "--topics=/nobody/publishes/this",
+         "--duration=0.5", "--no-progress", "--json"],
+        env=subprocess_env(), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["messages"] == 0 and summary["not_seen"] == ["/nobody/publishes/this"]
+    assert "no messages on: /nobody/publishes/this" in proc.stderr
+    meta = yaml.safe_load((out / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
+    assert meta["message_count"] == 0 and meta["storage_identifier"] == storage
