@@ -7,7 +7,7 @@ STAMP := .setup/venv.stamp
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup venv ros test demo clean
+.PHONY: setup venv ros sim-setup test demo clean
 
 setup: venv ros
 
@@ -44,9 +44,29 @@ $(ROS_STAMP): $(STAMP) $(ROS_INPUTS)
 	  || { cat .setup/colcon.log; echo "colcon build failed (log above, also in .setup/colcon.log)"; exit 1; }'
 	touch $@
 
+# The LIBERO simulator environment .venv-sim/ (docs/simulation.md): a venv of its own, because LIBERO's stack
+# wants opencv-python<5; same base interpreter as .venv and the ROS 2 wheels pinned to .venv's versions, so
+# the messages generated there load here too. MuJoCo renders offscreen on the CPU: EGL if it works, else
+# OSMesa (libosmesa6 comes from apt-get when missing); the working backend is recorded in .venv-sim/MUJOCO_GL.
+SIM_VENV ?= .venv-sim
+SIM_PY := $(SIM_VENV)/bin/python
+SIM_STAMP := .setup/sim.stamp
+SIM_CHECK := $(SIM_PY) -m specprune_ros.sim.check --quick --write-marker
+sim-setup: $(SIM_STAMP)
+$(SIM_STAMP): requirements-sim.txt $(STAMP) $(ROS_STAMP)
+	test -x $(SIM_PY) || "$$($(PY) -c 'import sys; print(sys._base_executable)')" -m venv $(SIM_VENV)
+	$(SIM_PY) -m pip install -q --upgrade pip
+	$(PY) -m pip freeze | grep -E '^ros-' > .setup/sim-constraints.txt
+	$(SIM_PY) -m pip install -q -r requirements-sim.txt -c .setup/sim-constraints.txt
+	rm -f $(SIM_VENV)/MUJOCO_GL
+	MUJOCO_GL=egl $(SIM_CHECK) --gl egl || { \
+	  ldconfig -p | grep -q libOSMesa.so || { apt-get update -qq && apt-get install -y -qq libosmesa6; }; \
+	  MUJOCO_GL=osmesa $(SIM_CHECK) --gl osmesa; }
+	touch $@
+
 # Tests run in the environment of tools/ros_env.sh (rclpy + generated messages), on a ROS domain of
 # their own that stays on this machine.
-test: setup
+test: setup sim-setup
 	SPECPRUNE_ROS_ISOLATE=1 VENV=$(VENV) tools/ros_env.sh $(PY) -m pytest -q -rs
 
 demo: setup
