@@ -132,7 +132,9 @@ def bridge_command(
     cmd: list[str] = []
     if script:
         venv = str(Path(python).absolute().parent.parent)  # <venv>/bin/python (not resolved: it is a symlink)
-        cmd = ["env", f"VENV={venv}", "bash", script]
+        # the caller's Python and library paths belong to another venv (or a sourced ROS); the script
+        # computes the simulator venv's, keeping ROS_DOMAIN_ID
+        cmd = ["env", "-u", "PYTHONPATH", "-u", "LD_LIBRARY_PATH", "-u", "SPECPRUNE_ROS_ISOLATE", f"VENV={venv}", "bash", script]
     cmd += [python, "-m", "specprune_ros.sim.libero_node", "--ros-args", "-r", f"__node:={BRIDGE_NODE_NAME}"]
     cmd += ["-r", f"action_chunk:={POLICY_CHUNK_TOPIC}"]
     for name, value in params.items():
@@ -141,12 +143,13 @@ def bridge_command(
 
 
 def policy_parameters(args: SimLaunchArgs) -> dict[str, Any]:
-    """The policy node's parameters for the simulator, applied on top of ``config/libero.yaml``.
+    """The policy node's parameters of one run, applied on top of ``config/libero.yaml``.
 
-    ``libero.yaml`` brings the LIBERO preprocessing (flip + center crop, gripper mapping, proprio layout);
-    these bind the node to the bridge: its topics, its joint names, its URDF's end-effector link, simulated
-    time, and the simulator's deterministic frames (no frozen-camera check: a still scene renders
-    identical frames). Chunks are consumed by the bridge, so no actuating output is enabled (dry run).
+    ``libero.yaml`` carries everything that binds the node to this bridge and to the LIBERO checkpoints
+    (topics, joint names, the URDF's ``libero_eef`` link, flip + center crop, gripper mapping, proprio
+    layout, no frozen-camera check, dry run: the bridge consumes ``~/action_chunk`` itself);
+    :func:`sim_bindings` lists the values it must have. These add the run: checkpoint, preset, the suite's
+    ``unnorm_key``, device, fake policy, and simulated time.
     """
     return {
         "use_sim_time": True,
@@ -155,20 +158,28 @@ def policy_parameters(args: SimLaunchArgs) -> dict[str, Any]:
         "unnorm_key": args.resolved_unnorm_key,
         "device": args.device,
         "fake_policy": args.fake_policy,
+    }
+
+
+def sim_bindings() -> dict[str, Any]:
+    """Policy node parameters that must hold for the bridge (what ``config/libero.yaml`` sets)."""
+    return {
         "camera_views": ["primary", "wrist"],
         "camera_topics": ["/" + CAMERA_TOPICS["agentview"], "/" + CAMERA_TOPICS["wrist"]],
-        "camera_compressed": [False, False],
         "joint_states_topic": "/joint_states",
         "instruction_topic": "/instruction",
         "robot_description_topic": "/robot_description",
         "ee_frame": EEF_LINK,
         "arm_joints": list(ARM_JOINTS),
         "gripper_joints": list(GRIPPER_JOINTS),
-        "gripper_scales": [1.0, 1.0],  # the bridge publishes MuJoCo's finger positions as LIBERO's proprio has them
+        "gripper_scales": [1.0, 1.0],  # the bridge publishes MuJoCo's finger positions, as LIBERO's proprio has them
         "ee_position_offset": [0.0, 0.0, 0.0],  # the URDF's root is LIBERO's world frame
-        "frozen_timeout": 0.0,
-        "base_frame": "world",
+        "flip": True,
+        "center_crop": True,
+        "libero_gripper": True,
+        "control_dt": 0.05,
         "execute_steps": 0,
+        "frozen_timeout": 0.0,
         "dry_run": True,
     }
 

@@ -1,0 +1,70 @@
+"""Wiring of the LIBERO closed loop (specprune_ros.sim.launching): pure, no ROS, no simulator."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from specprune_ros.ros.parameters import NODE_NAME, configs_from_values, read_params_file
+from specprune_ros.sim import launching as L
+from specprune_ros.sim.protocol import ProtocolError
+
+LIBERO_YAML = L.REPO_ROOT / L.LIBERO_PARAMS
+
+
+def test_libero_preset_binds_the_policy_node_to_the_bridge():
+    values = read_params_file(LIBERO_YAML, NODE_NAME)
+    for name, want in L.sim_bindings().items():
+        got = values.get(name)
+        got = list(got) if isinstance(got, (list, tuple)) else got
+        assert got == want, f"config/libero.yaml: {name} is {got!r}, the LIBERO bridge needs {want!r}"
+
+
+@pytest.mark.parametrize("suite,key", [("libero_spatial", "libero_spatial_no_noops"), ("libero_10", "libero_10_no_noops")])
+def test_run_parameters_are_valid_node_parameters(suite, key):
+    values = read_params_file(LIBERO_YAML, NODE_NAME)
+    values.update(L.policy_parameters(L.SimLaunchArgs(suite=suite, checkpoint="/models/oft", preset="off")))
+    node_cfg, policy_kw = configs_from_values(values)  # unknown names or bad values raise
+    assert policy_kw["unnorm_key"] == key and policy_kw["preset"] == "off" and policy_kw["flip"] is True
+    assert node_cfg.dry_run and values["use_sim_time"] is True
+
+
+def test_explicit_unnorm_key_wins():
+    args = L.SimLaunchArgs(checkpoint="/c", unnorm_key="tiny_sim")
+    assert L.policy_parameters(args)["unnorm_key"] == "tiny_sim"
+
+
+def test_launch_args_are_validated():
+    with pytest.raises(ProtocolError, match="checkpoint:=.*fake_policy:=true"):
+        L.SimLaunchArgs()
+    with pytest.raises(ProtocolError, match="did you mean 'libero_goal'"):
+        L.SimLaunchArgs(suite="libero_gaol", fake_policy=True)
+    with pytest.raises(ProtocolError, match="task_id=-1"):
+        L.SimLaunchArgs(task_id=-1, fake_policy=True)
+    assert set(L.ARG_DOC) == set(L.SimLaunchArgs.__dataclass_fields__)
+
+
+def test_bridge_command_runs_the_node_in_the_sim_venv(tmp_path):
+    python = tmp_path / "venv" / "bin" / "python"
+    args = L.SimLaunchArgs(suite="libero_goal", task_id=3, init_state=7, fake_policy=True, max_steps=5)
+    cmd = L.bridge_command(args, str(python), env_script="/repo/tools/ros_env.sh")
+    assert cmd[: cmd.index("bash")] == [
+        "env", "-u", "PYTHONPATH", "-u", "LD_LIBRARY_PATH", "-u", "SPECPRUNE_ROS_ISOLATE", f"VENV={tmp_path / 'venv'}"
+    ]
+    i = cmd.index(str(python))
+    assert cmd[i + 1 : i + 3] == ["-m", "specprune_ros.sim.libero_node"]
+    assert f"action_chunk:={L.POLICY_CHUNK_TOPIC}" in cmd
+    params = [cmd[j + 1] for j, a in enumerate(cmd) if a == "-p"]
+    assert {"suite:='libero_goal'", "task_id:=3", "init_state:=7", "max_steps:=5", "auto_reset:=false"} <= set(params)
+    direct = L.bridge_command(args, str(python), env_script="")
+    assert direct[0] == str(python)
+
+
+def test_policy_command_layers_the_preset_under_the_run(tmp_path):
+    run = L.write_params_file(tmp_path / "run.yaml", {"preset": "off"})
+    cmd = L.policy_command(run, python="/venv/bin/python")
+    files = [cmd[j + 1] for j, a in enumerate(cmd) if a == "--params-file"]
+    assert files == [str(LIBERO_YAML), str(run)]
+    assert read_params_file(run, NODE_NAME) == {"preset": "off"}
+    no_preset = L.policy_command(run, python="/p", libero_params=tmp_path / "missing.yaml")
+    assert [a for a in no_preset if a.endswith(".yaml")] == [str(run)]
