@@ -76,6 +76,15 @@ def test_not_a_bag(tmp_path, capsys):
     one_line_error(capsys.readouterr().err, "not a rosbag2 bag")
 
 
+def test_metadata_disagrees_with_storage(good, tmp_path, capsys):
+    bag = tmp_path / "edited"
+    shutil.copytree(good["sqlite3"], bag)
+    meta = bag / "metadata.yaml"
+    meta.write_text(meta.read_text().replace("type: sensor_msgs/msg/Image", "type: sensor_msgs/msg/CompressedImage"))
+    assert evaluate.main([str(bag), "--fake-policy", f"--out={tmp_path / 'r'}", "--no-progress"]) == 2
+    one_line_error(capsys.readouterr().err, "disagree", CAMERA_TOPICS["primary"])
+
+
 def test_missing_topic(good, capsys):
     assert replay.main([str(good["mcap"]), "--topics", "/nope", "/joint_states", "--no-progress"]) == 2
     one_line_error(capsys.readouterr().err, "/nope", "not in bag", CAMERA_TOPICS["primary"])

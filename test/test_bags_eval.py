@@ -158,3 +158,39 @@ def test_bad_arguments(episode, tmp_path, capsys):
     code, _, err = run_eval(capsys, episode, "--checkpoint", tmp_path / "nope", "--out", out)
     assert code == 2 and "nope" in err
     assert "Traceback" not in err
+
+
+def humble_layout(path: Path) -> Path:
+    """Rewrite a sqlite3 bag's metadata.yaml the way Humble's rosbag2 writes it: version 5, each topic's QoS
+    profiles as one YAML string with numeric enums (the same text the database's topics table holds), no
+    type hashes, no ros_distro."""
+    import yaml
+    from rosbags.rosbag2.metadata import dump_qos_v8, parse_qos
+
+    meta_path = path / "metadata.yaml"
+    meta = yaml.safe_load(meta_path.read_text())
+    info = meta["rosbag2_bagfile_information"]
+    info["version"] = 5
+    for key in ("ros_distro", "custom_data"):
+        info.pop(key, None)
+    for t in info["topics_with_message_count"]:
+        md = t["topic_metadata"]
+        md.pop("type_description_hash", None)
+        md["offered_qos_profiles"] = dump_qos_v8(parse_qos(md["offered_qos_profiles"]))
+    meta_path.write_text(yaml.safe_dump(meta, sort_keys=False))
+    return path
+
+
+def test_humble_metadata_layout(tmp_path):
+    from specprune_ros.bags.evaluate import evaluate_bag
+
+    bag = humble_layout(write_episode_bag(tmp_path / "humble", EpisodeSpec(seconds=1.0, fps=10, joint_rate=20), storage="sqlite3"))
+    with Bag(bag) as b:
+        assert b.distro is None
+        qos = b.topics()[INSTRUCTION_TOPIC].qos
+        assert [q.durability.name for q in qos] == ["TRANSIENT_LOCAL"]  # read from the YAML string
+    summary = evaluate_bag(bag, tmp_path / "report", fake_policy=True, presets=("off",), plots=False)
+    assert summary["counts"]["frames"] == {"primary": 10, "wrist": 10}
+    assert summary["counts"]["observations"] > 0
+    assert summary["presets"]["off"]["action_deviation"]["max_abs"] == 0.0
+    assert (tmp_path / "report" / "index.html").is_file()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 import struct
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,9 +182,22 @@ class Bag:
         ``stop_ns`` is exclusive.
         """
         conns = list(connections) if connections is not None else self.connections
+        yielded: Counter[str] = Counter()
         try:
             for conn, stamp, raw in self._reader.messages(conns, start=start_ns, stop=stop_ns):
+                yielded[conn.topic] += 1
                 yield conn, stamp, bytes(raw)
+            if start_ns is None and stop_ns is None:
+                expected: Counter[str] = Counter()
+                for c in conns:
+                    expected[c.topic] += c.msgcount
+                empty = sorted(t for t, n in expected.items() if n > 0 and yielded[t] == 0)
+                if empty:
+                    raise BagError(
+                        f"bag {str(self.path)!r}: metadata.yaml lists messages on {', '.join(empty)} but the storage "
+                        "file yields none; metadata.yaml and the storage file disagree (edited, or copied from "
+                        "another recording?)"
+                    )
         except BagError:
             raise
         except (ReaderError, sqlite3.Error, OSError, ValueError, KeyError, struct.error, EOFError) as err:

@@ -564,11 +564,15 @@ def _brief(summary: dict) -> dict:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        from ..core.presets import PRESETS
+class EvalError(Exception):
+    """A user error (bad argument, bag, checkpoint); ``str(err)`` is one line."""
 
+
+def run_evaluation(args: argparse.Namespace) -> tuple[dict, dict[str, Path]]:
+    """Evaluate as the parsed command line says; returns (summary, report files). Raises :class:`EvalError`."""
+    from ..core.presets import PRESETS
+
+    try:
         presets = [p.strip() for p in args.presets.split(",") if p.strip()]
         if not presets:
             raise ValueError("--presets is empty; give e.g. paper or off,paper,aggressive")
@@ -582,15 +586,15 @@ def main(argv: list[str] | None = None) -> int:
         node_cfg, policy_kw = _node_config(args)
         inputs = inputs_from_node_config(node_cfg, _parse_views(args.camera_topics))
     except (ValueError, OSError) as err:
-        return _fail(" ".join(str(err).split()))
+        raise EvalError(" ".join(str(err).split())) from None
     if args.out.exists() and not args.out.is_dir():
-        return _fail(f"--out {str(args.out)!r} exists and is not a directory")
+        raise EvalError(f"--out {str(args.out)!r} exists and is not a directory")
     try:
         with Bag(args.bag) as bag:
             try:
                 runs = _build_policies(args, inputs, policy_kw, presets)
             except (ValueError, OSError, InputError) as err:
-                return _fail(f"cannot build the policy: {' '.join(str(err).split())}")
+                raise EvalError(f"cannot build the policy: {' '.join(str(err).split())}") from None
             dt = float(getattr(runs[0].policy, "dt", None) or policy_kw.get("control_dt") or 0.05)
             started = time.perf_counter()
             trace = evaluate(bag, inputs, runs, dt=dt, instruction=args.instruction, max_steps=args.max_steps,
@@ -603,16 +607,63 @@ def main(argv: list[str] | None = None) -> int:
             }
             summary = summarize(bag, inputs, runs, trace, meta)
     except BagError as err:
-        return _fail(str(err))
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+        raise EvalError(str(err)) from None
     from .report import write_report
 
     try:
         files = write_report(summary, args.out, plots=not args.no_plots)
     except OSError as err:
-        return _fail(f"cannot write the report to {str(args.out)!r}: {err}")
+        raise EvalError(f"cannot write the report to {str(args.out)!r}: {err}") from None
+    return summary, files
+
+
+def evaluate_bag(
+    bag: str | Path,
+    out: str | Path,
+    *,
+    checkpoint: str | Path | None = None,
+    fake_policy: bool = False,
+    presets: tuple[str, ...] = ("paper",),
+    params: str | Path | None = None,
+    camera_topics: dict[str, str] | None = None,
+    instruction: str | None = None,
+    max_steps: int | None = None,
+    plots: bool = True,
+    progress: bool = False,
+) -> dict:
+    """Python entry point of ``specprune-eval`` (e.g. for the demo): returns the summary dict, writes the report.
+
+    Raises :class:`EvalError` with a one-line message for bad input.
+    """
+    if (checkpoint is None) == (not fake_policy):
+        raise EvalError("give exactly one of checkpoint=... or fake_policy=True")
+    argv = [str(bag), f"--out={out}", f"--presets={','.join(presets)}"]
+    argv += ["--fake-policy"] if fake_policy else [f"--checkpoint={checkpoint}"]
+    if params is not None:
+        argv.append(f"--params={params}")
+    if camera_topics:
+        argv += ["--camera-topics", *(f"{v}={t}" for v, t in camera_topics.items())]
+    if instruction is not None:
+        argv.append(f"--instruction={instruction}")
+    if max_steps is not None:
+        argv.append(f"--max-steps={max_steps}")
+    if not plots:
+        argv.append("--no-plots")
+    if not progress:
+        argv.append("--no-progress")
+    summary, _ = run_evaluation(build_parser().parse_args(argv))
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        summary, files = run_evaluation(args)
+    except EvalError as err:
+        return _fail(str(err))
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
     if args.json:
         print(json.dumps(_brief(summary), indent=2, default=float))
     else:
