@@ -58,7 +58,8 @@ def check_consistent(summary: dict, bag_path: Path) -> None:
     rows = len(summary["actions"]["baseline"][0])
     dt = summary["schedule"]["dt"]
     gaps = np.diff([o["t"] for o in obs])
-    np.testing.assert_allclose(gaps, rows * dt, atol=1e-6)
+    limit = min(summary["schedule"]["execute_steps"] or rows, rows)
+    np.testing.assert_allclose(gaps, limit * dt, atol=1e-6)
     base_total = summary["baseline"]["latency_ms"]["total"]["median"]
     for name, s in summary["presets"].items():
         assert s["steps"] == n, name
@@ -194,3 +195,44 @@ def test_humble_metadata_layout(tmp_path):
     assert summary["counts"]["observations"] > 0
     assert summary["presets"]["off"]["action_deviation"]["max_abs"] == 0.0
     assert (tmp_path / "report" / "index.html").is_file()
+
+
+def test_node_params_drive_the_schedule(episode, tmp_path, capsys):
+    """execute_steps: 2 in the node's params file -> a query every 2 control periods (0.1 s = every frame)."""
+    params = tmp_path / "params.yaml"
+    params.write_text("specprune_policy:\n  ros__parameters:\n    execute_steps: 2\n    fake_chunk_len: 6\n")
+    out = tmp_path / "report"
+    code, _, err = run_eval(capsys, episode, "--fake-policy", f"--params={params}", "--presets=off", "--out", out, "--no-plots")
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    check_consistent(summary, episode)
+    assert summary["schedule"]["execute_steps"] == 2
+    assert len(summary["actions"]["baseline"][0]) == 6
+    gaps = np.diff([o["t"] for o in summary["observations"]])
+    np.testing.assert_allclose(gaps, 2 * summary["schedule"]["dt"], atol=1e-6)
+    # every frame after the first query is used once
+    assert summary["counts"]["unused_reference_frames"] == 0
+    params.write_text("specprune_policy:\n  ros__parameters:\n    exec_steps: 2\n")
+    code, _, err = run_eval(capsys, episode, "--fake-policy", f"--params={params}", "--out", out)
+    assert code == 2 and "exec_steps" in err and "execute_steps" in err
+
+
+def test_each_run_gets_its_own_executed_rows(episode):
+    """As in the node: the rows executed since the last query go with the next observation, per run."""
+    from specprune_ros.bags.evaluate import RunRecord, evaluate, inputs_from_node_config
+    from specprune_ros.core.fake import FakePolicy
+    from specprune_ros.ros.parameters import configs_from_values
+
+    node_cfg, _ = configs_from_values({"execute_steps": 3})
+    inputs = inputs_from_node_config(node_cfg)
+    runs = [RunRecord(n, "off", FakePolicy(proprio_dim=8)) for n in ("baseline", "other")]
+    with Bag(episode) as bag:
+        trace = evaluate(bag, inputs, runs, dt=0.05, instruction=None, max_steps=4, progress=False)
+    assert len(trace["observations"]) == 4
+    for run in runs:
+        seen = run.policy.seen
+        assert seen[0].executed_actions is None
+        for k in range(1, 4):
+            np.testing.assert_array_equal(seen[k].executed_actions, run.chunks[k - 1][:3])
+        assert [o.stamp for o in seen] == [o["stamp"] for o in trace["observations"]]
+        assert seen[0].proprio.shape == (8,) and seen[0].ee_speed is not None  # FK from the bag's URDF

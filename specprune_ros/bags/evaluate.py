@@ -238,15 +238,18 @@ class BagFeeder:
             self._feed(conn, raw)
 
 
-def _build_policies(args, inputs: EvalInputs, policy_kw: dict, presets: list[str]) -> list[RunRecord]:
+def _build_policies(args, inputs: EvalInputs, node_cfg, policy_kw: dict, presets: list[str]) -> list[RunRecord]:
     """Baseline (``off``) first, then one policy per preset; real policies share one loaded model."""
     views = tuple(inputs.sync.views)
     proprio_dim = inputs.proprio.dim or None
     if args.fake_policy:
         from ..core.fake import FakePolicy
 
-        def fake() -> FakePolicy:
-            return FakePolicy(views=views, proprio_dim=proprio_dim, dt=policy_kw.get("control_dt", 0.05))
+        def fake() -> FakePolicy:  # as the node builds it with fake_policy:=true (fake_delay is not simulated)
+            return FakePolicy(
+                views=views, proprio_dim=proprio_dim, action_dim=node_cfg.fake_action_dim,
+                chunk_len=node_cfg.fake_chunk_len, dt=policy_kw.get("control_dt", 0.05),
+            )  # fmt: skip
 
         return [RunRecord("baseline", BASELINE, fake())] + [RunRecord(p, p, fake()) for p in presets]
     from ..core.config import PolicyConfig
@@ -592,7 +595,7 @@ def run_evaluation(args: argparse.Namespace) -> tuple[dict, dict[str, Path]]:
     try:
         with Bag(args.bag) as bag:
             try:
-                runs = _build_policies(args, inputs, policy_kw, presets)
+                runs = _build_policies(args, inputs, node_cfg, policy_kw, presets)
             except (ValueError, OSError, InputError) as err:
                 raise EvalError(f"cannot build the policy: {' '.join(str(err).split())}") from None
             dt = float(getattr(runs[0].policy, "dt", None) or policy_kw.get("control_dt") or 0.05)
