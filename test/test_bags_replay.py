@@ -220,6 +220,9 @@ def test_clock_follows_bag_time(ros_context, bags):
     node = rclpy.create_node("clock_listener", context=ros_context)
     stamps: list[int] = []
     node.create_subscription(Clock, "/clock", lambda m: stamps.append(m.clock.sec * NS + m.clock.nanosec), QoSProfile(depth=1000))
+    from sensor_msgs.msg import JointState
+
+    node.create_subscription(JointState, JOINT_STATES_TOPIC, lambda m: None, QoSProfile(depth=10))
     proc = subprocess.Popen(
         [*REPLAY, str(path), "--rate=2", "--clock=50", f"--topics={JOINT_STATES_TOPIC}", "--wait-for-subscribers=15",
          "--no-progress"],

@@ -205,10 +205,14 @@ class Player:
         self.clock_pub.publish(msg)
 
     def wait_for_subscribers(self, timeout: float) -> list[str]:
-        """Wait until every publisher has a subscriber or ``timeout`` passes; returns topics still without."""
+        """Wait until every publisher (and /clock) has a subscriber or ``timeout`` passes; returns topics still
+        without one."""
         deadline = time.monotonic() + timeout
         while True:
-            lonely = [t.name for t in self.topics.values() if t.publisher.get_subscription_count() == 0]
+            pubs = [(t.name, t.publisher) for t in self.topics.values()]
+            if self.clock_pub is not None:
+                pubs.append(("/clock", self.clock_pub))
+            lonely = [name for name, pub in pubs if pub.get_subscription_count() == 0]
             if not lonely or time.monotonic() >= deadline:
                 return lonely
             time.sleep(0.02)
