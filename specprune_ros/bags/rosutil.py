@@ -46,6 +46,8 @@ def resolve_classes(types_to_topics: dict[str, list[str]]) -> tuple[dict[str, ty
             classes[msgtype] = message_class(msgtype)
         except ModuleNotFoundError as err:
             unknown[msgtype] = f"Python package {err.name!r} not found"
+            if msgtype.startswith("specprune_ros/"):
+                unknown[msgtype] += "; build the messages with `make setup` and `source tools/ros_env.sh`"
         except AttributeError:
             unknown[msgtype] = f"{normalize_type(msgtype).rsplit('/', 1)[0]} has no {msgtype.rsplit('/', 1)[-1]}"
         except (ImportError, ValueError) as err:
