@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from ros_env import messages, subprocess_env
+from ros_env import messages, ros_context, subprocess_env  # noqa: F401  (ros_context is a fixture)
 
 from specprune_ros.bags.bagio import Bag
 from specprune_ros.bags.synth import CAMERA_TOPICS, EpisodeSpec, write_episode_bag
@@ -42,7 +42,9 @@ def _stamp(header) -> float:
 
 
 @pytest.mark.parametrize("rate", [1.0, 5.0])
-def test_replay_into_node_and_record(episode, tmp_path, rate):
+def test_replay_into_node_and_record(ros_context, episode, tmp_path, rate):
+    import rclpy
+
     messages()  # the generated messages must be built (fails with a how-to otherwise)
     env = subprocess_env()
     out = tmp_path / "session"
@@ -55,16 +57,24 @@ def test_replay_into_node_and_record(episode, tmp_path, rate):
         [str(BIN / "specprune-record"), str(out), "--topics", CHUNKS, STATS, "/diagnostics", "--no-progress", "--json"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
+    watcher = rclpy.create_node("bags_node_test_watcher", context=ros_context)
     try:
+        # the recorder subscribes to the node's outputs once the node has created them: wait for that, so
+        # no chunk can be published before it is recorded
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not all(watcher.count_subscribers(t) for t in (CHUNKS, STATS)):
+            time.sleep(0.05)
+        assert all(watcher.count_subscribers(t) for t in (CHUNKS, STATS)), "recorder/node did not come up"
         replay = subprocess.run(
             [str(BIN / "specprune-replay"), str(episode), f"--rate={rate}", "--clock", "--wait-for-subscribers=60",
-             "--delay=1.0", "--no-progress"],
+             "--delay=0.5", "--no-progress"],
             env=env, capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         assert replay.returncode == 0, replay.stderr
         assert "no subscriber yet" not in replay.stderr, replay.stderr  # the node subscribed to every input
         time.sleep(2.0)  # the clock stopped with the replay: no further inference; let the recorder drain
     finally:
+        watcher.destroy_node()
         _stop(recorder)
         _stop(node)
     assert recorder.returncode == 0, recorder.stderr.read()
