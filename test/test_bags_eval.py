@@ -212,9 +212,16 @@ def test_node_params_drive_the_schedule(episode, tmp_path, capsys):
     np.testing.assert_allclose(gaps, 2 * summary["schedule"]["dt"], atol=1e-6)
     # every frame after the first query is used once
     assert summary["counts"]["unused_reference_frames"] == 0
-    params.write_text("specprune_policy:\n  ros__parameters:\n    exec_steps: 2\n")
-    code, _, err = run_eval(capsys, episode, "--fake-policy", f"--params={params}", "--out", out)
+    # -p overrides the file, with the node's own checks
+    code, _, err = run_eval(capsys, episode, "--fake-policy", f"--params={params}", "-p", "execute_steps:=4",
+                            "--presets=off", "--out", out, "--no-plots")  # fmt: skip
+    assert code == 0, err
+    gaps = np.diff([o["t"] for o in json.loads((out / "summary.json").read_text())["observations"]])
+    np.testing.assert_allclose(gaps, 4 * summary["schedule"]["dt"], atol=1e-6)
+    code, _, err = run_eval(capsys, episode, "--fake-policy", "-p", "exec_steps:=2", "--out", out)
     assert code == 2 and "exec_steps" in err and "execute_steps" in err
+    code, _, err = run_eval(capsys, episode, "--fake-policy", "-p", "max_age:=[1, 2]", "--out", out)
+    assert code == 2 and "max_age" in err
 
 
 def test_each_run_gets_its_own_executed_rows(episode):

@@ -256,8 +256,7 @@ def _build_policies(args, inputs: EvalInputs, node_cfg, policy_kw: dict, presets
     from ..core.policy import OFTPolicy, build_policy
 
     kw = dict(policy_kw)
-    kw.update({k: v for k, v in (("checkpoint", args.checkpoint), ("unnorm_key", args.unnorm_key),
-                                 ("device", args.device), ("dtype", args.dtype)) if v is not None})  # fmt: skip
+    kw["checkpoint"] = str(args.checkpoint)
     kw["views"] = views
     kw["preset"] = BASELINE
     base_cfg = PolicyConfig(**kw)
@@ -527,9 +526,11 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--instruction", default=None, help="use this instruction instead of the bag's instruction topic")
     p.add_argument("--urdf", type=Path, default=None, help="URDF file instead of the bag's robot_description")
-    p.add_argument("--unnorm-key", default=None, help="dataset_statistics key (default: the only one)")
-    p.add_argument("--device", default=None, help="torch device (default cpu)")
-    p.add_argument("--dtype", default=None, help="float32 or bfloat16 (default float32)")
+    p.add_argument(
+        "-p", "--param", action="append", default=None, metavar="NAME:=VALUE",
+        help="set one node/policy parameter over --params, as `ros2 run ... -p` does (YAML value), e.g. "
+        "-p device:=cuda -p dtype:=bfloat16 -p execute_steps:=2 -p unnorm_key:=libero_spatial_no_noops",
+    )  # fmt: skip
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many observations")
     p.add_argument("--no-plots", action="store_true", help="write summary.json and index.html without PNG plots")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
@@ -542,15 +543,34 @@ def _fail(message: str) -> int:
     return 2
 
 
-def _node_config(args) -> tuple[Any, dict]:
-    from ..ros.parameters import NodeConfig, check_params_file, configs_from_values
+def _parse_params(items: list[str] | None) -> dict[str, Any]:
+    """``["device:=cuda", "execute_steps=2"]`` -> ``{"device": "cuda", "execute_steps": 2}`` (YAML values)."""
+    import yaml
 
-    if args.params is None:
-        node_cfg, policy_kw = configs_from_values({})
-    else:
+    out: dict[str, Any] = {}
+    for item in items or []:
+        name, sep, value = item.partition(":=")
+        if not sep:
+            name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"-p expects NAME:=VALUE (e.g. -p device:=cuda), got {item!r}")
+        try:
+            out[name.strip()] = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError:
+            raise ValueError(f"-p {name.strip()}: value {value!r} is not valid YAML") from None
+    return out
+
+
+def _node_config(args) -> tuple[Any, dict]:
+    from ..ros.parameters import NodeConfig, configs_from_values, read_params_file
+
+    values: dict[str, Any] = {}
+    if args.params is not None:
         if not args.params.is_file():
             raise ValueError(f"--params {str(args.params)!r} does not exist")
-        node_cfg, policy_kw = check_params_file(args.params)
+        values.update(read_params_file(args.params))
+    values.update(_parse_params(args.param))
+    node_cfg, policy_kw = configs_from_values(values)  # the node's own checks: unknown names, types, ranges
     if args.urdf is not None:
         if not args.urdf.is_file():
             raise ValueError(f"--urdf {str(args.urdf)!r} does not exist")
