@@ -23,8 +23,7 @@ from specprune_ros.sim.launching import (
     SimLaunchArgs,
     bridge_command,
     policy_command,
-    policy_parameters,
-    write_params_file,
+    write_policy_params,
 )
 
 REASON = simenv.unavailable_reason()
@@ -55,7 +54,7 @@ def _run_loop(tmp_path: Path, ros_context, args: SimLaunchArgs, chunks_wanted: i
     node.create_subscription(M.EpisodeStatus, "/episode_status", statuses.append, latched)
     node.create_subscription(Image, "/agentview/image_raw", lambda m: queries.append(_ns(m.header.stamp)), 50)
 
-    params = write_params_file(tmp_path / "sim_overrides.yaml", policy_parameters(args))
+    params = write_policy_params(tmp_path / "policy_params.yaml", args)
     logs = {"bridge": tmp_path / "bridge.log", "policy": tmp_path / "policy.log"}
     procs = []
     try:

@@ -60,11 +60,18 @@ def test_bridge_command_runs_the_node_in_the_sim_venv(tmp_path):
     assert direct[0] == str(python)
 
 
-def test_policy_command_layers_the_preset_under_the_run(tmp_path):
-    run = L.write_params_file(tmp_path / "run.yaml", {"preset": "off"})
-    cmd = L.policy_command(run, python="/venv/bin/python")
-    files = [cmd[j + 1] for j, a in enumerate(cmd) if a == "--params-file"]
-    assert files == [str(LIBERO_YAML), str(run)]
-    assert read_params_file(run, NODE_NAME) == {"preset": "off"}
-    no_preset = L.policy_command(run, python="/p", libero_params=tmp_path / "missing.yaml")
-    assert [a for a in no_preset if a.endswith(".yaml")] == [str(run)]
+def test_policy_params_layer_the_run_over_the_preset(tmp_path):
+    args = L.SimLaunchArgs(suite="libero_object", checkpoint="/models/oft", preset="off")
+    path = L.write_policy_params(tmp_path / "run.yaml", args)
+    values = read_params_file(path, NODE_NAME)
+    preset = read_params_file(LIBERO_YAML, NODE_NAME)
+    assert values == {**preset, **L.policy_parameters(args)}
+    assert values["unnorm_key"] == "libero_object_no_noops" and values["flip"] is True
+    # every string is quoted: rcl reads a bare `y` (an action name) as a boolean
+    text = path.read_text()
+    assert '"y"' in text and "- y\n" not in text
+    cmd = L.policy_command(path, python="/venv/bin/python")
+    assert cmd[:3] == ["/venv/bin/python", "-m", "specprune_ros.ros.policy_node"]
+    assert [cmd[j + 1] for j, a in enumerate(cmd) if a == "--params-file"] == [str(path)]
+    alone = read_params_file(L.write_policy_params(tmp_path / "b.yaml", args, tmp_path / "none.yaml"), NODE_NAME)
+    assert alone == L.policy_parameters(args)

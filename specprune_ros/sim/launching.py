@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from .protocol import (
     ARM_JOINTS,
     CAMERA_TOPICS,
@@ -184,28 +186,43 @@ def sim_bindings() -> dict[str, Any]:
     }
 
 
-def policy_command(params_file: str | Path, python: str | None = None, libero_params: str | Path | None = None) -> list[str]:
-    """Command line of the policy node for the simulator: ``config/libero.yaml`` (if present), then ``params_file``.
+def policy_command(params_file: str | Path, python: str | None = None) -> list[str]:
+    """Command line of the policy node with one params file (see :func:`write_policy_params`).
 
     Runs in the policy venv (``python``, default: the interpreter running this code), whose environment
     must be ``tools/ros_env.sh``'s for that venv.
     """
     import sys
 
+    return [
+        python or sys.executable, "-m", "specprune_ros.ros.policy_node", "--ros-args",
+        "-r", f"__node:={POLICY_NODE_NAME}", "--params-file", str(params_file),
+    ]
+
+
+def write_policy_params(path: Path, args: SimLaunchArgs, libero_params: str | Path | None = None) -> Path:
+    """One params file for the policy node: ``config/libero.yaml`` (if present) with this run's values on top."""
+    from specprune_ros.ros.parameters import read_params_file
+
     preset = Path(libero_params) if libero_params is not None else REPO_ROOT / LIBERO_PARAMS
-    cmd = [python or sys.executable, "-m", "specprune_ros.ros.policy_node", "--ros-args", "-r", f"__node:={POLICY_NODE_NAME}"]
-    if preset.is_file():
-        cmd += ["--params-file", str(preset)]
-    return cmd + ["--params-file", str(params_file)]
+    values = read_params_file(preset, POLICY_NODE_NAME) if preset.is_file() else {}
+    values.update(policy_parameters(args))
+    return write_params_file(path, values)
+
+
+class _QuotedDumper(yaml.SafeDumper):
+    """Writes every string quoted: rcl's YAML 1.1 parser reads bare y, n, on, off as booleans."""
+
+
+_QuotedDumper.add_representer(str, lambda d, v: d.represent_scalar("tag:yaml.org,2002:str", v, style='"'))
 
 
 def write_params_file(path: Path, params: dict[str, Any], node_name: str = POLICY_NODE_NAME) -> Path:
-    """Write ``params`` as a ROS 2 params YAML for ``node_name``."""
-    import yaml
-
+    """Write ``params`` as a ROS 2 params YAML for ``node_name`` (strings quoted)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump({node_name: {"ros__parameters": params}}, sort_keys=False))
+    data = {node_name: {"ros__parameters": {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}}}
+    path.write_text(yaml.dump(data, Dumper=_QuotedDumper, sort_keys=False))
     return path
 
 
