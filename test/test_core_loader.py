@@ -137,3 +137,24 @@ def test_loading_never_uses_pickle_without_weights_only(tiny_checkpoint_copy):
     head.write_bytes(pickle.dumps({"module.model.fc2.weight": Evil()}))
     with pytest.raises(CheckpointError, match="cannot read"):
         inspect_checkpoint(tiny_checkpoint_copy)
+
+
+def test_non_libero_action_dim_needs_explicit_chunk(tiny_checkpoint_copy):
+    """A 14-D head (ALOHA-like) must not silently run with LIBERO's chunk length and bounds."""
+    head = next(tiny_checkpoint_copy.glob("action_head--*"))
+    state = torch.load(head, weights_only=True)
+    state["module.model.fc2.weight"] = torch.zeros(14, state["module.model.fc2.weight"].shape[1])
+    torch.save(state, head)
+    with pytest.raises(CheckpointError, match="num_actions_chunk"):
+        inspect_checkpoint(tiny_checkpoint_copy)
+
+
+def test_min_max_normalization_is_selectable(tiny_checkpoint_copy):
+    cfg = json.loads((tiny_checkpoint_copy / "config.json").read_text())
+    cfg["action_normalization"] = "bounds"
+    (tiny_checkpoint_copy / "config.json").write_text(json.dumps(cfg))
+    assert inspect_checkpoint(tiny_checkpoint_copy).spec.action_normalization == "bounds"
+    cfg["action_normalization"] = "zscore"
+    (tiny_checkpoint_copy / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="action_normalization"):
+        inspect_checkpoint(tiny_checkpoint_copy)

@@ -141,3 +141,9 @@ def test_policy_gripper_option(tiny_checkpoint, observation):
     lib = build_policy(PolicyConfig(checkpoint=str(tiny_checkpoint), preset="off", libero_gripper=True)).infer(observation)
     np.testing.assert_allclose(lib.actions[:, :-1], base.actions[:, :-1])
     np.testing.assert_array_equal(lib.actions[:, -1], -np.sign(2 * base.actions[:, -1] - 1))
+
+
+def test_min_max_bounds():
+    stats = {"q01": [-1.0], "q99": [1.0], "min": [-2.0], "max": [2.0], "mask": [True]}
+    np.testing.assert_allclose(unnormalize_actions(np.array([[1.0]]), stats, "bounds"), [[2.0]], atol=1e-6)
+    np.testing.assert_allclose(normalize_proprio(np.array([1.0]), stats, "bounds"), [0.5], atol=1e-6)

@@ -56,11 +56,21 @@ def test_crop_changes_the_image_and_is_configurable():
     assert not np.array_equal(a, b)
 
 
-def test_jpeg_roundtrip_is_lossy_but_close():
-    img = gradient()
-    out = policy_frame(img, PreprocessConfig(center_crop=False, jpeg_roundtrip=True))
-    diff = np.abs(out.astype(int) - img.astype(int))
+def test_jpeg_roundtrip_only_for_resized_frames():
+    big = gradient(256, 256)
+    plain = policy_frame(big, PreprocessConfig(center_crop=False))
+    jpeg = policy_frame(big, PreprocessConfig(center_crop=False, jpeg_roundtrip=True))
+    diff = np.abs(jpeg.astype(int) - plain.astype(int))
     assert diff.max() > 0 and diff.mean() < 8
+    small = gradient()  # already 224: left alone, as in the OFT evaluation
+    np.testing.assert_array_equal(policy_frame(small, PreprocessConfig(center_crop=False, jpeg_roundtrip=True)), small)
+
+
+def test_resize_is_antialiased():
+    stripes = np.zeros((448, 448, 3), np.uint8)
+    stripes[::2] = 255  # one-pixel stripes: a plain sampler aliases, an antialiased one averages to grey
+    out = policy_frame(stripes, PreprocessConfig(center_crop=False))
+    assert 100 < out.mean() < 155 and out.std() < 20
 
 
 def test_two_normalizations():

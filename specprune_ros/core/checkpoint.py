@@ -152,6 +152,15 @@ def inspect_checkpoint(path: str | Path) -> Checkpoint:
     ids = tuple(config["timm_model_ids"])
     if overrides and len(overrides) != len(ids):
         raise CheckpointError(f"config.json: timm_overrides has {len(overrides)} entries for {len(ids)} timm_model_ids")
+    if action_dim != 7 and "num_actions_chunk" not in config:
+        raise CheckpointError(
+            f"{head_file}: the head predicts {action_dim}-D actions, but config.json does not say how many steps a "
+            f"chunk has. OFT derives it from the robot platform (LIBERO: 8 x 7 with q01/q99 bounds; ALOHA: 25 x 14 "
+            f"with min/max bounds); add \"num_actions_chunk\" and \"action_normalization\" to config.json"
+        )
+    action_norm = config.get("action_normalization", "bounds_q99")
+    if action_norm not in ("bounds_q99", "bounds"):
+        raise CheckpointError(f"config.json: action_normalization={action_norm!r} must be 'bounds_q99' or 'bounds'")
     spec = ModelSpec(
         timm_model_ids=ids,
         timm_overrides=tuple(dict(o or {}) for o in overrides),
@@ -161,6 +170,7 @@ def inspect_checkpoint(path: str | Path) -> Checkpoint:
         action_dim=action_dim,
         chunk_len=int(config.get("num_actions_chunk", DEFAULT_CHUNK_LEN)),
         use_fused_vision_backbone=bool(config.get("use_fused_vision_backbone", True)),
+        action_normalization=action_norm,
         raw_config=config,
     )
     if hidden != int(out_w.shape[1]):

@@ -40,7 +40,7 @@ class PreprocessConfig:
     )
     crop_scale: float = _doc("area fraction kept by the center crop", default=0.9)
     jpeg_roundtrip: bool = _doc(
-        "JPEG-encode and decode each frame (quality 95) before resizing, as the LIBERO training data was stored",
+        "JPEG-encode and decode (quality 95) frames that need resizing, as the LIBERO training data was stored",
         default=False,
     )
 
@@ -67,7 +67,7 @@ class PolicyConfig:
     flip: bool = _doc("rotate camera frames 180 degrees (LIBERO)", default=False)
     center_crop: bool = _doc("center crop of crop_scale area, then resize back to 224", default=True)
     crop_scale: float = _doc("area fraction of the center crop", default=0.9)
-    jpeg_roundtrip: bool = _doc("JPEG round trip before resizing (LIBERO training data)", default=False)
+    jpeg_roundtrip: bool = _doc("JPEG round trip of frames that need resizing (LIBERO training data)", default=False)
     libero_gripper: bool = _doc("map gripper output g -> -sign(2g-1) (LIBERO: +1 closes, -1 opens)", default=False)
     control_dt: float = _doc("seconds between action rows (LIBERO: 0.05 = 20 Hz)", default=0.05)
     seed: int = _doc("seed of any randomness (none at inference; kept for reproducible tooling)", default=0)

@@ -65,6 +65,7 @@ class ModelSpec:
     action_dim: int
     chunk_len: int
     use_fused_vision_backbone: bool = True
+    action_normalization: str = "bounds_q99"  # "bounds_q99": q01/q99 (LIBERO); "bounds": min/max (ALOHA)
     raw_config: dict = field(default_factory=dict, compare=False)
 
     @property

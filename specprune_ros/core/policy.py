@@ -18,17 +18,26 @@ from .types import MODE_OFF, ActionChunk, InputError, Observation, StepStats
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def normalize_proprio(proprio: np.ndarray, stats: dict) -> np.ndarray:
-    """``2 (x - q01) / (q99 - q01 + 1e-8) - 1`` where the mask is set, clipped to [-1, 1]."""
-    lo, hi = np.asarray(stats["q01"], dtype=np.float64), np.asarray(stats["q99"], dtype=np.float64)
+#: statistics keys of the low/high bounds per normalization type
+BOUNDS = {"bounds_q99": ("q01", "q99"), "bounds": ("min", "max")}
+
+
+def _bounds(stats: dict, norm: str) -> tuple[np.ndarray, np.ndarray]:
+    lo_key, hi_key = BOUNDS[norm]
+    return np.asarray(stats[lo_key], dtype=np.float64), np.asarray(stats[hi_key], dtype=np.float64)
+
+
+def normalize_proprio(proprio: np.ndarray, stats: dict, norm: str = "bounds_q99") -> np.ndarray:
+    """``2 (x - lo) / (hi - lo + 1e-8) - 1`` where the mask is set, clipped to [-1, 1] (lo/hi: q01/q99 or min/max)."""
+    lo, hi = _bounds(stats, norm)
     mask = np.asarray(stats.get("mask", np.ones_like(lo, dtype=bool)), dtype=bool)
     x = np.asarray(proprio, dtype=np.float64)
     return np.clip(np.where(mask, 2 * (x - lo) / (hi - lo + 1e-8) - 1, x), -1.0, 1.0)
 
 
-def unnormalize_actions(actions: np.ndarray, stats: dict) -> np.ndarray:
-    """``0.5 (x + 1)(q99 - q01 + 1e-8) + q01`` where the mask is set (gripper passes through), no clipping."""
-    lo, hi = np.asarray(stats["q01"], dtype=np.float64), np.asarray(stats["q99"], dtype=np.float64)
+def unnormalize_actions(actions: np.ndarray, stats: dict, norm: str = "bounds_q99") -> np.ndarray:
+    """``0.5 (x + 1)(hi - lo + 1e-8) + lo`` where the mask is set (gripper passes through), no clipping."""
+    lo, hi = _bounds(stats, norm)
     mask = np.asarray(stats.get("mask", np.ones_like(lo, dtype=bool)), dtype=bool)
     x = np.asarray(actions, dtype=np.float64)
     return np.where(mask, 0.5 * (x + 1) * (hi - lo + 1e-8) + lo, x)
@@ -79,7 +88,7 @@ class OFTPolicy:
         pixels = normalize(frames, self.checkpoint.spec.use_fused_vision_backbone).to(self.device, self.dtype)
         proprio = None
         if self.proprio_dim is not None:
-            p = normalize_proprio(obs.proprio, self.proprio_stats)
+            p = normalize_proprio(obs.proprio, self.proprio_stats, self.checkpoint.spec.action_normalization)
             proprio = torch.as_tensor(p, dtype=self.dtype, device=self.device)[None]  # (1, P)
         ids, prefix_len = self.tokenizer.encode(obs.instruction)
         prompt_ids = torch.tensor([ids], dtype=torch.long, device=self.device)  # (1, 1+P)
@@ -109,7 +118,7 @@ class OFTPolicy:
             t = time.perf_counter()
             normalized = self.model.action_head(self.model.readout(final, layout))  # (1, T, A)
             timings["head"] = self._ms_since(t)
-        actions = unnormalize_actions(normalized.float().cpu().numpy().squeeze(0), self.action_stats)  # (T, A)
+        actions = unnormalize_actions(normalized.float().cpu().numpy().squeeze(0), self.action_stats, self.checkpoint.spec.action_normalization)  # (T, A)
         if self.config.libero_gripper:
             actions = libero_gripper(actions)
         if self.pruner is not None:

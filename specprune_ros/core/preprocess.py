@@ -1,6 +1,7 @@
 """Raw camera frame (uint8 HxWx3 RGB, any size) -> policy-ready 224x224 frame -> 6-channel tensor.
 
-Steps, each configurable (PreprocessConfig): 180 degree flip, JPEG round trip, resize to 224 (Lanczos),
+Steps, each configurable (PreprocessConfig): 180 degree flip, JPEG round trip and antialiased Lanczos
+resize to 224 (both only for frames of another size, as in the OpenVLA-OFT evaluation),
 center crop of ``crop_scale`` area resized back to 224 (bilinear, sampled like TensorFlow's
 ``crop_and_resize``, which the LIBERO evaluation used), then DINOv2 and SigLIP normalizations.
 """
@@ -11,6 +12,7 @@ import math
 import cv2
 import numpy as np
 import torch
+from PIL import Image
 
 from .config import PreprocessConfig
 from .types import InputError
@@ -53,12 +55,14 @@ def policy_frame(img: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
         raise InputError(f"expected a uint8 (H, W, 3) RGB frame, got {img.dtype} {img.shape}")
     if cfg.flip:
         img = img[::-1, ::-1]
-    if cfg.jpeg_roundtrip:
-        ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(img[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 95])
-        img = cv2.imdecode(buf, cv2.IMREAD_COLOR)[:, :, ::-1]
     size = cfg.image_size
     if img.shape[:2] != (size, size):
-        img = cv2.resize(np.ascontiguousarray(img), (size, size), interpolation=cv2.INTER_LANCZOS4)
+        # As the OFT evaluation: JPEG round trip (the training data was stored as JPEG), then an antialiased
+        # Lanczos resize. Frames already at the policy size are left alone, as there.
+        if cfg.jpeg_roundtrip:
+            ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(img[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 95])
+            img = cv2.imdecode(buf, cv2.IMREAD_COLOR)[:, :, ::-1]
+        img = np.asarray(Image.fromarray(np.ascontiguousarray(img)).resize((size, size), Image.LANCZOS))
     if cfg.center_crop:
         img = center_crop_resize(img, cfg.crop_scale, size)
     return np.ascontiguousarray(img)

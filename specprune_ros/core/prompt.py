@@ -14,7 +14,7 @@ BOS, EOS, UNK, PAD = "<s>", "</s>", "<unk>", "<PAD>"
 
 
 def build_prompt(instruction: str) -> str:
-    return PROMPT_TEMPLATE.format(task=instruction.strip().lower())
+    return PROMPT_TEMPLATE.format(task=instruction.lower())  # as OFT: lower-cased, not stripped
 
 
 class PromptTokenizer:
