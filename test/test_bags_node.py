@@ -114,3 +114,25 @@ def test_replay_into_node_and_record(ros_context, episode, tmp_path, rate):
         assert used[c - 1] == c + s or in_flight, (c, s, used)
         checked += 1
     assert checked > 0, "no diagnostics after the first chunk"
+
+
+def test_demo_stage_on_the_tiny_checkpoint(tiny_checkpoint, tmp_path, capsys):
+    """The demo's ROS stage with the real loader in the node: chunks arrive, pruned, traceable; eval report."""
+    from specprune_ros.bags.demo import replay_into_node
+
+    result = replay_into_node(tiny_checkpoint, tmp_path, preset="paper", seconds=1.5)
+    printed = capsys.readouterr().out
+    chunks = result["session"]["chunks"]
+    assert chunks, result["session"]["node_log"][-2000:]
+    assert [c.sequence for c in chunks] == list(range(len(chunks)))
+    with Bag(tmp_path / "demo_bag") as bag:
+        primary = bag.select([CAMERA_TOPICS["primary"]])
+        stamps = {round(_stamp(bag.deserialize(raw, c.msgtype).header), 6) for c, _, raw in bag.messages(primary)}
+    for c in chunks:
+        assert round(_stamp(c.header), 6) in stamps
+        assert c.preset == "paper" and c.mode in ("coarse", "fine")
+        assert 0 < c.tokens_kept < 512 and list(c.tokens_kept_per_view) and sum(c.tokens_kept_per_view) == c.tokens_kept
+    assert f"received {len(chunks)} ActionChunk messages" in printed
+    assert "speed-up" in printed
+    assert (tmp_path / "bag_report" / "index.html").is_file()
+    assert result["summary"]["presets"]["paper"]["steps"] == result["summary"]["counts"]["observations"] > 0
