@@ -11,11 +11,11 @@ Starts two processes that talk over DDS:
   the simulator venv; with ``sim_env_script:=''`` it runs ``sim_python`` in the launch environment (a
   sourced ROS install whose Python has LIBERO).
 * ``policy_node`` (named ``specprune_policy``, lifecycle; configured and activated here) with
-  ``libero_params_file`` (default: this package's ``config/libero.yaml``: flip + center crop, the LIBERO
-  gripper mapping, proprio = EE position + axis-angle + fingers) plus the simulator bindings of
-  ``specprune_ros.sim.launching.policy_parameters``: the bridge's topics and joint names, FK on the bridge's
-  URDF (``libero_eef``), ``use_sim_time``, the suite's ``unnorm_key`` and dry run (the bridge consumes
-  ``~/action_chunk``; no actuating output is needed).
+  ``libero_params_file`` (default: this package's ``config/libero.yaml``: the bridge's topics and joint
+  names, FK on the bridge's URDF (``libero_eef``), flip + center crop, the LIBERO gripper mapping, proprio =
+  EE position + axis-angle + fingers, dry run: the bridge consumes ``~/action_chunk`` itself) with this
+  run on top (``specprune_ros.sim.launching.policy_parameters``: checkpoint, preset, the suite's
+  ``unnorm_key``, device, ``use_sim_time``), merged into one params file.
 
 The bridge runs one episode per initial state; ``ros2 service call /libero_sim_node/reset
 std_srvs/srv/Trigger`` (or ``auto_reset:=true``) starts the next. ``specprune-libero-eval`` runs whole
@@ -24,6 +24,8 @@ suites this way. See docs/simulation.md.
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchContext, LaunchDescription
@@ -141,13 +143,16 @@ def sim_actions(context: LaunchContext) -> list:
         name=launching.BRIDGE_NODE_NAME,
         output="screen",
     )
-    overrides = dict(launching.policy_parameters(args), autostart=False)  # lifecycle driven from here
+    # one params file: the preset with this run on top, strings quoted for rcl's YAML parser; the
+    # lifecycle is driven from here (autostart false)
+    merged = launching.write_policy_params(
+        Path(tempfile.mkdtemp(prefix="specprune_sim_")) / "policy.yaml", args, params_file, autostart=False)
     node = LifecycleNode(
         package=PACKAGE,
         executable="policy_node",
         name=launching.POLICY_NODE_NAME,
         namespace="",
-        parameters=[params_file, overrides],
+        parameters=[str(merged)],
         ros_arguments=["--log-level", log_level],
         output="screen",
         emulate_tty=True,

@@ -9,7 +9,6 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-import yaml
 from ros_env import INSTALL_PREFIX, REPO_ROOT, ensure
 
 try:
@@ -45,13 +44,6 @@ def launch_module():
     return module
 
 
-class _ParamsLoader(yaml.SafeLoader):
-    """launch_ros writes lists of a parameter dict as `!!python/tuple`."""
-
-
-_ParamsLoader.add_constructor("tag:yaml.org,2002:python/tuple", lambda loader, node: loader.construct_sequence(node))
-
-
 def _resolve(launch_module, arguments: dict[str, str], sim_python: Path):
     ld = launch_module.generate_launch_description()
     context = LaunchContext()
@@ -68,9 +60,8 @@ def _resolve(launch_module, arguments: dict[str, str], sim_python: Path):
     node._perform_substitutions(context)
     cmd = [launch.utilities.perform_substitutions(context, part) for part in bridge.cmd]
     files = [arg for arg, is_file in node._Node__expanded_parameter_arguments]
-    overrides = yaml.load(Path(files[-1]).read_text(), Loader=_ParamsLoader)
-    ((_, section),) = overrides.items()
-    return actions, cmd, node, files, section["ros__parameters"]
+    assert len(files) == 1, files
+    return actions, cmd, node, files, read_params_file(files[0])
 
 
 @pytest.fixture
@@ -105,13 +96,13 @@ def test_starts_the_bridge_in_the_sim_venv_and_the_policy_on_sim_time(launch_mod
     assert "action_chunk:=/specprune_policy/action_chunk" in cmd
 
     assert node.node_executable == "policy_node" and node.node_name == "/specprune_policy"
-    assert files[0] == str(SHARE / "config" / "libero.yaml")
-    assert overrides == {
+    preset = read_params_file(SHARE / "config" / "libero.yaml")
+    run = {
         "use_sim_time": True, "checkpoint": "/models/oft-goal", "preset": "off",
         "unnorm_key": "libero_goal_no_noops", "device": "cpu", "fake_policy": False, "autostart": False,
     }
-    merged = {**read_params_file(files[0]), **overrides}
-    node_cfg, policy_kw = configs_from_values(merged)
+    assert overrides == {**preset, **run}  # the LIBERO preset with this run on top, in one file
+    node_cfg, policy_kw = configs_from_values(overrides)
     assert policy_kw["flip"] and policy_kw["center_crop"] and policy_kw["libero_gripper"] and node_cfg.dry_run
     configure = [a for a in actions if isinstance(a, EmitEvent)]
     assert [e.event.transition_id for e in configure] == [Transition.TRANSITION_CONFIGURE]

@@ -200,13 +200,17 @@ def policy_command(params_file: str | Path, python: str | None = None) -> list[s
     ]
 
 
-def write_policy_params(path: Path, args: SimLaunchArgs, libero_params: str | Path | None = None) -> Path:
-    """One params file for the policy node: ``config/libero.yaml`` (if present) with this run's values on top."""
+def write_policy_params(
+    path: Path, args: SimLaunchArgs, libero_params: str | Path | None = None, **extra: Any
+) -> Path:
+    """One params file for the policy node: ``config/libero.yaml`` (if present), this run's values and
+    ``extra`` on top, every string quoted (so a bare ``y`` in the preset cannot turn into a boolean)."""
     from specprune_ros.ros.parameters import read_params_file
 
     preset = Path(libero_params) if libero_params is not None else REPO_ROOT / LIBERO_PARAMS
     values = read_params_file(preset, POLICY_NODE_NAME) if preset.is_file() else {}
     values.update(policy_parameters(args))
+    values.update(extra)
     return write_params_file(path, values)
 
 
