@@ -3,7 +3,6 @@ remapping, /clock, Ctrl-C; JointState with empty efforts (Fast-CDR bytes from rc
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import sys
 import time
 from collections import Counter
@@ -37,7 +36,7 @@ from ..core.images import ImageDecodeError, decode_compressed, decode_raw
 from ..core.kinematics import KinematicModel
 from ..core.proprio import ProprioBuilder, ProprioConfig
 from ..core.sync import SyncConfig, Synchronizer, SyncInputError
-from ..core.types import ActionChunk, InputError, Observation, Policy
+from ..core.types import ActionChunk, InputError, Observation
 from .bagio import NS, Bag, BagError
 
 PROG = "specprune-eval"
