@@ -271,3 +271,33 @@ def test_ctrl_c_stops_cleanly(bags):
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     assert "interrupted after" in err
+
+
+def test_publisher_qos_follows_the_recording():
+    """Recorded offered profiles decide reliability/durability; latched topics default to transient-local."""
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+
+    from specprune_ros.bags.rosutil import offered_to_bag_qos, rclpy_qos, subscription_qos
+    from specprune_ros.bags.synth import recorded_qos
+
+    tl = rclpy_qos([recorded_qos(reliable=True, transient_local=True)], depth=100, latched_default=False)
+    assert (tl.durability, tl.reliability, tl.depth) == (DurabilityPolicy.TRANSIENT_LOCAL, ReliabilityPolicy.RELIABLE, 1)
+    be = rclpy_qos([recorded_qos(reliable=False)], depth=100, latched_default=True)
+    assert (be.durability, be.reliability, be.depth) == (DurabilityPolicy.VOLATILE, ReliabilityPolicy.BEST_EFFORT, 100)
+    # nothing recorded (older bags): reliable; latched only for the latched topics
+    assert rclpy_qos([], depth=5, latched_default=True).durability == DurabilityPolicy.TRANSIENT_LOCAL
+    assert rclpy_qos([], depth=5, latched_default=False).durability == DurabilityPolicy.VOLATILE
+    # publishers that disagree: the publisher that serves every subscriber
+    mixed = rclpy_qos([recorded_qos(True), recorded_qos(False)], depth=5, latched_default=False)
+    assert mixed.reliability == ReliabilityPolicy.RELIABLE
+    # recording: reliable / transient-local only when every publisher offers it
+    rel_tl = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    be_vol = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT, durability=DurabilityPolicy.VOLATILE)
+    sub = subscription_qos([rel_tl], depth=10)
+    assert (sub.reliability, sub.durability) == (ReliabilityPolicy.RELIABLE, DurabilityPolicy.TRANSIENT_LOCAL)
+    sub = subscription_qos([rel_tl, be_vol], depth=10)
+    assert (sub.reliability, sub.durability) == (ReliabilityPolicy.BEST_EFFORT, DurabilityPolicy.VOLATILE)
+    stored = offered_to_bag_qos([rel_tl, be_vol])
+    assert [(q.reliability.name, q.durability.name) for q in stored] == [
+        ("RELIABLE", "TRANSIENT_LOCAL"), ("BEST_EFFORT", "VOLATILE")
+    ]
