@@ -99,11 +99,11 @@ def bridge(tmp_path_factory):
     # test exercises them
     cmd = bridge_command(SimLaunchArgs(fake_policy=True, max_steps=MAX_STEPS), extra={"idle_tick_period": 600.0})
     log = tmp_path_factory.mktemp("bridge") / "bridge.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, env=simenv.sim_env(), stdout=out, stderr=subprocess.STDOUT)
     context = Context()
     rclpy.init(context=context)
     client = Client(context)
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, env=simenv.sim_env(), stdout=out, stderr=subprocess.STDOUT)
     try:
         yield client, proc, log
     finally:
@@ -210,3 +210,18 @@ def test_reset_starts_the_next_initial_state(bridge):
     client.spin_until(lambda: len(client.images["agentview"]) > before, "the first observation of episode 1")
     client.spin_until(lambda: client.status[-1].status == "running", "episode 1 running")
     assert (client.status[-1].episode, client.status[-1].step) == (1, 0)
+
+
+@pytest.mark.parametrize(
+    "params,message",
+    [
+        ({"suite": "libero_spatail"}, "did you mean 'libero_spatial'"),
+        ({"task_id": 12}, "task_id=12 is out of range: libero_spatial has tasks 0..9"),
+    ],
+)
+def test_bad_parameters_exit_with_the_reason(params, message):
+    args = SimLaunchArgs(fake_policy=True)
+    cmd = bridge_command(args, extra=params)
+    out = subprocess.run(cmd, env=simenv.sim_env(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert message in out.stderr and "Traceback" not in out.stderr

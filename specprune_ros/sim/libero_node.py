@@ -407,12 +407,19 @@ def main(argv: list[str] | None = None) -> int:
         for name, doc in PARAM_DOC.items():
             print(f"  {name:<20} {doc} (default: {getattr(BridgeConfig(), name)!r})")
         return 0
+    from rclpy.exceptions import ParameterException
+
     rclpy.init(args=args)
     node = None
     try:
         node = LiberoBridge()
+        while not node.ready.is_set():  # the simulator starts in the worker thread (seconds)
+            rclpy.spin_once(node, timeout_sec=0.1)
+        if node.sim is None:  # it could not start: the reason was logged; exit instead of idling
+            print(f"{NODE_NAME}: {node.failure}", file=sys.stderr)
+            return 2
         rclpy.spin(node)
-    except ProtocolError as exc:
+    except (ProtocolError, ParameterException) as exc:
         print(f"{NODE_NAME}: {exc}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, ExternalShutdownException):
