@@ -1,0 +1,208 @@
+"""Start the SpecPrune OpenVLA-OFT policy node for a real arm.
+
+    ros2 launch specprune_ros policy.launch.py checkpoint:=/models/openvla-7b-oft-libero \\
+        primary_image_topic:=/camera/color/image_raw wrist_image_topic:=/wrist/color/image_raw
+
+The node (``policy_node``, named ``specprune_policy``) is a lifecycle node. With ``autostart:=true`` (the
+default) this launch file configures it (the model loads) and then activates it; with
+``autostart:=false`` it stays unconfigured for a lifecycle manager or ``ros2 lifecycle set``.
+
+Parameters come from ``params_file`` (default: this package's ``config/policy.yaml``). Arguments left
+empty keep the file's value; ``dry_run``, ``use_sim_time`` and ``autostart`` always apply, so actuating
+outputs stay off unless ``dry_run:=false`` is given on the command line. ``ros2 launch specprune_ros
+policy.launch.py --show-args`` lists every argument.
+"""
+from __future__ import annotations
+
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchContext, LaunchDescription
+from launch.actions import DeclareLaunchArgument, EmitEvent, OpaqueFunction, RegisterEventHandler
+from launch.events import matches_action
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import LifecycleNode
+from launch_ros.parameter_descriptions import ParameterValue
+from launch_ros.event_handlers import OnStateTransition
+from launch_ros.events.lifecycle import ChangeState
+from lifecycle_msgs.msg import Transition
+
+PACKAGE = "specprune_ros"
+EXECUTABLE = "policy_node"
+BOOL_CHOICES = ["true", "false"]
+LOG_LEVELS = ["debug", "info", "warn", "error", "fatal"]
+
+
+def _preset_choices() -> list[str]:
+    from specprune_ros.core.presets import PRESETS
+
+    return ["", *PRESETS]
+
+
+def launch_arguments() -> list[DeclareLaunchArgument]:
+    """Every argument of this launch file, each with a description."""
+    default_params = os.path.join(get_package_share_directory(PACKAGE), "config", "policy.yaml")
+    return [
+        DeclareLaunchArgument(
+            "checkpoint", default_value="",
+            description="OpenVLA-OFT checkpoint directory (config.json, weights, dataset_statistics.json); "
+                        "empty = the params file's `checkpoint`"),
+        DeclareLaunchArgument(
+            "params_file", default_value=default_params,
+            description="ROS 2 parameters YAML with a `specprune_policy: ros__parameters:` section"),
+        DeclareLaunchArgument(
+            "namespace", default_value="",
+            description="namespace of the node and its relative topics (empty = root)"),
+        DeclareLaunchArgument(
+            "device", default_value="",
+            description="torch device of the model, e.g. cuda, cuda:1, cpu; empty = the params file's `device`"),
+        DeclareLaunchArgument(
+            "dry_run", default_value="true", choices=BOOL_CHOICES,
+            description="true: publish action chunks, statistics and diagnostics only, never an actuating "
+                        "command; false: the adapters enabled in the params file publish commands"),
+        DeclareLaunchArgument(
+            "primary_image_topic", default_value="",
+            description="sensor_msgs/Image (or CompressedImage) topic of the primary (third-person) camera; "
+                        "empty = the params file's camera_topics entry of view `primary`"),
+        DeclareLaunchArgument(
+            "wrist_image_topic", default_value="",
+            description="camera topic of the wrist camera; empty = the params file's camera_topics entry of "
+                        "view `wrist`"),
+        DeclareLaunchArgument(
+            "joint_states_topic", default_value="",
+            description="sensor_msgs/JointState topic; empty = the params file's `joint_states_topic`"),
+        DeclareLaunchArgument(
+            "unnorm_key", default_value="",
+            description="dataset key of the action statistics in dataset_statistics.json; empty = the params "
+                        "file's value, or the checkpoint's only key"),
+        DeclareLaunchArgument(
+            "preset", default_value="", choices=_preset_choices(),
+            description="token pruning preset (off = unpruned model); empty = the params file's `preset`"),
+        DeclareLaunchArgument(
+            "use_sim_time", default_value="false", choices=BOOL_CHOICES,
+            description="take time from /clock (simulation or bag replay)"),
+        DeclareLaunchArgument(
+            "autostart", default_value="true", choices=BOOL_CHOICES,
+            description="configure (load the model) and activate the lifecycle node at start-up; false = "
+                        "leave it unconfigured for a lifecycle manager"),
+        DeclareLaunchArgument(
+            "log_level", default_value="info", choices=LOG_LEVELS,
+            description="logging level of the node"),
+    ]
+
+
+def _flag(context: LaunchContext, name: str) -> bool:
+    value = LaunchConfiguration(name).perform(context).strip().lower()
+    if value not in BOOL_CHOICES:
+        raise ValueError(f"launch argument {name}:={value!r} must be true or false")
+    return value == "true"
+
+
+def _camera_topics(context: LaunchContext, params_file: str) -> list[str] | None:
+    """camera_topics with the primary/wrist arguments applied, or None when neither argument is set."""
+    wanted = {
+        "primary": LaunchConfiguration("primary_image_topic").perform(context).strip(),
+        "wrist": LaunchConfiguration("wrist_image_topic").perform(context).strip(),
+    }
+    wanted = {view: topic for view, topic in wanted.items() if topic}
+    if not wanted:
+        return None
+    from specprune_ros.ros.parameters import NODE_NAME, NodeConfig, read_params_file
+
+    file_values = read_params_file(params_file, NODE_NAME)
+    views = list(file_values.get("camera_views", NodeConfig.camera_views))
+    topics = list(file_values.get("camera_topics", NodeConfig.camera_topics))
+    if len(topics) != len(views):
+        raise ValueError(f"{params_file}: camera_topics {topics} needs one topic per camera_views entry {views}")
+    for view, topic in wanted.items():
+        if view not in views:
+            raise ValueError(
+                f"launch argument {view}_image_topic:={topic} given, but the node has no view {view!r} "
+                f"(camera_views in {params_file}: {views})")
+        topics[views.index(view)] = topic
+    return topics
+
+
+def _params_file_for_namespace(params_file: str, node_name: str, namespace: str) -> str:
+    """``params_file`` with its ``specprune_policy:`` section keyed by the namespaced node name.
+
+    A section named after the bare node name applies only to a node in the root namespace; in a namespace
+    the node would silently run on defaults. Such sections are re-keyed to ``/<namespace>/<node>`` in a
+    temporary copy (values untouched); other files are passed on as they are.
+    """
+    namespace = namespace.strip("/")
+    if not namespace:
+        return params_file
+    import tempfile
+
+    import yaml
+
+    with open(params_file, encoding="utf-8") as f:
+        data = yaml.safe_load(f)
+    if not isinstance(data, dict):
+        return params_file  # the node reports what is wrong with it
+    qualified = f"/{namespace}/{node_name}"
+    rekeyed = {(qualified if str(key) in (node_name, f"/{node_name}") else key): value
+               for key, value in data.items()}
+    if rekeyed == data:
+        return params_file
+    with tempfile.NamedTemporaryFile("w", prefix=f"{node_name}_params_", suffix=".yaml", delete=False,
+                                     encoding="utf-8") as out:
+        yaml.safe_dump(rekeyed, out, sort_keys=False)
+        return out.name
+
+
+def policy_node_actions(context: LaunchContext) -> list:
+    """The lifecycle node with its parameters, plus the configure/activate events when autostart is on."""
+    params_file = LaunchConfiguration("params_file").perform(context)
+    if not os.path.isfile(params_file):
+        raise FileNotFoundError(
+            f"params_file:={params_file} does not exist; pass params_file:=<path to a YAML with a "
+            "`specprune_policy: ros__parameters:` section>")
+    # autostart is driven from here (lifecycle events), never by the node itself as well
+    overrides: dict = {
+        "dry_run": _flag(context, "dry_run"),
+        "use_sim_time": _flag(context, "use_sim_time"),
+        "autostart": False,
+    }
+    for name in ("checkpoint", "device", "unnorm_key", "preset", "joint_states_topic"):
+        value = LaunchConfiguration(name).perform(context).strip()
+        if value:
+            # typed as a string: launch_ros would otherwise read the text as YAML (preset:=off -> false)
+            overrides[name] = ParameterValue(value, value_type=str)
+    topics = _camera_topics(context, params_file)
+    if topics is not None:
+        overrides["camera_topics"] = topics  # topic names: YAML reads them as strings
+
+    from specprune_ros.ros.parameters import NODE_NAME
+
+    namespace = LaunchConfiguration("namespace").perform(context)
+    node = LifecycleNode(
+        package=PACKAGE,
+        executable=EXECUTABLE,
+        name=NODE_NAME,
+        namespace=namespace,
+        parameters=[_params_file_for_namespace(params_file, NODE_NAME, namespace), overrides],
+        ros_arguments=["--log-level", LaunchConfiguration("log_level")],
+        output="screen",
+        emulate_tty=True,
+    )
+    actions: list = [node]
+    if _flag(context, "autostart"):
+        actions += [
+            # activate once configuring has finished (and only then: a later deactivate must stick)
+            RegisterEventHandler(OnStateTransition(
+                target_lifecycle_node=node, start_state="configuring", goal_state="inactive",
+                entities=[EmitEvent(event=ChangeState(
+                    lifecycle_node_matcher=matches_action(node),
+                    transition_id=Transition.TRANSITION_ACTIVATE))],
+            )),
+            EmitEvent(event=ChangeState(
+                lifecycle_node_matcher=matches_action(node),
+                transition_id=Transition.TRANSITION_CONFIGURE)),
+        ]
+    return actions
+
+
+def generate_launch_description() -> LaunchDescription:
+    return LaunchDescription([*launch_arguments(), OpaqueFunction(function=policy_node_actions)])
