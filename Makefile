@@ -25,16 +25,16 @@ $(STAMP): requirements.txt setup.py
 # wheels into build/, install/, log/. First the wheels' exported CMake files are pointed at this venv
 # (tools/fix_ros_wheels_cmake.py). The Python sources are not copied into install/: the repository's
 # are used (tools/ros_env.sh). The RPATH lets the generated extension modules find their libraries in
-# install/specprune_ros/lib even without LD_LIBRARY_PATH. Re-runs only when the package's build inputs
-# change; flock keeps two concurrent `make` runs from building into the same tree at once.
-# See docs/development.md.
+# install/specprune_ros/lib even without LD_LIBRARY_PATH. flock keeps two concurrent `make` runs from
+# building into the same tree at once. See docs/development.md.
+# $(ROS_STAMP): the messages (re-built when msg/, CMakeLists.txt, package.xml change; after changing the
+# colcon flags below: rm .setup/ros.stamp). $(ROS_SHARE_STAMP): re-installs launch/ and config/ when
+# they change, without touching $(ROS_STAMP) (what other set-up steps depend on).
 ROS_STAMP := .setup/ros.stamp
-ROS_INPUTS := Makefile package.xml CMakeLists.txt tools/fix_ros_wheels_cmake.py specprune_ros/__init__.py \
-	$(wildcard msg/*.msg launch/*.py config/*.yaml)
-ros: $(ROS_STAMP)
-$(ROS_STAMP): $(STAMP) $(ROS_INPUTS)
-	mkdir -p $(dir $(ROS_STAMP))
-	flock .setup/ros.lock bash -c 'set -o pipefail; \
+ROS_SHARE_STAMP := .setup/ros-share.stamp
+ROS_INPUTS := package.xml CMakeLists.txt tools/fix_ros_wheels_cmake.py specprune_ros/__init__.py \
+	$(wildcard msg/*.msg)
+COLCON_BUILD = mkdir -p .setup && flock .setup/ros.lock bash -c 'set -o pipefail; \
 	  $(PY) tools/fix_ros_wheels_cmake.py && \
 	  env AMENT_PREFIX_PATH="$(abspath $(VENV))" CMAKE_PREFIX_PATH="$(abspath $(VENV))" \
 	    PATH="$(abspath $(VENV))/bin:$$PATH" \
@@ -42,6 +42,12 @@ $(ROS_STAMP): $(STAMP) $(ROS_INPUTS)
 	    -DBUILD_TESTING=OFF -DSPECPRUNE_INSTALL_PYTHON_SOURCES=OFF \
 	    -DCMAKE_INSTALL_RPATH="\$$ORIGIN;\$$ORIGIN/../../.." > .setup/colcon.log 2>&1 \
 	  || { cat .setup/colcon.log; echo "colcon build failed (log above, also in .setup/colcon.log)"; exit 1; }'
+ros: $(ROS_STAMP) $(ROS_SHARE_STAMP)
+$(ROS_STAMP): $(STAMP) $(ROS_INPUTS)
+	$(COLCON_BUILD)
+	touch $@
+$(ROS_SHARE_STAMP): $(ROS_STAMP) $(wildcard launch/*.py config/*.yaml)
+	$(COLCON_BUILD)
 	touch $@
 
 # The LIBERO simulator environment .venv-sim/ (docs/simulation.md): a venv of its own, because LIBERO's stack
@@ -65,9 +71,10 @@ $(SIM_STAMP): requirements-sim.txt $(STAMP) $(ROS_STAMP)
 	touch $@
 
 # Tests run in the environment of tools/ros_env.sh (rclpy + generated messages), on a ROS domain of
-# their own that stays on this machine.
+# their own that stays on this machine. `make test PYTEST_ARGS=test/test_x.py` runs a selection.
+PYTEST_ARGS ?=
 test: setup sim-setup
-	SPECPRUNE_ROS_ISOLATE=1 VENV=$(VENV) tools/ros_env.sh $(PY) -m pytest -q -rs
+	SPECPRUNE_ROS_ISOLATE=1 VENV=$(VENV) tools/ros_env.sh $(PY) -m pytest -q -rs $(PYTEST_ARGS)
 
 demo: setup
 	$(VENV)/bin/specprune-demo
