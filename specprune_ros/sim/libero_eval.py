@@ -202,6 +202,7 @@ def plot(summary: dict[str, Any], path: Path, title: str) -> Path | None:
         bars = ax.bar(presets, values, color=["#777777" if p == "off" else "#3b75af" for p in presets])
         ax.bar_label(bars, fmt="%.1f", fontsize=8)
         ax.set_title(label, fontsize=10)
+        ax.set_ylim(0, 105 if label.startswith("success") else max(max(values), 1e-9) * 1.15)
         ax.tick_params(axis="x", labelrotation=20)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
