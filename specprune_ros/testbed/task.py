@@ -517,6 +517,29 @@ class TabletopTask:
             "wrist": self._render(_WristCamera(size, self.state.ee, self.state.yaw), wrist=True),
         }
 
+    def _camera(self, view: str) -> _Camera:
+        size = self.config.image_size
+        if view == "primary":
+            return _PrimaryCamera(size)
+        if view == "wrist":
+            return _WristCamera(size, self.state.ee, self.state.yaw)
+        raise ValueError(f"unknown view {view!r}; views are {VIEWS}")
+
+    def target_outlines(self, view: str) -> dict[str, np.ndarray]:
+        """Pixel outlines (K, 2) (u right, v down) in ``view`` of the named object's top face and the goal plate.
+
+        Used to label image patches for training (which patches show what the instruction names).
+        """
+        cam = self._camera(view)
+        sc, s = self.scene, self.state
+        i = sc.target
+        obj = sc.objects[i]
+        p = s.object_pos[i]
+        top = np.concatenate([self._outlines[i] + p[:2], np.full((len(self._outlines[i]), 1), p[2] + obj.height)], axis=1)
+        plate = np.concatenate([self._plate_outline + sc.plate_xy[sc.goal_plate],
+                                np.full((len(self._plate_outline), 1), PLATE_HEIGHT)], axis=1)
+        return {"target": cam.project(top), "plate": cam.project(plate)}
+
     def _render(self, cam: _Camera, wrist: bool) -> np.ndarray:
         size = self.config.image_size
         sc, s = self.scene, self.state

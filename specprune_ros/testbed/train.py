@@ -26,6 +26,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers
@@ -67,6 +68,7 @@ class TrainConfig:
         val_episodes: held-out demonstrations for the validation L1 loss.
         save_every_min: minutes between resumable saves.
         max_minutes: stop (and write the checkpoint) after this many minutes of training, 0 = no limit.
+        aux_weight: weight of the training-only grounding probes (:class:`AuxHeads`), 0 = plain L1.
         fp16: store the exported weights in float16 (halves the size; loads as float32).
         threads: torch CPU threads.
     """
@@ -90,6 +92,7 @@ class TrainConfig:
     val_episodes: int = 10
     save_every_min: float = 4.0
     max_minutes: float = 0.0
+    aux_weight: float = 0.5
     fp16: bool = True
     threads: int = 1
 
@@ -107,6 +110,8 @@ class TrainConfig:
             raise ValueError(f"llm_hidden={self.llm_hidden} must be divisible by llm_heads={self.llm_heads}")
         if self.llm_layers < 2:
             raise ValueError(f"llm_layers={self.llm_layers} must be >= 2 (pruning scores layers 0 and 1)")
+        if self.aux_weight < 0:
+            raise ValueError(f"aux_weight={self.aux_weight} must be >= 0")
         if not 0 < self.lr < 1:
             raise ValueError(f"lr={self.lr} must lie in (0, 1)")
         if self.val_episodes < 0 or self.max_minutes < 0 or self.save_every_min <= 0:
@@ -268,7 +273,7 @@ class Batcher:
         return self.make(picks)
 
     def make(self, picks: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
-        pixels, proprio, ids, target = [], [], [], []
+        pixels, proprio, ids, target, labels, where = [], [], [], [], [], []
         a_stats = self.stats["action"]
         lo, hi = np.asarray(a_stats["q01"]), np.asarray(a_stats["q99"])
         mask = np.asarray(a_stats["mask"], dtype=bool)
@@ -283,17 +288,81 @@ class Batcher:
             chunk = ep.action_chunk(t)  # (T, A) robot units
             norm = np.where(mask, 2 * (chunk - lo) / (hi - lo + 1e-8) - 1, chunk)
             target.append(np.clip(norm, -1.0, 1.0))
+            labels.append(np.concatenate([patch_labels(task, v, self.preprocess) for v in VIEWS]))
+            sc = task.scene
+            where.append(np.concatenate([sc.plate_xy[sc.goal_plate], task.state.object_pos[sc.target, :2],
+                                         task.state.object_pos[sc.target, :2] - task.state.ee[:2]]) / 0.25)
         return {
             "pixel_values": torch.cat(pixels),  # (B, 12, 224, 224)
             "proprio": torch.tensor(np.stack(proprio), dtype=torch.float32),  # (B, 8)
             "prompt_ids": torch.tensor(ids, dtype=torch.long),  # (B, 1+P)
             "actions": torch.tensor(np.stack(target), dtype=torch.float32),  # (B, T, A)
+            "patch_labels": torch.tensor(np.stack(labels), dtype=torch.long),  # (B, V*256)
+            "where": torch.tensor(np.stack(where), dtype=torch.float32),  # (B, 6)
         }
 
 
 def l1_loss(model: OFTModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     pred = model(batch["pixel_values"], batch["proprio"], batch["prompt_ids"])  # (B, T, A)
     return (pred - batch["actions"]).abs().mean()
+
+
+class AuxHeads(torch.nn.Module):
+    """Training-only probes (never exported): they give the from-scratch model dense grounding signals.
+
+    ``patch``: per visual token, background / named object / named plate (cross-entropy on the final hidden
+    states). ``where``: goal-plate position, object position and object-minus-gripper offset (L1 on the mean
+    of the action read-out states). Without them the randomly initialized network stays input-blind for
+    thousands of steps: the 56 placeholders start as identical zero vectors and only a learned
+    instruction-dependent attention can route the named object's patches to them.
+    """
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.patch = torch.nn.Linear(hidden, 3)
+        self.where = torch.nn.Linear(hidden, 6)
+
+
+#: class weights of the patch probe (background, named object, named plate)
+PATCH_CLASS_WEIGHTS = (1.0, 8.0, 2.0)
+
+
+def training_losses(model: OFTModel, aux: AuxHeads | None, batch: dict[str, torch.Tensor],
+                    aux_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(total loss, action L1). Same forward pass as ``OFTModel.forward``, plus the auxiliary probes."""
+    pixels, prompt_ids = batch["pixel_values"], batch["prompt_ids"]
+    n_views = pixels.shape[1] // 6
+    layout = model.layout(n_views, prompt_ids.shape[1] - 1)
+    seq = model.assemble(model.embed_vision(pixels), batch["proprio"], prompt_ids)  # (B, L, D)
+    pos = torch.arange(seq.shape[1])[None].expand(seq.shape[0], -1)  # (B, L)
+    final, _, _ = model.run_layers(seq, pos)  # (B, L, D)
+    readout = model.readout(final, layout)  # (B, T*A, D)
+    l1 = (model.action_head(readout) - batch["actions"]).abs().mean()
+    if aux is None or aux_weight == 0:
+        return l1, l1
+    visual = final[:, layout.vis_start:layout.vis_start + layout.n_visual]  # (B, V*256, D)
+    logits = aux.patch(visual)  # (B, V*256, 3)
+    weights = torch.tensor(PATCH_CLASS_WEIGHTS, dtype=logits.dtype)
+    ce = torch.nn.functional.cross_entropy(logits.reshape(-1, 3), batch["patch_labels"].reshape(-1), weight=weights)
+    where = (aux.where(readout.mean(dim=1)) - batch["where"]).abs().mean()
+    return l1 + aux_weight * (ce + where), l1
+
+
+def patch_labels(task: TabletopTask, view: str, preprocess: PreprocessConfig) -> np.ndarray:
+    """(256,) labels of the 16x16 patches of the policy-ready frame: 0 other, 1 named object, 2 named plate."""
+    size = task.config.image_size
+    grid = np.zeros((16, 16), np.uint8)
+    side = math.sqrt(preprocess.crop_scale) if preprocess.center_crop else 1.0
+    lo = (1 - side) / 2
+    for value, key in ((2, "plate"), (1, "target")):
+        pix = task.target_outlines(view)[key]  # (K, 2) pixels of the rendered frame
+        crop = (pix - lo * (size - 1)) * (224 - 1) / (side * (size - 1))  # pixels of the policy frame
+        cells = crop / 14.0 - 0.5  # patch-grid coordinates (cell centres on integers)
+        cv2.fillPoly(grid, [np.round(cells * 16).astype(np.int32)], value, shift=4)
+        c = np.floor(crop.mean(axis=0) / 14.0).astype(int)
+        if 0 <= c[0] < 16 and 0 <= c[1] < 16:
+            grid[c[1], c[0]] = value
+    return grid.reshape(-1).astype(np.int64)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -347,7 +416,9 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainResult:
         val_batches = [vb.sample(np.random.default_rng([cfg.seed, 10**9 + k]), cfg.batch_size) for k in range(4)]
 
     model, config = build_model(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    aux = AuxHeads(cfg.llm_hidden) if cfg.aux_weight > 0 else None
+    params = list(model.parameters()) + (list(aux.parameters()) if aux is not None else [])
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     start, elapsed_before, losses = 0, 0.0, []
     if state_file.exists():
         state = torch.load(state_file, map_location="cpu", weights_only=True)
@@ -356,13 +427,16 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainResult:
             raise ValueError(f"{state_file} was written by a different configuration; remove it or use the same flags "
                              f"(only {', '.join(RESUMABLE_CHANGES)} may change; saved: {state['train_config']})")
         model.load_state_dict(state["model"])
+        if aux is not None:
+            aux.load_state_dict(state["aux"])
         opt.load_state_dict(state["optimizer"])
         start, elapsed_before, losses = int(state["step"]), float(state["elapsed_s"]), list(state["losses"])
         log(f"resuming from {state_file} at step {start}")
 
     def save_state(step: int, elapsed: float) -> None:
         tmp = state_file.with_suffix(".tmp")
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "elapsed_s": elapsed,
+        torch.save({"model": model.state_dict(), "aux": aux.state_dict() if aux is not None else {},
+                    "optimizer": opt.state_dict(), "step": step, "elapsed_s": elapsed,
                     "losses": losses, "train_config": _identity(cfg)}, tmp)
         tmp.replace(state_file)
 
@@ -384,12 +458,12 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainResult:
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, cfg)
             batch = batcher.sample(np.random.default_rng([cfg.seed, step]), cfg.batch_size)
-            loss = l1_loss(model, batch)
+            loss, l1 = training_losses(model, aux, batch, cfg.aux_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
-            losses.append(loss.item())
+            losses.append(l1.item())
             step += 1
             if bar is not None:
                 bar.update(1)
