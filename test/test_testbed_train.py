@@ -108,3 +108,38 @@ def test_cli_help_and_bad_values(capsys):
     assert "steps=0" in capsys.readouterr().err
     with pytest.raises(ValueError, match="vit_dim"):
         tr.TrainConfig(vit_dim=50, vit_heads=3)
+
+
+def test_patch_labels_mark_the_named_object_and_plate():
+    from specprune_ros.core.config import PreprocessConfig
+
+    found = 0
+    for seed in range(10):
+        task = TabletopTask(seed)
+        lab = tr.patch_labels(task, "primary", PreprocessConfig())
+        assert lab.shape == (256,) and set(np.unique(lab)) <= {0, 1, 2}
+        assert (lab == 2).sum() >= 4  # a plate spans several patches
+        found += (lab == 1).any()
+        # the labelled object patch is where the object's colour is in the policy frame
+        obj = task.scene.objects[task.scene.target]
+        from specprune_ros.core.preprocess import policy_frame
+        from specprune_ros.testbed.task import OBJECT_COLORS
+
+        frame = policy_frame(task.render()["primary"], PreprocessConfig()).astype(int)
+        colour = np.array(OBJECT_COLORS[obj.color])
+        near = (np.abs(frame - colour).sum(axis=2) < 60).reshape(16, 14, 16, 14).any(axis=(1, 3)).reshape(-1)
+        if (lab == 1).any():
+            assert near[lab == 1].any(), f"seed {seed}: labelled patches do not show the {obj.color} object"
+    assert found >= 9
+
+
+def test_auxiliary_losses_add_to_the_action_loss(tokenizer):
+    cfg = tr.TrainConfig(**TINY)
+    eps = generate(2, seed=6, noise=0.1)
+    batch = tr.Batcher(eps, dataset_statistics(eps), tokenizer).sample(np.random.default_rng(1), 2)
+    assert batch["patch_labels"].shape == (2, 512) and batch["where"].shape == (2, 6)
+    model, _ = tr.build_model(cfg)
+    total, l1 = tr.training_losses(model, tr.AuxHeads(cfg.llm_hidden), batch, 0.5)
+    plain, l1_again = tr.training_losses(model, None, batch, 0.5)
+    assert torch.isfinite(total) and total > l1
+    assert torch.allclose(l1, l1_again) and torch.allclose(plain, tr.l1_loss(model, batch))
