@@ -60,7 +60,10 @@ class Feeder(threading.Thread):
         self._halt = threading.Event()
 
     def frame(self, view_index: int) -> np.ndarray:
-        k = 0 if self.freeze else self.count
+        return self.frame_at(view_index, 0 if self.freeze else self.count)
+
+    def frame_at(self, view_index: int, k: int) -> np.ndarray:
+        """The frame of camera ``view_index`` in publishing cycle ``k`` (deterministic)."""
         rng = np.random.default_rng(1000 * view_index + k)
         return rng.integers(0, 256, (self.size, self.size, 3), dtype=np.uint8)
 
@@ -75,6 +78,16 @@ class Feeder(threading.Thread):
             if self.camera_on:
                 for i, pub in enumerate(self.h.cam_pubs):
                     rgb = self.frame(i)
+                    if self.h.compressed[i]:  # lossless PNG, so the decoded frame equals ``rgb``
+                        import cv2
+                        from sensor_msgs.msg import CompressedImage
+
+                        cmsg = CompressedImage()
+                        cmsg.header.stamp = cam_stamp
+                        cmsg.format = "rgb8; png compressed bgr8"
+                        cmsg.data = cv2.imencode(".png", np.ascontiguousarray(rgb[:, :, ::-1]))[1].tobytes()
+                        pub.publish(cmsg)
+                        continue
                     msg = Image()
                     msg.header.stamp = cam_stamp if i not in self.view_stamp_offset else _stamp(
                         now + self.camera_stamp_offset + self.view_stamp_offset[i]
@@ -163,7 +176,13 @@ class Harness:
         self.node = PolicyNode(self.name, context=context, parameter_overrides=overrides, policy_factory=policy_factory)
         self.io = rclpy.create_node(f"test_peer{k}", context=context)
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        self.cam_pubs = [self.io.create_publisher(Image, t, qos_profile_sensor_data) for t in base["camera_topics"]]
+        from sensor_msgs.msg import CompressedImage
+
+        self.compressed = list(base.get("camera_compressed") or [False] * len(base["camera_topics"]))
+        self.cam_pubs = [
+            self.io.create_publisher(CompressedImage if c else Image, t, qos_profile_sensor_data)
+            for t, c in zip(base["camera_topics"], self.compressed)
+        ]
         self.joint_pub = self.io.create_publisher(JointState, base["joint_states_topic"], qos_profile_sensor_data)
         self.instruction_pub = self.io.create_publisher(String, base["instruction_topic"], latched)
         self.urdf_pub = self.io.create_publisher(String, base["robot_description_topic"], latched)
