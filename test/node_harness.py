@@ -168,6 +168,7 @@ class Harness:
             "gripper_topic": f"{ns}/gripper/command",
             "diagnostics_period": 0.1,
             "frozen_timeout": 0.0,
+            "warmup": False,  # tests count the policy's calls
             "gripper_scales": [1.0, -1.0],
         }
         base.update(params)

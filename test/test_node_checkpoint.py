@@ -11,7 +11,14 @@ from ros_env import ros_context  # noqa: F401  (fixture)
 def test_tiny_checkpoint_end_to_end(ros_context, tiny_checkpoint):
     h = Harness(
         ros_context,
-        {"checkpoint": str(tiny_checkpoint), "preset": "paper", "execute_steps": 2, "debug_image": True, "center_crop": True},
+        {
+            "checkpoint": str(tiny_checkpoint),
+            "preset": "paper",
+            "execute_steps": 2,
+            "debug_image": True,
+            "center_crop": True,
+            "warmup": True,
+        },
     )
     try:
         assert h.node.policy is not None and type(h.node.policy).__name__ == "OFTPolicy"

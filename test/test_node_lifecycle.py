@@ -158,3 +158,15 @@ def test_executable_runs_and_stops_cleanly(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_help_lists_parameters():
+    out = subprocess.run(
+        [sys.executable, "-m", "specprune_ros.ros.policy_node", "--help"],
+        env=subprocess_env(), capture_output=True, text=True, timeout=60, cwd=REPO_ROOT,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "usage: policy_node" in out.stdout
+    for name in ("camera_topics", "max_age", "dry_run", "checkpoint", "preset"):
+        assert f"  {name} (" in out.stdout
+

@@ -45,6 +45,10 @@ class NodeConfig:
     fake_chunk_len: int = _doc("rows per chunk of the FakePolicy", default=8)
     fake_action_dim: int = _doc("columns per row of the FakePolicy", default=7)
     autostart: bool = _doc("configure and activate at start-up (set false under a lifecycle manager)", default=True)
+    warmup: bool = _doc(
+        "run one inference on a synthetic observation at configure, so the first real query has no cold-start latency",
+        default=True,
+    )
     # --- inputs
     camera_views: tuple[str, ...] = _doc("policy view of each camera, in checkpoint image order", default=("primary", "wrist"))
     camera_topics: tuple[str, ...] = _doc(

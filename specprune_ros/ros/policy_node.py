@@ -160,6 +160,8 @@ class PolicyNode(LifecycleNode):
                 f"the policy takes a proprio vector of size {policy.proprio_dim} but proprio_sources "
                 f"{list(proprio_cfg.sources)} make {proprio_cfg.dim} values ({proprio_cfg.layout()})"
             )
+        if cfg.warmup:
+            self._warm_up(policy, cfg, proprio_cfg)
         kin = None
         if cfg.ee_frame and cfg.robot_description_file:
             with open(cfg.robot_description_file, encoding="utf-8") as f:
@@ -193,6 +195,17 @@ class PolicyNode(LifecycleNode):
             f"configured: views {list(cfg.camera_views)} on {list(cfg.camera_topics)}, proprio {proprio_cfg.layout()}, "
             f"dt {self._dt} s, dry_run {cfg.dry_run}, policy {type(policy).__name__}"
         )
+
+    def _warm_up(self, policy: Policy, cfg: NodeConfig, proprio_cfg: ProprioConfig) -> None:
+        """One inference on mid-grey frames (then ``reset``): first-call costs (allocations, kernels) happen here."""
+        from specprune_ros.core.types import Observation
+
+        frames = {v: np.full((224, 224, 3), 128, np.uint8) for v in cfg.camera_views}
+        proprio = np.zeros(proprio_cfg.dim) if proprio_cfg.dim else None
+        t0 = time.perf_counter()
+        policy.infer(Observation(images=frames, proprio=proprio, instruction="warm up", stamp=0.0))
+        policy.reset()
+        self.get_logger().info(f"warm-up inference: {time.perf_counter() - t0:.3f} s")
 
     def _make_policy(self, cfg: NodeConfig, policy_cfg, proprio_cfg: ProprioConfig) -> Policy:
         if self._policy_factory is not None:
@@ -550,9 +563,32 @@ class PolicyNode(LifecycleNode):
         self._diag_pub.publish(to_diagnostic_array(self.health, self.get_name(), self.get_clock().now().to_msg()))
 
 
+USAGE = """usage: policy_node [--help] [--ros-args --params-file FILE -p NAME:=VALUE ...]
+
+Runs a (token-pruned) OpenVLA-OFT policy on a ROS 2 robot as the lifecycle node `specprune_policy`.
+Subscribes to the cameras, /joint_states, the instruction and robot_description; publishes
+~/action_chunk, ~/inference_stats, /diagnostics and, when dry_run is false, the enabled controller
+commands. Parameters (a params file with a `specprune_policy: ros__parameters:` section, see
+config/policy.yaml and docs/ros-node.md):
+"""
+
+
+def _print_help() -> None:
+    print(USAGE)
+    for spec in parameter_specs():
+        default = list(spec.default) if isinstance(spec.default, tuple) else spec.default
+        print(f"  {spec.name} ({spec.kind}, default {default!r})\n      {spec.doc}")
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point: ``ros2 run specprune_ros policy_node --ros-args --params-file config/policy.yaml``."""
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+
+    argv = sys.argv[1:] if args is None else list(args)
+    own = argv[: argv.index("--ros-args")] if "--ros-args" in argv else argv
+    if "-h" in own or "--help" in own:
+        _print_help()
+        return
 
     try:
         with rclpy.init(args=args):
