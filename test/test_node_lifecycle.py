@@ -170,3 +170,11 @@ def test_help_lists_parameters():
     for name in ("camera_topics", "max_age", "dry_run", "checkpoint", "preset"):
         assert f"  {name} (" in out.stdout
 
+
+
+def test_every_parameter_is_documented():
+    from specprune_ros.ros.parameters import parameter_specs
+
+    doc = (REPO_ROOT / "docs" / "ros-node.md").read_text()
+    missing = [s.name for s in parameter_specs() if f"`{s.name}`" not in doc]
+    assert not missing, f"docs/ros-node.md lacks {missing}; regenerate its table with describe_parameters()"
