@@ -6,6 +6,7 @@ simulator environment is missing.
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -28,7 +29,7 @@ from specprune_ros.sim.launching import (
 
 REASON = simenv.unavailable_reason()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=str(REASON))
-WAIT_S = 240.0  # hang guard on a loaded 2-core machine; nothing here asserts a duration
+WAIT_S = 180.0  # hang guard on a loaded 2-core machine; nothing here asserts a duration
 
 
 def _ns(stamp) -> int:
@@ -64,7 +65,9 @@ def _run_loop(tmp_path: Path, ros_context, args: SimLaunchArgs, chunks_wanted: i
             procs.append(
                 subprocess.Popen(
                     policy_command(params, python=sys.executable),
-                    env=subprocess_env(OMP_NUM_THREADS="1"),
+                    # this process's domain explicitly: under `make test` (SPECPRUNE_ROS_ISOLATE=1) the
+                    # environment script would pick a fresh one for the child
+                    env=subprocess_env(OMP_NUM_THREADS="1", ROS_DOMAIN_ID=os.environ["ROS_DOMAIN_ID"]),
                     stdout=out,
                     stderr=subprocess.STDOUT,
                     cwd=REPO_ROOT,
