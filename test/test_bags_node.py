@@ -3,6 +3,7 @@ each traceable to a recorded camera frame, and the node's reported skipped-frame
 it did not use, at --rate 1 and --rate 5."""
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -19,6 +20,13 @@ BIN = Path(sys.executable).parent
 NODE = "specprune_policy"
 CHUNKS = f"/{NODE}/action_chunk"
 STATS = f"/{NODE}/inference_stats"
+
+
+def child_env() -> dict[str, str]:
+    """``subprocess_env()`` on this process's ROS domain: under SPECPRUNE_ROS_ISOLATE=1 (``make test``),
+    tools/ros_env.sh would pick another domain for the children."""
+    return subprocess_env(ROS_DOMAIN_ID=os.environ["ROS_DOMAIN_ID"])
+
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +54,7 @@ def test_replay_into_node_and_record(ros_context, episode, tmp_path, rate):
     import rclpy
 
     messages()  # the generated messages must be built (fails with a how-to otherwise)
-    env = subprocess_env()
+    env = child_env()
     out = tmp_path / "session"
     node = subprocess.Popen(
         [str(BIN / "policy_node"), "--ros-args", "-p", "fake_policy:=true", "-p", "use_sim_time:=true",

@@ -40,6 +40,8 @@ def ros_environment() -> dict[str, str]:
             key, sep, value = line.partition("=")
             if sep:
                 env[key] = value
+    if "ROS_DOMAIN_ID" in os.environ:  # the caller's domain wins over one the script may pick
+        env["ROS_DOMAIN_ID"] = os.environ["ROS_DOMAIN_ID"]
     env.setdefault("ROS_DOMAIN_ID", str(os.getpid() % 101 + 1))
     env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     return env
