@@ -136,10 +136,10 @@ def test_compressed_cameras_and_topic_mapping(tmp_path, capsys):
     assert not (out / "latency.png").exists()
 
 
-def test_frozen_camera_is_refused_like_the_node(tmp_path, capsys):
-    """A camera that stops: observations stop with reason 'stale' once its last frame is too old."""
+def test_dead_camera_is_refused_like_the_node(tmp_path, capsys):
+    """A camera that stops: observations stop with reason 'stale'/'skew' once its last frame is too old."""
     bag = write_episode_bag(
-        tmp_path / "frozen", EpisodeSpec(seconds=2.0, fps=10, joint_rate=20, frozen_view="wrist", frozen_after=0.5)
+        tmp_path / "dead", EpisodeSpec(seconds=2.0, fps=10, joint_rate=20, dead_view="wrist", dead_after=0.5)
     )
     out = tmp_path / "report"
     code, _, err = run_eval(capsys, bag, "--fake-policy", "--out", out, "--no-plots")
@@ -148,6 +148,22 @@ def test_frozen_camera_is_refused_like_the_node(tmp_path, capsys):
     refusals = summary["counts"]["refusals"]
     assert refusals.get("stale", 0) + refusals.get("skew", 0) > 0
     assert all(o["image_stamps"]["wrist"] <= 1_700_000_000 + 0.5 for o in summary["observations"])
+
+
+def test_frozen_camera_is_refused_like_the_node(tmp_path, capsys):
+    """A camera republishing one image with fresh stamps: refused as 'frozen' after frozen_timeout (2 s)."""
+    bag = write_episode_bag(
+        tmp_path / "frozen", EpisodeSpec(seconds=3.5, fps=10, joint_rate=20, frozen_view="primary", frozen_after=0.5)
+    )
+    out = tmp_path / "report"
+    code, _, err = run_eval(capsys, bag, "--fake-policy", "--out", out, "--no-plots", "-p", "execute_steps:=2")
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["counts"]["refusals"].get("frozen", 0) > 0
+    assert "frozen" in summary["refusal_examples"]["frozen"]
+    # identical frames are accepted until they have been identical for longer than frozen_timeout
+    times = [o["t"] for o in summary["observations"]]
+    assert 2.0 < max(times) <= 0.5 + 2.0 + 0.1 + 1e-6
 
 
 def test_bad_arguments(episode, tmp_path, capsys):

@@ -121,5 +121,7 @@ def test_demo_bag_and_spec_validation(tmp_path):
         EpisodeSpec(seconds=0)
     with pytest.raises(ValueError, match="frozen_view"):
         EpisodeSpec(frozen_view="side")
+    with pytest.raises(ValueError, match="dead_view"):
+        EpisodeSpec(dead_view="side")
     with pytest.raises(FileExistsError):
         write_episode_bag(path)

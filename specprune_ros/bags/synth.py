@@ -67,8 +67,11 @@ class EpisodeSpec:
         instruction: the task text published on the instruction topic.
         seed: seeds the table texture and the small jitter of the motion.
         image_encoding: ``"rgb8"`` (sensor_msgs/Image) or ``"jpeg"`` (sensor_msgs/CompressedImage).
-        frozen_view: a view whose camera stops publishing after ``frozen_after`` seconds (a dead driver), to
+        dead_view: a view whose camera stops publishing after ``dead_after`` seconds (a dead driver), to
             test staleness handling; None = every camera runs for the whole episode.
+        dead_after: see ``dead_view``.
+        frozen_view: a view whose camera keeps publishing, with new stamps, the frame it had at
+            ``frozen_after`` seconds (a hung driver republishing its last image); None = no frozen camera.
         frozen_after: see ``frozen_view``.
     """
 
@@ -80,6 +83,8 @@ class EpisodeSpec:
     instruction: str = DEFAULT_INSTRUCTION
     seed: int = 0
     image_encoding: Literal["rgb8", "jpeg"] = "rgb8"
+    dead_view: str | None = None
+    dead_after: float = 0.0
     frozen_view: str | None = None
     frozen_after: float = 0.0
 
@@ -96,8 +101,10 @@ class EpisodeSpec:
             raise ValueError("views must name at least one camera view -> topic")
         if self.image_encoding not in ("rgb8", "jpeg"):
             raise ValueError(f"image_encoding must be 'rgb8' or 'jpeg', got {self.image_encoding!r}")
-        if self.frozen_view is not None and self.frozen_view not in self.views:
-            raise ValueError(f"frozen_view {self.frozen_view!r} is not one of the views {sorted(self.views)}")
+        for name in ("dead_view", "frozen_view"):
+            view = getattr(self, name)
+            if view is not None and view not in self.views:
+                raise ValueError(f"{name} {view!r} is not one of the views {sorted(self.views)}")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -379,8 +386,11 @@ def write_episode_bag(
             break
         stamp = start_ns + int(round(t * NS))
         frames = render_views(t / spec.seconds, size, table)
+        if spec.frozen_view is not None and t > spec.frozen_after:
+            stuck = render_views(spec.frozen_after / spec.seconds, size, table)
+            frames[spec.frozen_view] = stuck.get(spec.frozen_view, stuck["primary"])
         for view, topic in spec.views.items():
-            if spec.frozen_view == view and t > spec.frozen_after:
+            if spec.dead_view == view and t > spec.dead_after:
                 continue
             rgb = frames.get(view, frames["primary"])
             header = _header(ts, stamp, f"{view}_camera_optical_frame")
