@@ -73,6 +73,8 @@ def test_record_until_ctrl_c(ros_context, tmp_path):
     assert summary["topics"] == {"/rec_test/instruction": 1, "/rec_test/joints": 25}
     meta = yaml.safe_load((out / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
     assert meta["storage_identifier"] == "mcap" and meta["message_count"] == 26
+    assert meta["relative_file_paths"] == ["rec_0.mcap"] and meta["ros_distro"] == "kilted"  # as ros2 bag record
+    assert sorted(p.name for p in out.iterdir()) == ["metadata.yaml", "rec_0.mcap"]
     with Bag(out) as bag:
         topics = bag.topics()
         assert topics["/rec_test/joints"].msgtype == "sensor_msgs/msg/JointState"

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
 from rosbags.interfaces import Connection, ConnectionExtRosbag2, Qos, QosDurability, QosReliability
 from rosbags.rosbag2 import Reader, ReaderError
 from rosbags.serde import SerdeError
@@ -291,3 +292,18 @@ def stamp_ns(header: object) -> int:
     """``std_msgs/Header`` stamp (rosbags object) in nanoseconds."""
     stamp = header.stamp  # type: ignore[attr-defined]
     return int(stamp.sec) * NS + int(stamp.nanosec)
+
+
+def like_ros2_bag_record(path: Path, distro: str) -> None:
+    """Rename the storage file to ``<name>_0.<ext>`` and set ``ros_distro`` as ``ros2 bag record`` does."""
+    meta_path = path / "metadata.yaml"
+    meta = yaml.safe_load(meta_path.read_text())
+    info = meta["rosbag2_bagfile_information"]
+    old = info["relative_file_paths"][0]
+    new = f"{path.name}_0{Path(old).suffix}"
+    (path / old).rename(path / new)
+    info["relative_file_paths"] = [new]
+    for f in info.get("files", []):
+        f["path"] = new
+    info["ros_distro"] = distro
+    meta_path.write_text(yaml.safe_dump(meta, sort_keys=False))

@@ -23,7 +23,7 @@ from pathlib import Path
 from rosbags.rosbag2 import StoragePlugin, Writer, WriterError
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
-from .bagio import BagError
+from .bagio import BagError, like_ros2_bag_record
 from .rosutil import fail, message_class, normalize_type, offered_to_bag_qos, ros_context, subscription_qos
 from .synth import CAMERA_TOPICS, INSTRUCTION_TOPIC, JOINT_STATES_TOPIC, ROBOT_DESCRIPTION_TOPIC
 
@@ -131,6 +131,7 @@ class BagSink:
         if not self.closed:
             self.closed = True
             self.writer.close()
+            like_ros2_bag_record(self.out, "kilted")
 
 
 class Recorder:

@@ -22,11 +22,12 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import yaml
 
 from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
+
+from .bagio import like_ros2_bag_record
 
 NS = 1_000_000_000
 
@@ -446,23 +447,8 @@ def write_episode_bag(
         writer.abort()
         raise
     writer.close()
-    _like_ros2_bag_record(path, distro)
+    like_ros2_bag_record(path, distro)
     return path
-
-
-def _like_ros2_bag_record(path: Path, distro: str) -> None:
-    """Rename the storage file to ``<name>_0.<ext>`` and set ``ros_distro`` as ``ros2 bag record`` does."""
-    meta_path = path / "metadata.yaml"
-    meta = yaml.safe_load(meta_path.read_text())
-    info = meta["rosbag2_bagfile_information"]
-    old = info["relative_file_paths"][0]
-    new = f"{path.name}_0{Path(old).suffix}"
-    (path / old).rename(path / new)
-    info["relative_file_paths"] = [new]
-    for f in info.get("files", []):
-        f["path"] = new
-    info["ros_distro"] = distro
-    meta_path.write_text(yaml.safe_dump(meta, sort_keys=False))
 
 
 def write_demo_bag(
