@@ -68,10 +68,10 @@ fi
 export _ROS_WHEELS_BOOTSTRAP_COMPLETE=1
 export RMW_IMPLEMENTATION="${RMW_IMPLEMENTATION:-rmw_fastrtps_cpp}"
 if [ "${SPECPRUNE_ROS_ISOLATE:-0}" = "1" ]; then
-  export ROS_DOMAIN_ID=$(( $$ % 101 + 1 ))
+  export ROS_DOMAIN_ID=$(( ${BASHPID:-$$} % 101 + 1 ))
   export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
 else
-  export ROS_DOMAIN_ID="${ROS_DOMAIN_ID:-$(( $$ % 101 + 1 ))}"
+  export ROS_DOMAIN_ID="${ROS_DOMAIN_ID:-$(( ${BASHPID:-$$} % 101 + 1 ))}"
   export ROS_AUTOMATIC_DISCOVERY_RANGE="${ROS_AUTOMATIC_DISCOVERY_RANGE:-LOCALHOST}"
 fi
 export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
