@@ -168,7 +168,7 @@ def policy_node_actions(context: LaunchContext) -> list:
     for name in ("checkpoint", "device", "unnorm_key", "preset", "joint_states_topic"):
         value = LaunchConfiguration(name).perform(context).strip()
         if value:
-            # typed as a string: launch_ros would otherwise read the text as YAML (preset:=off -> false)
+            # typed as a string whatever it looks like (a substitution would be read as YAML: off -> false)
             overrides[name] = ParameterValue(value, value_type=str)
     topics = _camera_topics(context, params_file)
     if topics is not None:
