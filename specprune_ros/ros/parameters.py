@@ -160,6 +160,38 @@ class NodeConfig:
             bad("gripper_index", f"must index action_names ({len(self.action_names)} columns)")
         if self.joint_trajectory_enabled and not self.ee_frame:
             bad("joint_trajectory_enabled", "the joint trajectory adapter needs kinematics: set ee_frame")
+        try:
+            proprio = self.proprio_config()
+        except ValueError as exc:
+            raise NodeConfigError(f"proprio parameters (proprio_sources, proprio_joints, gripper_joints, gripper_scales): {exc}") from None
+        if proprio.needs_kinematics and not self.ee_frame:
+            bad("ee_frame", f"proprio_sources {list(proprio.sources)} need forward kinematics: name the end-effector frame")
+        self.sync_config()
+
+    def proprio_config(self):
+        """The :class:`~specprune_ros.core.proprio.ProprioConfig` these parameters describe."""
+        from specprune_ros.core.proprio import ProprioConfig
+
+        return ProprioConfig(
+            sources=tuple(self.proprio_sources),
+            joints=tuple(self.proprio_joints),
+            gripper_joints=tuple(self.gripper_joints),
+            gripper_scales=tuple(self.gripper_scales),
+            ee_position_offset=tuple(self.ee_position_offset),
+        )
+
+    def sync_config(self):
+        """The :class:`~specprune_ros.core.sync.SyncConfig` these parameters describe (node and bag evaluator)."""
+        from specprune_ros.core.sync import SyncConfig
+
+        return SyncConfig(
+            views=tuple(self.camera_views),
+            max_age=self.max_age,
+            max_skew=self.max_skew,
+            frozen_timeout=self.frozen_timeout,
+            buffer_size=self.buffer_size,
+            require_joint_states=bool(self.proprio_config().sources) or bool(self.ee_frame),
+        )
 
     @property
     def compressed(self) -> tuple[bool, ...]:

@@ -25,7 +25,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from specprune_ros.core.images import ImageDecodeError, dim_pruned_patches
 from specprune_ros.core.kinematics import KinematicModel, KinematicsError
 from specprune_ros.core.proprio import ProprioBuilder, ProprioConfig
-from specprune_ros.core.sync import NO_ROBOT_DESCRIPTION, SyncConfig, Synchronizer, SyncInputError
+from specprune_ros.core.sync import NO_ROBOT_DESCRIPTION, Synchronizer, SyncInputError
 from specprune_ros.core.types import ActionChunk, InputError, Policy
 
 from . import conversions as conv
@@ -141,15 +141,7 @@ class PolicyNode(LifecycleNode):
         self.health.unknown_parameters = unknown
         if unknown:
             self.get_logger().warning(f"unknown parameters ignored (typo?): {unknown}")
-        proprio_cfg = ProprioConfig(
-            sources=tuple(cfg.proprio_sources),
-            joints=tuple(cfg.proprio_joints),
-            gripper_joints=tuple(cfg.gripper_joints),
-            gripper_scales=tuple(cfg.gripper_scales),
-            ee_position_offset=tuple(cfg.ee_position_offset),
-        )
-        if proprio_cfg.needs_kinematics and not cfg.ee_frame:
-            raise ValueError(f"proprio_sources {list(proprio_cfg.sources)} need forward kinematics: set ee_frame")
+        proprio_cfg = cfg.proprio_config()
 
         policy = self._make_policy(cfg, policy_cfg, proprio_cfg)
         if tuple(policy.views) != tuple(cfg.camera_views):
@@ -172,17 +164,7 @@ class PolicyNode(LifecycleNode):
             self._proprio_cfg = proprio_cfg
             self.kinematics = kin
             self._dt = float(getattr(policy, "dt", None) or policy_cfg.control_dt)
-            self.sync = Synchronizer(
-                SyncConfig(
-                    views=tuple(cfg.camera_views),
-                    max_age=cfg.max_age,
-                    max_skew=cfg.max_skew,
-                    frozen_timeout=cfg.frozen_timeout,
-                    buffer_size=cfg.buffer_size,
-                    require_joint_states=bool(proprio_cfg.sources) or bool(cfg.ee_frame),
-                ),
-                ProprioBuilder(proprio_cfg, kin),
-            )
+            self.sync = Synchronizer(cfg.sync_config(), ProprioBuilder(proprio_cfg, kin))
             self.sync.set_instruction(cfg.instruction)
             self._sequence = 0
             self._last_used_seq = 0
