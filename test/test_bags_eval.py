@@ -259,3 +259,24 @@ def test_each_run_gets_its_own_executed_rows(episode):
             np.testing.assert_array_equal(seen[k].executed_actions, run.chunks[k - 1][:3])
         assert [o.stamp for o in seen] == [o["stamp"] for o in trace["observations"]]
         assert seen[0].proprio.shape == (8,) and seen[0].ee_speed is not None  # FK from the bag's URDF
+
+
+def test_new_instruction_resets_the_policies(tmp_path):
+    """Like the node: the first instruction and every change of it reset each policy before its next query."""
+    from specprune_ros.bags.evaluate import RunRecord, evaluate, inputs_from_node_config
+    from specprune_ros.core.fake import FakePolicy
+    from specprune_ros.ros.parameters import configs_from_values
+
+    spec = EpisodeSpec(seconds=2.0, fps=10, joint_rate=20, later_instructions=((1.0, "now stack the cubes"),))
+    path = write_episode_bag(tmp_path / "two_tasks", spec)
+    inputs = inputs_from_node_config(configs_from_values({})[0])
+    runs = [RunRecord(n, "off", FakePolicy(proprio_dim=8)) for n in ("baseline", "other")]
+    with Bag(path) as bag:
+        trace = evaluate(bag, inputs, runs, dt=0.05, instruction=None, progress=False)
+    assert trace["policy_resets"] == 2
+    for run in runs:
+        assert run.policy.resets == 2
+        texts = [o.instruction for o in run.policy.seen]
+        assert texts[0] == spec.instruction and texts[-1] == "now stack the cubes"
+        switch = texts.index("now stack the cubes")
+        assert all(t == spec.instruction for t in texts[:switch])

@@ -9,6 +9,8 @@ staleness rules. The node's query schedule is replayed on the bag's clock:
   (receive) time passes;
 * when no chunk is being executed, the tick asks the synchronizer for an observation at ``now`` = tick
   time; a refusal (stale, skew, no data, ...) is counted under its reason and retried next tick;
+* a new instruction on the instruction topic resets every policy before its next inference (a new
+  episode for the pruning controller), as the node does;
 * an accepted observation is given to the baseline (preset ``off``) and then to every preset, one after
   the other (the SAME observation for all of them); the chunk's first ``execute_steps`` rows (0 = all)
   are then "executed" for ``rows * dt`` seconds of bag time, and fed back to each policy as its own
@@ -176,6 +178,7 @@ class BagFeeder:
         self.frames: Counter[str] = Counter()  # frames per view
         self.errors: Counter[str] = Counter()  # bad_frame / bad_joint_state / bad_robot_description
         self.kinematics_error: str | None = None
+        self.new_task = False
         self._iter = bag.messages(self.connections)
         self._pending: tuple | None = None
         self.exhausted = False
@@ -217,7 +220,9 @@ class BagFeeder:
             except SyncInputError:
                 self.errors["bad_joint_state"] += 1
         elif topic == self.inputs.instruction_topic:
-            self.sync.set_instruction(msg.data)
+            if msg.data.strip() != self.sync.instruction:
+                self.sync.set_instruction(msg.data)
+                self.new_task = True  # the node resets the policy before its next inference
         elif topic == self.inputs.robot_description_topic:
             self.set_kinematics(msg.data)
 
@@ -309,6 +314,7 @@ def evaluate(bag: Bag, inputs: EvalInputs, runs: list[RunRecord], *, dt: float, 
     obs_log: list[dict] = []
     last_seq = 0
     unused_frames = 0
+    resets = 0
     bar = None
     if progress:
         from tqdm import tqdm
@@ -332,6 +338,11 @@ def evaluate(bag: Bag, inputs: EvalInputs, runs: list[RunRecord], *, dt: float, 
                     unused_frames += seq - last_seq - 1
                     last_seq = seq
                     obs = result.observation
+                    if feeder.new_task:  # a new instruction is a new episode for the pruning controller
+                        feeder.new_task = False
+                        resets += 1
+                        for run in runs:
+                            run.policy.reset()
                     chunks = [_infer(run, obs) for run in runs]  # interleaved: same observation for all
                     rows = next((c.actions.shape[0] for c in chunks if c is not None), 1)
                     limit = min(inputs.execute_steps or rows, rows)
@@ -366,6 +377,7 @@ def evaluate(bag: Bag, inputs: EvalInputs, runs: list[RunRecord], *, dt: float, 
         "kinematics_error": feeder.kinematics_error,
         "unused_reference_frames": unused_frames + max(feeder.frames.get(reference, 0) - last_seq, 0),
         "reference_view": reference,
+        "policy_resets": resets,
         "execute_steps": inputs.execute_steps,
         "dt": dt,
     }
@@ -471,6 +483,7 @@ def summarize(bag: Bag, inputs: EvalInputs, runs: list[RunRecord], trace: dict, 
             "observations": len(trace["observations"]),
             "refusals": trace["refusals"],
             "unused_reference_frames": trace["unused_reference_frames"],
+            "policy_resets": trace["policy_resets"],
             "input_errors": trace["input_errors"],
         },
         "refusal_examples": trace["refusal_examples"],

@@ -74,6 +74,8 @@ class EpisodeSpec:
         frozen_view: a view whose camera keeps publishing, with new stamps, the frame it had at
             ``frozen_after`` seconds (a hung driver republishing its last image); None = no frozen camera.
         frozen_after: see ``frozen_view``.
+        later_instructions: ``(seconds, text)`` pairs published on the instruction topic later in the
+            episode (a new task for the policy).
     """
 
     seconds: float = 2.0
@@ -88,6 +90,7 @@ class EpisodeSpec:
     dead_after: float = 0.0
     frozen_view: str | None = None
     frozen_after: float = 0.0
+    later_instructions: tuple[tuple[float, str], ...] = ()
 
     def __post_init__(self) -> None:
         if not (self.seconds > 0 and math.isfinite(self.seconds)):
@@ -100,6 +103,9 @@ class EpisodeSpec:
             raise ValueError(f"image_size must be >= 32 pixels, got {self.image_size!r}")
         if not self.views:
             raise ValueError("views must name at least one camera view -> topic")
+        for t, text in self.later_instructions:
+            if not (0 < t <= self.seconds) or not text.strip():
+                raise ValueError(f"later_instructions needs (time in (0, {self.seconds}], non-empty text), got {(t, text)!r}")
         if self.image_encoding not in ("rgb8", "jpeg"):
             raise ValueError(f"image_encoding must be 'rgb8' or 'jpeg', got {self.image_encoding!r}")
         for name in ("dead_view", "frozen_view"):
@@ -377,6 +383,9 @@ def write_episode_bag(
     out: list[tuple[int, str, bytes]] = []
     out.append((start_ns, ROBOT_DESCRIPTION_TOPIC, ts.serialize_cdr(String(data=panda_urdf()), "std_msgs/msg/String")))
     out.append((start_ns + 1_000_000, INSTRUCTION_TOPIC, ts.serialize_cdr(String(data=spec.instruction), "std_msgs/msg/String")))
+
+    for t, text in spec.later_instructions:
+        out.append((start_ns + int(round(t * NS)), INSTRUCTION_TOPIC, ts.serialize_cdr(String(data=text), "std_msgs/msg/String")))
 
     size = spec.image_size
     table = _table(2 * size, spec.seed)
