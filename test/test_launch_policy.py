@@ -192,7 +192,7 @@ def test_arguments_reach_the_node(launch_module, tmp_path):
 
 
 def test_string_arguments_stay_strings(launch_module, tmp_path):
-    # launch_ros reads untyped text as YAML: `off` would become false and `2024` an integer
+    # a substitution as parameter value is read as YAML by launch_ros: `off` -> false, `2024` -> 2024
     _, node, _ = _resolve(launch_module, {"params_file": str(_params_file(tmp_path)), "preset": "off",
                                           "unnorm_key": "2024", "device": "null"})
     _, overrides = _node_parameters(node)
