@@ -116,3 +116,12 @@ def test_ros_run_two_episodes_through_reset(tmp_path):
     assert [e["chunks"] for e in data["episodes"]] == [1, 1]
     assert summary["paper"]["tokens_kept_mean"] == 512.0
     assert (tmp_path / "logs" / "bridge_task0.log").is_file()
+
+
+def test_checkpoint_problems_are_reported_before_anything_starts(tiny_checkpoint, tmp_path):
+    cmd = [sys.executable, "-m", "specprune_ros.sim.libero_eval", f"--checkpoint={tiny_checkpoint}", "--tasks=0",
+           "--episodes=1", f"--out={tmp_path}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env())
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "unknown unnorm_key 'libero_spatial_no_noops'" in out.stderr and "tiny_sim" in out.stderr
+    assert not (tmp_path / E.RESULTS).exists()

@@ -510,6 +510,23 @@ def _plan(ns: argparse.Namespace) -> EvalPlan:
     )
 
 
+def _validate_policy(plan: EvalPlan) -> None:
+    """Fail now, not after a process start and a timeout: parameters, checkpoint layout, unnorm key."""
+    for preset in plan.presets:
+        try:
+            _, policy_cfg = _policy_config_values(plan, preset)
+        except ValueError as exc:
+            raise EvalError(f"policy parameters: {exc}") from None
+    if plan.fake_policy:
+        return
+    from specprune_ros.core.checkpoint import inspect_checkpoint
+
+    try:
+        inspect_checkpoint(plan.checkpoint).resolve_unnorm_key(policy_cfg.unnorm_key)
+    except (ValueError, OSError, KeyError) as exc:
+        raise EvalError(f"--checkpoint={plan.checkpoint}: {exc}") from None
+
+
 def _reexec(argv: list[str], python: str, env: dict[str, str], prefix: list[str] | None = None) -> int:
     env = dict(env, **{_REEXEC_ENV: "1"})
     cmd = (prefix or []) + [python, "-m", "specprune_ros.sim.libero_eval", *argv]
@@ -559,6 +576,7 @@ def main(argv: list[str] | None = None) -> int:
         code = _ensure_environment(ns, argv)
         if code is not None:
             return code
+        _validate_policy(plan)
         results = Results.open(plan.out / RESULTS, plan.config())
         total = len(plan.presets) * len(plan.tasks) * len(plan.init_states)
         pending = sum(
