@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import subprocess
 import sys
 import time
@@ -197,6 +198,23 @@ def _check_executables(lib_dir: Path) -> None:
         ast.parse(text)  # valid Python
 
 
+def test_package_xml_is_a_valid_format_3_interface_package():
+    from catkin_pkg.package import parse_package
+
+    package = parse_package(str(REPO_ROOT / "package.xml"))
+    package.validate()  # raises InvalidPackage with the reason
+    assert (package.name, package.package_format, package.get_build_type()) == ("specprune_ros", 3, "ament_cmake")
+    version = re.search(r'version="([^"]+)"', (REPO_ROOT / "setup.py").read_text()).group(1)
+    assert package.version == version, "package.xml and setup.py disagree on the version"
+    assert [g.name for g in package.member_of_groups] == ["rosidl_interface_packages"]
+    build = {d.name for d in package.buildtool_depends}
+    assert {"ament_cmake", "ament_cmake_python", "rosidl_default_generators"} <= build
+    runtime = {d.name for d in package.exec_depends + package.build_export_depends}
+    # everything the node, the bridges and the launch file import at run time
+    assert {"rclpy", "rosidl_default_runtime", "std_msgs", "sensor_msgs", "geometry_msgs", "trajectory_msgs",
+            "diagnostic_msgs", "lifecycle_msgs", "launch_ros", "python3-numpy"} <= runtime
+
+
 def test_install_tree_of_make_setup():
     share = INSTALL_PREFIX / "share" / "specprune_ros"
     assert (share / "package.xml").is_file()
@@ -264,3 +282,8 @@ def test_colcon_build_from_scratch_installs_a_self_contained_package(tmp_path):
     types_file, share_dir = out.stdout.split()
     assert Path(types_file).is_relative_to(site)
     assert Path(share_dir) == prefix / "share" / "specprune_ros"
+    # the executable `ros2 run specprune_ros policy_node` would start, from the install tree alone
+    helped = subprocess.run([str(prefix / "lib" / "specprune_ros" / "policy_node"), "--help"], cwd=tmp_path,
+                            env=run_env, capture_output=True, text=True, timeout=120)
+    assert helped.returncode == 0, helped.stderr[-4000:]
+    assert "checkpoint" in helped.stdout and "dry_run" in helped.stdout
