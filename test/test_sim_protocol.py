@@ -195,3 +195,25 @@ def test_run_episode_reports_policy_errors_as_failure():
     sim = ScriptedSim()
     res = P.run_episode(sim, FakePolicy(fail_on=(1,)), P.ProtocolConfig(), "x", 0, 0)
     assert res.status == P.STATUS_FAILURE and "call 1" in res.error and res.steps == 8
+
+
+class RequeryPolicy(FakePolicy):
+    """Asks for an early query after row 2 of its first chunk (as the coarse-to-fine controller does)."""
+
+    def infer(self, obs):
+        chunk = super().infer(obs)
+        if self.calls == 1:
+            chunk.stats.requery, chunk.stats.requery_after = True, 2
+        return chunk
+
+
+def test_run_episode_honors_requery_after():
+    sim = ScriptedSim()
+    policy = RequeryPolicy(chunk_len=8)
+    res = P.run_episode(sim, policy, P.ProtocolConfig(max_steps=11), "x", 0, 0)
+    assert res.requeries == 1 and res.chunks == 2 and res.steps == 11
+    assert policy.seen[1].executed_actions.shape == (3, 7)  # rows 0..2 of the first chunk
+    assert policy.seen[1].stamp == pytest.approx((10 + 3) * P.CONTROL_DT)
+    plain = P.run_episode(ScriptedSim(), RequeryPolicy(chunk_len=8), P.ProtocolConfig(max_steps=11), "x", 0, 0,
+                          honor_requery=False)
+    assert plain.requeries == 0 and plain.chunks == 2

@@ -172,6 +172,7 @@ def summarize(episodes: list[dict[str, Any]]) -> dict[str, Any]:
             "mean_steps": _mean([float(e["steps"]) for e in eps]),
             "mean_steps_success": _mean([float(e["steps"]) for e in eps if e["success"]]),
             "chunks": len(lat),
+            "requeries": sum(int(e.get("requeries", 0)) for e in eps),
             "latency_ms_mean": _mean(lat),
             "latency_ms_p50": _percentile(lat, 0.5),
             "latency_ms_p90": _percentile(lat, 0.9),

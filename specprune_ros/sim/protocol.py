@@ -293,6 +293,7 @@ class EpisodeResult:
     latency_s: list[float] = field(default_factory=list)
     tokens_kept: list[int] = field(default_factory=list)
     tokens_total: list[int] = field(default_factory=list)
+    requeries: int = 0  # chunks cut short for an early query (coarse-to-fine switch)
     error: str = ""
 
     def to_dict(self) -> dict:
@@ -326,10 +327,14 @@ def run_episode(
     task_id: int,
     init_state: int,
     on_chunk: Callable[[Episode], None] | None = None,
+    honor_requery: bool = True,
 ) -> EpisodeResult:
     """Run one episode closed-loop in this process: query ``policy`` whenever the queue is empty.
 
-    Time is simulated (``stamp`` = simulator steps x 0.05 s), so a slow policy is not penalized.
+    Time is simulated (``stamp`` = simulator steps x 0.05 s), so a slow policy is not penalized. With
+    ``honor_requery`` a chunk whose statistics say the controller enters fine mode after row ``k``
+    (``requery_after``) has only rows ``0..k`` executed before the next query, as SpecPrune-VLA's LIBERO
+    evaluation drops the queued actions on a coarse-to-fine switch.
     """
     policy.reset()
     episode = Episode(backend, config)
@@ -347,8 +352,13 @@ def run_episode(
             stats = chunk.stats
             result.tokens_kept.append(int(sum(stats.kept_per_view.values())))
             result.tokens_total.append(int(stats.total_tokens))
+            actions = np.asarray(chunk.actions, dtype=np.float64)  # (T, A)
+            cut = getattr(stats, "requery_after", None)
+            if honor_requery and getattr(stats, "requery", False) and cut is not None and 0 <= cut < len(actions) - 1:
+                actions = actions[: cut + 1]
+                result.requeries += 1
             before = len(episode.executed)
-            episode.execute(chunk.actions)
+            episode.execute(actions)
             last = np.stack(episode.executed[before:])  # (N, A) rows executed since this query
             frame = episode.frame
             result.chunks += 1
