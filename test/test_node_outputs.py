@@ -173,3 +173,54 @@ def test_twist_zero_on_deactivate(ros_context):
 
 def test_math_sanity():
     assert math.isclose(np.linalg.norm(rows_to_twists(CHUNK, TwistLimits())[1, 3:]), 0.5)
+
+
+class RampPolicy(KnownPolicy):
+    """8 rows whose x column identifies the row (x = 0.01 (i + 1)); optional delay per inference."""
+
+    chunk_len = 8
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+
+    def infer(self, obs):
+        import time
+
+        chunk = super().infer(obs)
+        time.sleep(self.delay)
+        actions = np.zeros((8, 7))
+        actions[:, 0] = 0.01 * (np.arange(8) + 1)
+        actions[:, 6] = -1.0
+        chunk.actions = actions
+        return chunk
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.12])
+def test_prefetch_continues_where_the_arm_is(ros_context, delay):
+    """prefetch_steps=3: the next query starts with 3 rows left; the new chunk starts at the row matching the
+    rows executed while it was computed, so the row index continues instead of jumping back to 0."""
+    policy = RampPolicy(delay)
+    params = dict(ADAPTERS_ON, joint_trajectory_enabled=False, gripper_enabled=False, debug_image=False, prefetch_steps=3)
+    h = Harness(ros_context, params, policy_factory=lambda cfg, pcfg: policy)
+    try:
+        h.feed()
+        wait_until(lambda: len(h.twists) >= 40, timeout=20, what="twists")
+        rows = [round(t.twist.linear.x / 0.01) - 1 for t in h.twists if t.twist.linear.x > 0]
+        segments = [[rows[0]]]
+        for r in rows[1:]:
+            if r <= segments[-1][-1]:
+                segments.append([r])
+            else:
+                assert r == segments[-1][-1] + 1, f"rows skipped inside a chunk: {rows}"
+                segments[-1].append(r)
+        assert len(segments) >= 4
+        for prev, nxt in zip(segments, segments[1:]):
+            in_flight = prev[-1] + 1 - (8 - 3)  # rows executed after the query (which starts with 3 rows left)
+            assert in_flight >= 0, rows
+            assert nxt[0] == min(in_flight, 7), (prev, nxt)
+        if delay:
+            assert any(s[0] > 0 for s in segments[1:]), "a slow policy must make later chunks start past row 0"
+    finally:
+        h.close()
+

@@ -86,6 +86,11 @@ class NodeConfig:
         "when they are done and none is in flight",
         default=0,
     )
+    prefetch_steps: int = _doc(
+        "start the next inference when this many executed rows remain, so the arm keeps moving while it runs; "
+        "the new chunk then starts at the row matching the rows executed meanwhile (0 = query when the rows run out)",
+        default=0,
+    )
     dry_run: bool = _doc("publish no actuating command at all (chunks, stats and diagnostics only)", default=True)
     base_frame: str = _doc("frame_id of chunks, twists and the robot base", default="panda_link0")
     action_names: tuple[str, ...] = _doc(
@@ -142,6 +147,8 @@ class NodeConfig:
             bad("buffer_size", "must be >= 1")
         if self.execute_steps < 0:
             bad("execute_steps", "must be >= 0 (0 = whole chunk)")
+        if self.prefetch_steps < 0:
+            bad("prefetch_steps", "must be >= 0 (0 = no prefetch)")
         if self.fake_chunk_len < 1 or self.fake_action_dim < 1:
             bad("fake_chunk_len", "fake_chunk_len and fake_action_dim must be >= 1")
         for name in ("twist_linear_scale", "twist_angular_scale", "max_linear_speed", "max_angular_speed", "max_joint_velocity", "ik_damping"):

@@ -97,6 +97,7 @@ class PolicyNode(LifecycleNode):
         self._busy = False
         self._active: _ActiveChunk | None = None
         self._executed: list[np.ndarray] = []
+        self._rows_in_flight = 0  # rows executed since the inference in flight started
         self._sequence = 0
         self._last_used_seq = 0
         self._reset_pending = False
@@ -392,7 +393,10 @@ class PolicyNode(LifecycleNode):
                 row = active.actions[active.next_row]
                 active.next_row += 1
                 self._executed.append(row)
-            due = active is None or active.next_row >= active.limit
+                if self._busy:
+                    self._rows_in_flight += 1
+            prefetch = self.cfg.prefetch_steps if self.cfg is not None else 0
+            due = active is None or active.limit - active.next_row <= prefetch
             start = due and not self._busy and self.policy is not None
         if row is not None:
             self._emit_row(row)
@@ -424,6 +428,7 @@ class PolicyNode(LifecycleNode):
             self.health.skipped(seq - self._last_used_seq - 1)
             self._last_used_seq = seq
             self._executed = []
+            self._rows_in_flight = 0
             self._busy = True
             reset, self._reset_pending = self._reset_pending, False
             pool = self._pool
@@ -462,8 +467,10 @@ class PolicyNode(LifecycleNode):
             self._sequence += 1
             rows = actions.shape[0]
             limit = min(cfg.execute_steps or rows, rows)
-            self._active = _ActiveChunk(actions, 0, limit)
-            self._last_gripper = self._last_gripper  # kept: only changes are sent
+            # rows executed while this chunk was computed stand for its first rows in time: skip as many
+            # (always keeping one), so the new plan continues where the arm is rather than restarting
+            start = min(self._rows_in_flight, limit - 1)
+            self._active = _ActiveChunk(actions, start, limit)
             kin = self.kinematics
             start_positions = self.sync.latest_positions() if self.sync is not None else {}
         joint_names = tuple(cfg.arm_joints) if cfg.joint_trajectory_enabled else ()
@@ -475,7 +482,7 @@ class PolicyNode(LifecycleNode):
         kept = sum(int(stats.kept_per_view.get(v, 0)) for v in cfg.camera_views)
         self.health.chunk(latency, stats.mode, stats.preset, kept, int(stats.total_tokens), result.ee_speed_source)
         if "trajectory" in self._pubs:
-            self._publish_trajectory(kin, start_positions, actions)
+            self._publish_trajectory(kin, start_positions, actions[start:limit])  # the rows that will run
         if "debug" in self._pubs:
             self._publish_debug(chunk, result)
 
@@ -484,16 +491,15 @@ class PolicyNode(LifecycleNode):
         return TwistLimits(cfg.twist_linear_scale, cfg.twist_angular_scale, cfg.max_linear_speed, cfg.max_angular_speed)
 
     def _publish_trajectory(self, kin: KinematicModel | None, positions: dict, actions: np.ndarray) -> None:
+        """JointTrajectory through differential IK of ``actions`` (T, A) from the latest joint positions."""
         cfg = self.cfg
         if kin is None:
             self.health.refusal("no_robot_description", "joint trajectory adapter: no robot_description yet; trajectory not sent")
             return
         try:
             start = kin.arm_positions(positions)
-            with self._lock:
-                limit = self._active.limit if self._active is not None else actions.shape[0]
             pos, vel, times = joint_trajectory(
-                kin, start, actions[:limit], self._dt, self._twist_limits(), cfg.ik_damping, cfg.max_joint_velocity
+                kin, start, actions, self._dt, self._twist_limits(), cfg.ik_damping, cfg.max_joint_velocity
             )
         except (KinematicsError, ValueError) as exc:
             self.health.refusal("trajectory", f"joint trajectory adapter: {exc}")
