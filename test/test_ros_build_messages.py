@@ -261,6 +261,9 @@ def test_colcon_build_from_scratch_installs_a_self_contained_package(tmp_path):
     _check_executables(prefix / "lib" / "specprune_ros")
     (site,) = prefix.glob("lib/python3.*/site-packages")
     assert (site / "specprune_ros" / "core" / "types.py").is_file()
+    # the project's __init__.py (package path extension, version) replaced the generator's empty one
+    init = REPO_ROOT / "specprune_ros" / "__init__.py"
+    assert (site / "specprune_ros" / "__init__.py").read_text() == init.read_text()
 
     # import from the install tree alone, as `source install/setup.bash` would set it up
     probe = (
