@@ -30,13 +30,14 @@ ERROR = 2
         ({"gripper_msg_type": "int"}, "gripper_msg_type"),
         ({"proprio_sources": ["ee_velocity"]}, "ee_velocity"),
         ({"checkpoint": ""}, "checkpoint is empty"),
+        ({"checkpoint": "/nonexistent/ckpt"}, "/nonexistent/ckpt"),
         ({"fake_policy": True, "debug_image_view": "side"}, "debug_image_view"),
     ],
 )
 def test_invalid_parameters_fail_configure_with_a_clear_message(ros_context, params, needle):
     base = {"fake_policy": True}
     if "checkpoint" in params:
-        base = {}
+        base = {"warmup": True}
     h = Harness(ros_context, {**base, **params}, configure=False)
     try:
         assert h.node.trigger_configure() == TransitionCallbackReturn.FAILURE

@@ -121,9 +121,14 @@ class PolicyNode(LifecycleNode):
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
             self._configure()
-        except (ValueError, KinematicsError, FileNotFoundError, ImportError, RuntimeError, TypeError) as exc:
-            message = f"configure failed: {exc}"
+        except Exception as exc:  # noqa: BLE001 - every failure must become a FAILURE transition with its reason
+            expected = isinstance(exc, (ValueError, OSError, ImportError))  # config, files, messages
+            message = f"configure failed: {exc}" if expected else f"configure failed: {type(exc).__name__}: {exc}"
             self.get_logger().error(message)
+            if not expected:
+                import traceback
+
+                self.get_logger().debug(traceback.format_exc())
             self.health.configure_failed(message)
             self._teardown()
             return TransitionCallbackReturn.FAILURE
