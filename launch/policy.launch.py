@@ -15,7 +15,9 @@ policy.launch.py --show-args`` lists every argument.
 from __future__ import annotations
 
 import os
+import tempfile
 
+import yaml
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchContext, LaunchDescription
 from launch.actions import DeclareLaunchArgument, EmitEvent, OpaqueFunction, RegisterEventHandler
@@ -133,10 +135,6 @@ def _params_file_for_namespace(params_file: str, node_name: str, namespace: str)
     namespace = namespace.strip("/")
     if not namespace:
         return params_file
-    import tempfile
-
-    import yaml
-
     with open(params_file, encoding="utf-8") as f:
         data = yaml.safe_load(f)
     if not isinstance(data, dict):
@@ -172,7 +170,7 @@ def policy_node_actions(context: LaunchContext) -> list:
             overrides[name] = ParameterValue(value, value_type=str)
     topics = _camera_topics(context, params_file)
     if topics is not None:
-        overrides["camera_topics"] = topics  # topic names: YAML reads them as strings
+        overrides["camera_topics"] = topics
 
     from specprune_ros.ros.parameters import NODE_NAME
 
