@@ -1,8 +1,6 @@
 """Wiring of the LIBERO closed loop (specprune_ros.sim.launching): pure, no ROS, no simulator."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from specprune_ros.ros.parameters import NODE_NAME, configs_from_values, read_params_file

@@ -6,7 +6,7 @@ processes itself (``ros2 launch`` is not installable from PyPI). Pure Python: no
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -228,7 +228,3 @@ def write_params_file(path: Path, params: dict[str, Any], node_name: str = POLIC
     data = {node_name: {"ros__parameters": {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}}}
     path.write_text(yaml.dump(data, Dumper=_QuotedDumper, sort_keys=False))
     return path
-
-
-def args_dict(args: SimLaunchArgs) -> dict[str, Any]:
-    return asdict(args)

@@ -55,6 +55,7 @@ from .protocol import (
     Episode,
     ProtocolConfig,
     ProtocolError,
+    STATUS_FAILURE,
     SimBackend,
     SimFrame,
 )
@@ -250,16 +251,25 @@ class LiberoBridge(Node):
                     break
                 if kind == "reset":
                     done, holder = arg
-                    ok = self._start_episode()
-                    holder["ok"] = ok
-                    holder["message"] = (
-                        f"episode {self.episode_index}: {self.task} initial state {self.episode.init_state}"
-                        if ok
-                        else self.failure
-                    )
-                    done.set()
+                    try:
+                        ok = self._start_episode()
+                        holder["ok"] = ok
+                        holder["message"] = (
+                            f"episode {self.episode_index}: {self.task} initial state {self.episode.init_state}"
+                            if ok
+                            else self.failure
+                        )
+                    except Exception as exc:
+                        holder["ok"], holder["message"] = False, f"{type(exc).__name__}: {exc}"
+                        self._fail(f"reset failed: {holder['message']}")
+                    finally:
+                        done.set()
                 elif kind == "chunk":
-                    self._execute(arg)
+                    try:
+                        self._execute(arg)
+                    except Exception as exc:  # never let the worker die silently: end the episode visibly
+                        self.episode.status = STATUS_FAILURE
+                        self._fail(f"episode {self.episode_index}: {type(exc).__name__}: {exc}")
         finally:
             close = getattr(self.sim, "close", None)
             if close is not None:
