@@ -298,6 +298,7 @@ class PolicyNode(LifecycleNode):
         if self._control_timer is not None:
             self.destroy_timer(self._control_timer)
             self._control_timer = None
+        self._publish_stop()  # shutdown straight from active: still stop the arm
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
