@@ -177,6 +177,7 @@ class PolicyNode(LifecycleNode):
             self._active = None
             self._executed = []
             self._busy = False
+            self._last_gripper = None
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="specprune_infer")
         self._create_interfaces(cfg)
         self.get_logger().info(
