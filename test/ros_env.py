@@ -94,6 +94,7 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     """
     ensure()
     env = dict(os.environ)
+    env.pop("SPECPRUNE_ROS_ISOLATE", None)  # keep ROS_DOMAIN_ID as it is
     out = subprocess.run(
         ["bash", str(ENV_SCRIPT), "--print"], env=env, check=True, capture_output=True, text=True
     ).stdout

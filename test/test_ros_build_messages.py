@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ros_env import INSTALL_PREFIX, REPO_ROOT, install_site_packages, messages, ros_context  # noqa: F401
+from ros_env import (  # noqa: F401  (ros_context is a fixture)
+    INSTALL_PREFIX, REPO_ROOT, install_site_packages, messages, ros_context, subprocess_env)
 
 VENV = Path(sys.prefix)
 
@@ -172,6 +173,22 @@ def test_action_chunk_through_publisher_and_subscriber(ros_context):
         assert got == by_sequence[got.sequence]
     sequences = [m.sequence for m in received]
     assert sequences == sorted(sequences)
+
+
+def test_child_processes_share_the_ros_domain():
+    env = subprocess_env()
+    assert env["ROS_DOMAIN_ID"] == os.environ["ROS_DOMAIN_ID"]
+    assert env["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST"
+    paths = env["PYTHONPATH"].split(os.pathsep)
+    site = install_site_packages()
+    assert paths.index(str(REPO_ROOT)) < paths.index(str(site))  # sources before the install tree
+    # a nested tools/ros_env.sh under `make test` (SPECPRUNE_ROS_ISOLATE=1) keeps the domain it chose
+    nested = subprocess.run(
+        ["bash", "-c", 'source tools/ros_env.sh; echo "$ROS_DOMAIN_ID"; '
+                       'tools/ros_env.sh bash -c \'echo "$ROS_DOMAIN_ID"\''],
+        cwd=REPO_ROOT, env=dict(os.environ, SPECPRUNE_ROS_ISOLATE="1"), capture_output=True, text=True,
+        check=True).stdout.split()
+    assert len(nested) == 2 and nested[0] == nested[1], nested
 
 
 def _setup_py_entry_points() -> dict[str, str]:

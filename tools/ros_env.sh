@@ -15,7 +15,7 @@
 #
 # ROS_DOMAIN_ID: kept when already set; otherwise, and always when SPECPRUNE_ROS_ISOLATE=1 (what
 # `make test` sets), a domain in 1..101 derived from the process id, so test runs of several people on
-# one machine do not see each other's topics.
+# one machine do not see each other's topics. Children inherit it (SPECPRUNE_ROS_ISOLATE becomes "done").
 #
 # Inputs: VENV (default: <repo>/.venv).
 
@@ -70,6 +70,8 @@ export RMW_IMPLEMENTATION="${RMW_IMPLEMENTATION:-rmw_fastrtps_cpp}"
 if [ "${SPECPRUNE_ROS_ISOLATE:-0}" = "1" ]; then
   export ROS_DOMAIN_ID=$(( ${BASHPID:-$$} % 101 + 1 ))
   export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
+  # processes started from here (nodes, nested tools/ros_env.sh) stay on this domain
+  export SPECPRUNE_ROS_ISOLATE=done
 else
   export ROS_DOMAIN_ID="${ROS_DOMAIN_ID:-$(( ${BASHPID:-$$} % 101 + 1 ))}"
   export ROS_AUTOMATIC_DISCOVERY_RANGE="${ROS_AUTOMATIC_DISCOVERY_RANGE:-LOCALHOST}"
