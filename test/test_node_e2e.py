@@ -100,3 +100,16 @@ def test_compressed_camera_and_ee_speed(ros_context):
     finally:
         h.close()
 
+
+
+def test_robot_description_from_file(ros_context):
+    from pathlib import Path
+
+    urdf = Path(__file__).parent / "fixtures" / "panda.urdf"
+    h = Harness(ros_context, {"fake_policy": True, "execute_steps": 1, "robot_description_file": str(urdf)}, urdf=None)
+    try:
+        assert h.node.kinematics is not None and h.node.kinematics.ee_frame == "panda_hand_tcp"
+        h.feed()
+        h.wait_chunks(2)
+    finally:
+        h.close()
