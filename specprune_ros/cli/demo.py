@@ -74,10 +74,11 @@ def stage_policy(ckpt: Path, preset: str) -> None:
 
 
 def stage_closed_loop(ckpt: Path, preset: str, episodes: int) -> None:
-    from ..testbed.evaluate import evaluate_presets
+    from ..testbed.evaluate import EvalConfig, evaluate, table
 
-    print(f"\n== 2. closed loop on the test-bed task: {episodes} episodes per preset")
-    evaluate_presets(str(ckpt), ["off", preset], episodes=episodes, seed0=10_000, show=True)
+    print(f"\n== 2. closed loop on the test-bed task: {episodes} held-out episodes per preset")
+    results = evaluate(EvalConfig(checkpoint=str(ckpt), variants=("off", preset), episodes=episodes, first_seed=10_000))
+    print(table(results))
 
 
 def stage_ros(ckpt: Path, out: Path) -> None:
