@@ -101,3 +101,56 @@ def test_ee_speed_jacobian_and_finite_difference_agree(kin):
     np.testing.assert_allclose(
         builder.ee_speed(_positions(q1), vel_nan, previous=(0.0, _positions(q0)), stamp=dt), from_fd
     )
+
+
+# ------------------------------------------------------------------ LIBERO's axis-angle convention
+def _x_axis_urdf(axis: str = "1 0 0") -> str:
+    """One revolute joint ``j`` about ``axis`` from ``base`` to ``tip``: FK rotation = rotation about axis by q."""
+    return f"""<robot name="one_joint">
+  <link name="base"/><link name="tip"/>
+  <joint name="j" type="revolute"><parent link="base"/><child link="tip"/><axis xyz="{axis}"/>
+    <limit lower="-7" upper="7" effort="1" velocity="1"/></joint>
+</robot>"""
+
+
+def test_libero_layout_uses_the_training_axis_angle_convention():
+    assert ProprioConfig(sources=("libero",), gripper_joints=FINGERS[:1]).sources == (
+        "ee_position", "ee_axis_angle_libero", "gripper"
+    )
+    kin1 = KinematicModel(_x_axis_urdf(), "tip", ("j",))
+    libero = ProprioBuilder(ProprioConfig(sources=("ee_axis_angle_libero",)), kin1)
+    principal = ProprioBuilder(ProprioConfig(sources=("ee_axis_angle",)), kin1)
+    # about +x by theta: MuJoCo's quaternion (sin(theta/2), 0, 0, cos(theta/2)) has x > 0 for theta in (0, 2 pi)
+    # and w < 0 beyond pi; robosuite's formula then gives theta * x, the principal log (theta - 2 pi) * x
+    for theta in (0.4, 2.0, 3.0, 3.4, 4.5, 6.0):
+        np.testing.assert_allclose(libero.vector({"j": theta}), [theta, 0, 0], atol=1e-9)
+        want = theta if theta < math.pi else theta - 2 * math.pi
+        np.testing.assert_allclose(principal.vector({"j": theta}), [want, 0, 0], atol=1e-9)
+
+
+def test_libero_axis_angle_on_tilted_axes_reproduces_the_rotation():
+    axis = np.array([1.0, 0.3, -0.2]) / np.linalg.norm([1.0, 0.3, -0.2])
+    kin1 = KinematicModel(_x_axis_urdf(" ".join(str(a) for a in axis)), "tip", ("j",))
+    builder = ProprioBuilder(ProprioConfig(sources=("ee_axis_angle_libero",)), kin1)
+    import pinocchio as pin
+
+    for theta in (1.0, 3.3, 5.0):
+        vec = builder.vector({"j": theta})
+        np.testing.assert_allclose(vec, theta * axis, atol=1e-9)  # angle 2 acos(w) in [0, 2 pi], x >= 0
+        np.testing.assert_allclose(pin.exp3(vec), kin1.frame_pose({"j": theta}).rotation, atol=1e-9)
+
+
+def test_quaternion_helpers_match_robosuite_on_hand_made_quaternions():
+    from specprune_ros.core.proprio import libero_axis_angle, quat_to_axis_angle
+    from specprune_ros.sim import protocol
+
+    assert protocol.quat_to_axis_angle is quat_to_axis_angle  # one implementation, shared with the sim path
+    for angle in (0.5, 2.9, 3.5, 5.9):  # w > 0 for the first two, w < 0 for the last two
+        q = np.array([math.sin(angle / 2) * 0.96, math.sin(angle / 2) * 0.28, 0.0, math.cos(angle / 2)])  # x > 0
+        want = angle * np.array([0.96, 0.28, 0.0])
+        np.testing.assert_allclose(quat_to_axis_angle(q), want, atol=1e-12)  # MuJoCo's quaternion as it comes
+        np.testing.assert_allclose(libero_axis_angle(q), want, atol=1e-12)
+        np.testing.assert_allclose(libero_axis_angle(-q), want, atol=1e-12)  # sign of the FK quaternion ignored
+    np.testing.assert_allclose(libero_axis_angle(np.array([0.0, 0.0, 0.0, -1.0])), np.zeros(3))
+    with pytest.raises(ValueError, match="quaternion"):
+        libero_axis_angle(np.array([1.0, 0.0, 0.0]))

@@ -10,29 +10,41 @@ source               width                  value
 ``ee_position``      3                      FK position of the EE frame in the URDF root frame
                                             plus ``ee_position_offset`` (m)
 ``ee_axis_angle``    3                      EE orientation as axis * angle (rad), angle in [0, pi]
+                                            (principal logarithm of the rotation)
+``ee_axis_angle_libero`` 3                  EE orientation in LIBERO's training convention: quaternion
+                                            with ``x >= 0``, then angle ``2 acos(w)`` in [0, 2 pi]
+                                            (:func:`libero_axis_angle`)
 ``ee_quaternion``    4                      EE orientation as a unit quaternion (x, y, z, w), w >= 0
 ``gripper``          len(gripper_joints)    positions of ``gripper_joints`` times ``gripper_scales``
 ==================== ====================== ===================================================
 
-The LIBERO checkpoints use ``ee_position, ee_axis_angle, gripper`` (8-D) with the two Panda finger joints;
-robosuite reports the second finger negative, hence ``gripper_scales = (1, -1)`` in ``config/libero.yaml``.
+The LIBERO checkpoints use ``ee_position, ee_axis_angle_libero, gripper`` (8-D, the ``libero`` layout) with
+the two finger joints. Their training data holds robosuite's ``quat2axisangle`` of MuJoCo's end-effector
+quaternion as MuJoCo reports it (``angle = 2 acos(w)`` in [0, 2 pi], ``axis = xyz / sqrt(1 - w^2)``); with
+the gripper pointing down MuJoCo's ``w`` changes sign freely while ``x`` stays above 0.8, so choosing the
+quaternion sign with ``x >= 0`` reproduces it from a rotation matrix. The principal logarithm
+(``ee_axis_angle``) flips the axis whenever MuJoCo's ``w < 0``.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Mapping
 
+import math
+
 import numpy as np
 
 from .kinematics import KinematicModel
 from .types import InputError
 
-SOURCES = ("joint_positions", "joint_velocities", "ee_position", "ee_axis_angle", "ee_quaternion", "gripper")
+SOURCES = (
+    "joint_positions", "joint_velocities", "ee_position", "ee_axis_angle", "ee_axis_angle_libero", "ee_quaternion", "gripper"
+)
 #: sources that need forward kinematics (a URDF and an EE frame)
-FK_SOURCES = ("ee_position", "ee_axis_angle", "ee_quaternion")
+FK_SOURCES = ("ee_position", "ee_axis_angle", "ee_axis_angle_libero", "ee_quaternion")
 #: named layouts
 LAYOUTS: dict[str, tuple[str, ...]] = {
-    "libero": ("ee_position", "ee_axis_angle", "gripper"),
+    "libero": ("ee_position", "ee_axis_angle_libero", "gripper"),
     "joints": ("joint_positions",),
     "joints_gripper": ("joint_positions", "gripper"),
 }
@@ -85,6 +97,7 @@ class ProprioConfig:
             "joint_velocities": len(self.joints),
             "ee_position": 3,
             "ee_axis_angle": 3,
+            "ee_axis_angle_libero": 3,
             "ee_quaternion": 4,
             "gripper": len(self.gripper_joints),
         }
@@ -102,13 +115,42 @@ class ProprioConfig:
                 names += [f"{s}.{j}" for j in self.joints]
             elif s == "ee_position":
                 names += [f"{s}.{a}" for a in "xyz"]
-            elif s == "ee_axis_angle":
+            elif s in ("ee_axis_angle", "ee_axis_angle_libero"):
                 names += [f"{s}.{a}" for a in "xyz"]
             elif s == "ee_quaternion":
                 names += [f"{s}.{a}" for a in "xyzw"]
             else:
                 names += [f"{s}.{j}" for j in self.gripper_joints]
         return names
+
+
+def quat_to_axis_angle(quat_xyzw: np.ndarray) -> np.ndarray:
+    """Axis-angle vector (3,) of a unit quaternion (x, y, z, w) taken as it is: angle ``2 acos(w)`` in [0, 2 pi].
+
+    robosuite's ``quat2axisangle``, the convention of the LIBERO training data: ``w`` is clipped to
+    [-1, 1], ``axis = xyz / sqrt(1 - w^2)``, and a (near) identity rotation gives zeros. ``q`` and ``-q``
+    give different vectors (same rotation) unless the angle is pi.
+    """
+    q = np.asarray(quat_xyzw, dtype=np.float64)
+    if q.shape != (4,) or not np.all(np.isfinite(q)):
+        raise ValueError(f"expected a finite (4,) quaternion (x, y, z, w), got {q.tolist()}")
+    w = float(np.clip(q[3], -1.0, 1.0))
+    den = math.sqrt(1.0 - w * w)
+    if math.isclose(den, 0.0):
+        return np.zeros(3)
+    return q[:3] * 2.0 * math.acos(w) / den  # (3,)
+
+
+def libero_axis_angle(quat_xyzw: np.ndarray) -> np.ndarray:
+    """LIBERO's axis-angle (3,) of a rotation given as a unit quaternion (x, y, z, w) of either sign.
+
+    The sign is chosen so that ``x >= 0`` (MuJoCo's choice throughout LIBERO's workspace, where the
+    gripper points down and ``x > 0.8``), then :func:`quat_to_axis_angle` applies robosuite's formula.
+    """
+    q = np.asarray(quat_xyzw, dtype=np.float64)
+    if q.shape == (4,) and q[0] < 0:
+        q = -q
+    return quat_to_axis_angle(q)
 
 
 def check_joint_values(values: Mapping[str, float], needed: tuple[str, ...] | list[str], what: str = "position") -> None:
@@ -158,6 +200,8 @@ class ProprioBuilder:
                 parts.append(pose.position + np.asarray(cfg.ee_position_offset, dtype=np.float64))
             elif s == "ee_axis_angle":
                 parts.append(pose.axis_angle)
+            elif s == "ee_axis_angle_libero":
+                parts.append(libero_axis_angle(pose.quaternion_xyzw))
             elif s == "ee_quaternion":
                 parts.append(pose.quaternion_xyzw)
             else:  # gripper

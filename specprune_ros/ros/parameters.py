@@ -67,7 +67,7 @@ class NodeConfig:
     ee_frame: str = _doc("end-effector frame of the URDF for FK, EE speed and IK; empty = no kinematics", default="panda_hand_tcp")
     arm_joints: tuple[str, ...] = _doc("arm joints (IK moves these; EE speed uses them)", default=PANDA_ARM)
     proprio_sources: tuple[str, ...] = _doc(
-        "proprio vector layout: sources in order (joint_positions, joint_velocities, ee_position, ee_axis_angle, "
+        "proprio vector layout: sources in order (joint_positions, joint_velocities, ee_position, ee_axis_angle, ee_axis_angle_libero, "
         "ee_quaternion, gripper) or one layout name (libero, joints, joints_gripper); empty = no proprio",
         default=("libero",),
     )

@@ -13,13 +13,13 @@ with any :class:`~specprune_ros.core.types.Policy` in one process. The ROS bridg
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 import numpy as np
 
+from ..core.proprio import quat_to_axis_angle  # noqa: F401  (the training convention; re-exported here)
 from ..core.types import Observation, Policy
 
 #: Policy steps per episode in the OFT evaluation (wait steps come on top).
@@ -77,22 +77,6 @@ def check_suite(suite: str) -> None:
         near = difflib.get_close_matches(suite, list(SUITE_MAX_STEPS), n=1, cutoff=0.5)
         hint = f" (did you mean {near[0]!r}?)" if near else ""
         raise ProtocolError(f"unknown LIBERO suite {suite!r}{hint}; known: {sorted(SUITE_MAX_STEPS)}")
-
-
-def quat_to_axis_angle(quat_xyzw: np.ndarray) -> np.ndarray:
-    """Axis-angle vector (3,) of a unit quaternion in (x, y, z, w) order, angle in [0, 2 pi].
-
-    Same convention as the LIBERO training data: ``w`` is clipped to [-1, 1] and a (near) identity
-    rotation gives zeros.
-    """
-    q = np.asarray(quat_xyzw, dtype=np.float64)
-    if q.shape != (4,) or not np.all(np.isfinite(q)):
-        raise ValueError(f"expected a finite (4,) quaternion (x, y, z, w), got {q.tolist()}")
-    w = float(np.clip(q[3], -1.0, 1.0))
-    den = math.sqrt(1.0 - w * w)
-    if math.isclose(den, 0.0):
-        return np.zeros(3)
-    return q[:3] * 2.0 * math.acos(w) / den  # (3,)
 
 
 @dataclass(frozen=True)
