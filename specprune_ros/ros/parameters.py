@@ -294,7 +294,10 @@ def _coerce(spec: ParamSpec, value: Any) -> Any:
     except TypeError:
         pass
     expected = {"str_list": "a list of strings", "float_list": "a list of numbers", "bool_list": "a list of true/false"}
-    raise NodeConfigError(f"parameter {spec.name}={value!r}: expected {expected.get(kind, kind)}")
+    hint = ""
+    if kind in ("str", "str_list") and any(isinstance(v, bool) for v in (value if isinstance(value, (list, tuple)) else [value])):
+        hint = " (a bare y, n, yes, no, on, off, true or false is read as a boolean: quote it, e.g. \"y\")"
+    raise NodeConfigError(f"parameter {spec.name}={value!r}: expected {expected.get(kind, kind)}{hint}")
 
 
 def configs_from_values(values: Mapping[str, Any]) -> tuple[NodeConfig, dict[str, Any]]:
@@ -332,11 +335,35 @@ def unknown_parameters(names) -> list[str]:
     return [n for n in names if n not in specs and n not in ROS_BUILTIN_PARAMETERS and not n.startswith("qos_overrides.")]
 
 
-def read_params_file(path: str | Path, node_name: str = NODE_NAME) -> dict[str, Any]:
-    """The ``ros__parameters`` of ``node_name`` in a ROS 2 params YAML (``/**`` wildcard sections merge in)."""
+#: scalars rcl's params-file parser reads as booleans (YAML 1.1 plus y/n); PyYAML alone misses y and n
+_RCL_BOOLS = {v: True for v in ("y", "yes", "true", "on")} | {v: False for v in ("n", "no", "false", "off")}
+
+
+def _rcl_yaml_loader():
+    """A PyYAML loader that types plain scalars as rcl does, so ``[x, y, z]`` gets the boolean rcl sees."""
+    import re
+
     import yaml
 
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    class Loader(yaml.SafeLoader):
+        pass
+
+    pattern = re.compile(r"^(?:y|Y|n|N|yes|Yes|YES|no|No|NO|true|True|TRUE|false|False|FALSE|on|On|ON|off|Off|OFF)$")
+    Loader.add_implicit_resolver("tag:yaml.org,2002:bool", pattern, list("yYnNtTfFoO"))
+    Loader.add_constructor(
+        "tag:yaml.org,2002:bool", lambda loader, node: _RCL_BOOLS[loader.construct_scalar(node).lower()]
+    )
+    return Loader
+
+
+def read_params_file(path: str | Path, node_name: str = NODE_NAME) -> dict[str, Any]:
+    """The ``ros__parameters`` of ``node_name`` in a ROS 2 params YAML (``/**`` wildcard sections merge in).
+
+    Plain scalars are typed as rcl types them (``y``, ``n``, ``on``, ``off`` are booleans): quote strings.
+    """
+    import yaml
+
+    data = yaml.load(Path(path).read_text(), Loader=_rcl_yaml_loader()) or {}
     if not isinstance(data, dict):
         raise NodeConfigError(f"{path}: expected a mapping `{node_name}: ros__parameters: ...`")
     out: dict[str, Any] = {}
