@@ -37,6 +37,7 @@ ACTION_CHUNK_FIELDS = {
     "tokens_kept_per_view": "sequence<uint32>",
     "inference_latency": "double",
     "requery": "boolean",
+    "requery_after": "int32",
     "preset": "string",
 }
 INFERENCE_STATS_FIELDS = {
@@ -82,6 +83,7 @@ def _full_action_chunk(msg_module, sequence: int = 41):
     m.tokens_kept_per_view = [170, 131]
     m.inference_latency = 0.3125
     m.requery = True
+    m.requery_after = 2
     m.preset = "paper"
     return m, actions
 

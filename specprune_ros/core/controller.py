@@ -85,3 +85,16 @@ class ModeController:
             if steps > self.cfg.warmup_steps and enters_fine(a, self.cfg):
                 return row if row < len(chunk) - 1 else None
         return None
+
+
+def requery_rows(requery: bool, requery_after: int | None, rows: int) -> int | None:
+    """Rows of a ``rows``-row chunk to execute before an early re-query, or None to execute them all.
+
+    A chunk whose statistics say the controller enters fine mode after row ``requery_after`` is cut to rows
+    ``0..requery_after`` (SpecPrune-VLA's LIBERO evaluation drops the queued actions and queries again); a
+    switch after the last row, or none, cuts nothing. Every consumer (the direct LIBERO path, the policy
+    node's execution, the LIBERO bridge) applies this one rule.
+    """
+    if requery and requery_after is not None and 0 <= int(requery_after) < rows - 1:
+        return int(requery_after) + 1
+    return None

@@ -7,6 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
+from specprune_ros.core.controller import requery_rows
 from specprune_ros.core.images import decode_compressed, decode_raw, encode_raw_rgb8
 from specprune_ros.core.types import ActionChunk
 
@@ -57,8 +58,13 @@ def action_chunk_msg(
     action_names: Sequence[str],
     frame_id: str,
     joint_names: Sequence[str] = (),
+    honor_requery: bool = True,
 ):
-    """Core :class:`ActionChunk` -> ``specprune_ros/ActionChunk`` (header stamp = observation stamp)."""
+    """Core :class:`ActionChunk` -> ``specprune_ros/ActionChunk`` (header stamp = observation stamp).
+
+    ``requery_after`` is the last row to execute before an early re-query (:func:`requery_rows`), -1 when the
+    chunk runs as usual or ``honor_requery`` is false (``requery`` still reports the controller's wish).
+    """
     from specprune_ros.msg import ActionChunk as ActionChunkMsg
 
     actions = np.asarray(chunk.actions, dtype=np.float64)  # (T, A)
@@ -81,6 +87,8 @@ def action_chunk_msg(
     msg.tokens_kept = int(sum(kept))
     msg.inference_latency = float(latency_s)
     msg.requery = bool(stats.requery)
+    cut = requery_rows(bool(stats.requery), stats.requery_after, rows) if honor_requery else None
+    msg.requery_after = -1 if cut is None else cut - 1
     msg.preset = stats.preset
     return msg
 

@@ -91,6 +91,17 @@ class NodeConfig:
         "the new chunk then starts at the row matching the rows executed meanwhile (0 = query when the rows run out)",
         default=0,
     )
+    honor_requery: bool = _doc(
+        "when the controller would enter fine mode inside a chunk (requery_after), execute only the rows up to "
+        "that one and query again, as SpecPrune-VLA's LIBERO evaluation does; published as "
+        "ActionChunk.requery_after for consumers that execute the chunks themselves (false: whole chunks, -1)",
+        default=True,
+    )
+    episode_status_topic: str = _doc(
+        "specprune_ros/EpisodeStatus topic of a simulator bridge: a new episode number resets the policy and "
+        "the chunk being executed, as the ~/reset service does (empty = not subscribed)",
+        default="",
+    )
     dry_run: bool = _doc("publish no actuating command at all (chunks, stats and diagnostics only)", default=True)
     base_frame: str = _doc("frame_id of chunks, twists and the robot base", default="panda_link0")
     action_names: tuple[str, ...] = _doc(

@@ -22,6 +22,7 @@ import rclpy
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 
+from specprune_ros.core.controller import requery_rows
 from specprune_ros.core.images import ImageDecodeError, dim_pruned_patches
 from specprune_ros.core.kinematics import KinematicModel, KinematicsError
 from specprune_ros.core.proprio import ProprioBuilder, ProprioConfig
@@ -101,6 +102,8 @@ class PolicyNode(LifecycleNode):
         self._sequence = 0
         self._last_used_seq = 0
         self._reset_pending = False
+        self._epoch = 0  # episode counter: a chunk computed before a reset is never executed
+        self._episode_seen: int | None = None  # last EpisodeStatus.episode received
         self._last_gripper: float | None = None
         self._stopped = True
         self._urdf_error = ""
@@ -114,6 +117,9 @@ class PolicyNode(LifecycleNode):
         from diagnostic_msgs.msg import DiagnosticArray
 
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        from std_srvs.srv import Trigger
+
+        self._reset_srv = self.create_service(Trigger, "~/reset", self._on_reset_service)
         self._diag_timer = self.create_timer(period, self.publish_diagnostics)
         self.health.set_state("unconfigured", "not configured yet")
 
@@ -178,6 +184,7 @@ class PolicyNode(LifecycleNode):
             self._executed = []
             self._busy = False
             self._last_gripper = None
+            self._episode_seen = None
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="specprune_infer")
         self._create_interfaces(cfg)
         self.get_logger().info(
@@ -244,6 +251,12 @@ class PolicyNode(LifecycleNode):
         if cfg.ee_frame and not cfg.robot_description_file:
             self._subs.append(
                 self.create_subscription(String, cfg.robot_description_topic, self._on_robot_description, LATCHED_QOS)
+            )
+        if cfg.episode_status_topic:
+            from specprune_ros.msg import EpisodeStatus
+
+            self._subs.append(
+                self.create_subscription(EpisodeStatus, cfg.episode_status_topic, self._on_episode_status, LATCHED_QOS)
             )
         pubs = self._pubs
         pubs["chunk"] = self.create_lifecycle_publisher(ActionChunkMsg, "~/action_chunk", 10)
@@ -390,6 +403,53 @@ class PolicyNode(LifecycleNode):
                 self.sync.set_proprio(ProprioBuilder(self._proprio_cfg, kin))
         self.get_logger().info(f"robot_description received: {len(kin.joint_names)} joints, EE frame {cfg.ee_frame!r}")
 
+    # ================================================================================ episodes
+    def reset_episode(self, reason: str) -> bool:
+        """Start a new episode: forget the chunk being executed and the executed rows, and reset the policy.
+
+        ``policy.reset()`` runs on the inference thread, after an inference in flight and before the next one;
+        a chunk still in flight was computed in the old episode and is dropped. False when not configured.
+        """
+        with self._lock:
+            if self.policy is None or self._pool is None:
+                return False
+            self._epoch += 1
+            self._active = None
+            self._executed = []
+            self._rows_in_flight = 0
+            self._reset_pending = False  # the queued reset below covers a pending instruction change
+            self._last_gripper = None
+            pool, policy = self._pool, self.policy
+        self._publish_stop()
+        pool.submit(self._reset_policy, policy)
+        self.get_logger().info(f"episode reset ({reason})")
+        return True
+
+    def _reset_policy(self, policy: Policy) -> None:
+        try:
+            policy.reset()
+        except Exception as exc:  # noqa: BLE001 - reported, never raised on the worker thread
+            message = f"policy reset failed: {type(exc).__name__}: {exc}"
+            self.health.failure(message)
+            self.get_logger().error(message)
+
+    def _on_reset_service(self, _request, response):
+        ok = self.reset_episode("~/reset")
+        response.success = ok
+        response.message = (
+            "episode reset: chunk and executed rows cleared; the policy resets before its next inference"
+            if ok
+            else "not configured: nothing to reset (configure the node first)"
+        )
+        return response
+
+    def _on_episode_status(self, msg) -> None:
+        episode = int(msg.episode)
+        with self._lock:
+            previous, self._episode_seen = self._episode_seen, episode
+        if previous is not None and episode != previous:
+            self.reset_episode(f"episode {previous} -> {episode} on {self.cfg.episode_status_topic if self.cfg else '?'}")
+
     # ================================================================================ control loop
     def _control_tick(self) -> None:
         """At control rate: step the active chunk one row (adapters), start an inference when due."""
@@ -438,10 +498,10 @@ class PolicyNode(LifecycleNode):
             self._rows_in_flight = 0
             self._busy = True
             reset, self._reset_pending = self._reset_pending, False
-            pool = self._pool
-        pool.submit(self._infer, result, reset)
+            pool, epoch = self._pool, self._epoch
+        pool.submit(self._infer, result, reset, epoch)
 
-    def _infer(self, result, reset: bool) -> None:
+    def _infer(self, result, reset: bool, epoch: int = 0) -> None:
         """Worker thread: one inference; errors are reported, never raised."""
         try:
             policy = self.policy
@@ -455,7 +515,7 @@ class PolicyNode(LifecycleNode):
             actions = np.asarray(chunk.actions, dtype=np.float64)
             if actions.ndim != 2 or actions.shape[0] == 0 or not np.all(np.isfinite(actions)):
                 raise RuntimeError(f"policy returned unusable actions (shape {actions.shape}, finite {np.isfinite(actions).all()})")
-            self._publish_chunk(chunk, actions, latency, result)
+            self._publish_chunk(chunk, actions, latency, result, epoch)
         except InputError as exc:
             self.health.refusal("policy_input", str(exc))
             self.get_logger().warning(f"policy refused the observation: {exc}", throttle_duration_sec=2.0)
@@ -467,13 +527,19 @@ class PolicyNode(LifecycleNode):
             with self._lock:
                 self._busy = False
 
-    def _publish_chunk(self, chunk: ActionChunk, actions: np.ndarray, latency: float, result) -> None:
+    def _publish_chunk(self, chunk: ActionChunk, actions: np.ndarray, latency: float, result, epoch: int) -> None:
         cfg = self.cfg
         with self._lock:
+            if epoch != self._epoch:  # computed before an episode reset: belongs to the old episode
+                self.get_logger().info("chunk computed before the episode reset dropped")
+                return
             seq = self._sequence
             self._sequence += 1
             rows = actions.shape[0]
             limit = min(cfg.execute_steps or rows, rows)
+            cut = requery_rows(bool(chunk.stats.requery), chunk.stats.requery_after, rows) if cfg.honor_requery else None
+            if cut is not None:  # early re-query: rows 0..requery_after run (and count as executed), then query
+                limit = min(limit, cut)
             # rows executed while this chunk was computed stand for its first rows in time: skip as many
             # (always keeping one), so the new plan continues where the arm is rather than restarting
             start = min(self._rows_in_flight, limit - 1)
@@ -482,7 +548,9 @@ class PolicyNode(LifecycleNode):
             start_positions = self.sync.latest_positions() if self.sync is not None else {}
         joint_names = tuple(cfg.arm_joints) if cfg.joint_trajectory_enabled else ()
         self._pubs["chunk"].publish(
-            conv.action_chunk_msg(chunk, seq, latency, cfg.camera_views, cfg.action_names, cfg.base_frame, joint_names)
+            conv.action_chunk_msg(
+                chunk, seq, latency, cfg.camera_views, cfg.action_names, cfg.base_frame, joint_names, cfg.honor_requery
+            )
         )
         self._pubs["stats"].publish(conv.inference_stats_msg(chunk, seq, cfg.base_frame))
         stats = chunk.stats
@@ -563,7 +631,8 @@ USAGE = """usage: policy_node [--help] [--ros-args --params-file FILE -p NAME:=V
 Runs a (token-pruned) OpenVLA-OFT policy on a ROS 2 robot as the lifecycle node `specprune_policy`.
 Subscribes to the cameras, /joint_states, the instruction and robot_description; publishes
 ~/action_chunk, ~/inference_stats, /diagnostics and, when dry_run is false, the enabled controller
-commands. Parameters (a params file with a `specprune_policy: ros__parameters:` section, see
+commands. Service ~/reset (std_srvs/Trigger) starts a new episode (policy state and chunk cleared); so does
+a new episode number on episode_status_topic when set. Parameters (a params file with a `specprune_policy: ros__parameters:` section, see
 config/policy.yaml and docs/ros-node.md):
 """
 

@@ -181,6 +181,8 @@ def sim_bindings() -> dict[str, Any]:
         "libero_gripper": True,
         "control_dt": 0.05,
         "execute_steps": 0,
+        "honor_requery": True,  # the bridge cuts a chunk at requery_after; the node's execution mirror must too
+        "episode_status_topic": "/episode_status",  # the bridge's episode counter resets the policy
         "frozen_timeout": 0.0,
         "dry_run": True,
     }

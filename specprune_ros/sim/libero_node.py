@@ -13,7 +13,8 @@ Publishes (names relative, so a namespace or remapping applies):
     (specprune_ros/EpisodeStatus), ``~/executed_action`` (std_msgs/Float64MultiArray, every executed row)
     and ``/clock`` (rosgraph_msgs/Clock: simulated time, 0.05 s per control step).
 Subscribes: ``action_chunk`` (specprune_ros/ActionChunk). Service: ``~/reset`` (std_srvs/Trigger): start
-the next episode on the next initial state.
+the next episode on the next initial state. A chunk with ``requery_after >= 0`` (and ``requery``) has only
+rows ``0..requery_after`` executed before the next pause, as the direct path's ``run_episode`` does.
 
 Simulated time (``/clock``, 0.05 s per control step) moves with the simulator, so a slow policy costs
 wall-clock time but never task time. The OFT protocol queries the policy only when the action queue is
@@ -46,6 +47,7 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64MultiArray, MultiArrayDimension, String
 from std_srvs.srv import Trigger
 
+from ..core.controller import requery_rows
 from .protocol import (
     ACTION_DIM,
     ARM_JOINTS,
@@ -186,6 +188,7 @@ class LiberoBridge(Node):
         self.pause_ns: int | None = None  # first stamp of the pending observation; None while not waiting
         self._rows_left = 0  # simulator steps left before the next pause (decides when images go out)
         self.dropped_chunks = 0
+        self.requeries = 0  # chunks cut short by their requery_after
         self.failure = ""
         self.ready = threading.Event()
         self._cmds: queue.Queue = queue.Queue()
@@ -324,7 +327,12 @@ class LiberoBridge(Node):
             )
             return
         actions = np.asarray(msg.actions, dtype=np.float64).reshape(msg.rows, msg.cols)  # (T, A)
-        rows = min(msg.rows, self.config.open_loop_steps or msg.rows, ep.config.step_limit - ep.step)
+        requery_after = int(getattr(msg, "requery_after", -1))
+        cut = requery_rows(bool(msg.requery), requery_after if requery_after >= 0 else None, msg.rows)
+        if cut is not None:  # early re-query: rows 0..requery_after, then pause for the next chunk
+            actions = actions[:cut]
+            self.requeries += 1
+        rows = min(len(actions), self.config.open_loop_steps or len(actions), ep.config.step_limit - ep.step)
         pause, self.pause_ns, self._rows_left = self.pause_ns, None, rows
         try:
             ep.execute(actions, on_step=self._after_step)

@@ -19,6 +19,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
+from ..core.controller import requery_rows
 from ..core.proprio import quat_to_axis_angle  # noqa: F401  (the training convention; re-exported here)
 from ..core.types import Observation, Policy
 
@@ -337,9 +338,9 @@ def run_episode(
             result.tokens_kept.append(int(sum(stats.kept_per_view.values())))
             result.tokens_total.append(int(stats.total_tokens))
             actions = np.asarray(chunk.actions, dtype=np.float64)  # (T, A)
-            cut = getattr(stats, "requery_after", None)
-            if honor_requery and getattr(stats, "requery", False) and cut is not None and 0 <= cut < len(actions) - 1:
-                actions = actions[: cut + 1]
+            cut = requery_rows(bool(getattr(stats, "requery", False)), getattr(stats, "requery_after", None), len(actions))
+            if honor_requery and cut is not None:
+                actions = actions[:cut]
                 result.requeries += 1
             before = len(episode.executed)
             episode.execute(actions)

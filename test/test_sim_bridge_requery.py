@@ -1,0 +1,84 @@
+"""libero_sim_node over ROS with a scripted simulator (no LIBERO): a chunk's requery_after cuts its execution."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
+from ros_env import messages, ros_context  # noqa: F401  (ros_context is a fixture)
+from test_sim_protocol import ScriptedSim, chunk
+
+from specprune_ros.sim import protocol as P
+
+WAIT_S = 30.0  # hang guard only
+
+
+def _spin_until(executor, cond, what: str) -> None:
+    end = time.monotonic() + WAIT_S
+    while not cond():
+        if time.monotonic() > end:
+            pytest.fail(f"timed out waiting for {what}")
+        executor.spin_once(timeout_sec=0.05)
+
+
+def test_bridge_executes_rows_up_to_requery_after_then_pauses(ros_context):
+    from rclpy.parameter import Parameter
+
+    from specprune_ros.sim.libero_node import LiberoBridge
+
+    M = messages()
+    sim = ScriptedSim()
+    bridge = LiberoBridge(
+        backend_factory=lambda cfg: sim,
+        context=ros_context,
+        namespace=f"/requery{id(sim)}",
+        parameter_overrides=[Parameter("idle_tick_period", value=600.0)],
+    )
+    peer = rclpy.create_node("requery_peer", context=ros_context, namespace=bridge.get_namespace())
+    pub = peer.create_publisher(M.ActionChunk, "action_chunk", 10)
+    executor = SingleThreadedExecutor(context=ros_context)
+    executor.add_node(bridge)
+    executor.add_node(peer)
+    try:
+        _spin_until(executor, lambda: bridge.pause_ns is not None and pub.get_subscription_count() > 0, "the first pause")
+
+        def send(actions: np.ndarray, requery: bool, requery_after: int | None) -> int:
+            before = bridge.episode.step
+            msg = M.ActionChunk()
+            msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(bridge.now_ns, 1_000_000_000)
+            msg.rows, msg.cols = actions.shape
+            msg.actions = actions.reshape(-1).tolist()
+            msg.requery = requery
+            if requery_after is not None:
+                msg.requery_after = requery_after
+            pub.publish(msg)
+            _spin_until(executor, lambda: bridge.episode.step > before and bridge.pause_ns is not None, "the next pause")
+            return bridge.episode.step - before
+
+        first = chunk(8)
+        assert send(first, True, 2) == 3  # rows 0..2, then a pause for the next query
+        np.testing.assert_array_equal(np.stack(bridge.episode.executed), first[:3])
+        assert bridge.requeries == 1
+        assert send(chunk(8, 1.0), False, None) == 8  # no re-query: the whole chunk
+        assert send(chunk(8, 2.0), True, 7) == 8  # a switch after the last row cuts nothing
+        assert send(chunk(8, 3.0), True, None) == 8  # requery without a row (-1): the whole chunk
+        assert bridge.requeries == 1
+        np.testing.assert_array_equal(np.stack(sim.actions[P.WAIT_STEPS:]), np.stack(bridge.episode.executed))
+    finally:
+        bridge.stop()
+        executor.shutdown(timeout_sec=5)
+        peer.destroy_node()
+        bridge.destroy_node()
+
+
+def test_requery_rows_rule():
+    from specprune_ros.core.controller import requery_rows
+
+    assert requery_rows(True, 2, 8) == 3
+    assert requery_rows(True, 0, 8) == 1
+    assert requery_rows(True, 7, 8) is None  # after the last row: nothing to cut
+    assert requery_rows(True, None, 8) is None
+    assert requery_rows(False, 2, 8) is None
+    assert requery_rows(True, -1, 8) is None
