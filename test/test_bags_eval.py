@@ -280,3 +280,22 @@ def test_new_instruction_resets_the_policies(tmp_path):
         assert texts[0] == spec.instruction and texts[-1] == "now stack the cubes"
         switch = texts.index("now stack the cubes")
         assert all(t == spec.instruction for t in texts[:switch])
+
+
+def test_inputs_come_from_the_node_config_derivation(monkeypatch):
+    """The evaluator takes the synchronizer and proprio settings from NodeConfig.sync_config() /
+    proprio_config(), the functions the node's configure step uses, not from a copy of their rules."""
+    from specprune_ros.bags.evaluate import inputs_from_node_config
+    from specprune_ros.core.proprio import ProprioConfig
+    from specprune_ros.core.sync import SyncConfig
+    from specprune_ros.ros.parameters import NodeConfig, configs_from_values
+
+    node_cfg, _ = configs_from_values({"max_age": 0.7, "proprio_sources": ["joint_positions"], "proprio_joints": ["a"]})
+    inputs = inputs_from_node_config(node_cfg)
+    assert inputs.sync == node_cfg.sync_config() and inputs.proprio == node_cfg.proprio_config()
+    marker_sync = SyncConfig(views=("primary", "wrist"), max_age=4.25, require_joint_states=False)
+    marker_proprio = ProprioConfig(sources=("joint_velocities",), joints=("b",))
+    monkeypatch.setattr(NodeConfig, "sync_config", lambda self: marker_sync)
+    monkeypatch.setattr(NodeConfig, "proprio_config", lambda self: marker_proprio)
+    inputs = inputs_from_node_config(node_cfg)
+    assert inputs.sync is marker_sync and inputs.proprio is marker_proprio

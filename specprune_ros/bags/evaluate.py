@@ -85,7 +85,7 @@ class RunRecord:
 
 
 def inputs_from_node_config(node_cfg, camera_topics: dict[str, str] | None = None) -> EvalInputs:
-    """The node's input wiring and synchronizer settings (same derivation as the node's configure step)."""
+    """The node's input wiring and synchronizer settings, from the functions the node's configure step uses."""
     from ..ros.parameters import NODE_NAME
 
     views = tuple(node_cfg.camera_views)
@@ -95,21 +95,9 @@ def inputs_from_node_config(node_cfg, camera_topics: dict[str, str] | None = Non
         if unknown:
             raise ValueError(f"--camera-topics names view(s) {unknown} that are not camera_views {list(views)}")
         topics.update({v: _absolute(t, NODE_NAME) for v, t in camera_topics.items()})
-    proprio = ProprioConfig(
-        sources=tuple(node_cfg.proprio_sources),
-        joints=tuple(node_cfg.proprio_joints),
-        gripper_joints=tuple(node_cfg.gripper_joints),
-        gripper_scales=tuple(node_cfg.gripper_scales),
-        ee_position_offset=tuple(node_cfg.ee_position_offset),
-    )
-    sync = SyncConfig(
-        views=views,
-        max_age=node_cfg.max_age,
-        max_skew=node_cfg.max_skew,
-        frozen_timeout=node_cfg.frozen_timeout,
-        buffer_size=node_cfg.buffer_size,
-        require_joint_states=bool(proprio.sources) or bool(node_cfg.ee_frame),
-    )
+    # the node's own derivation (NodeConfig.proprio_config / sync_config): one source of truth
+    proprio = node_cfg.proprio_config()
+    sync = node_cfg.sync_config()
     return EvalInputs(
         camera_topics=topics,
         joint_states_topic=_absolute(node_cfg.joint_states_topic, NODE_NAME),
