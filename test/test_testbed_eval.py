@@ -107,3 +107,15 @@ def test_evaluate_end_to_end_writes_json_and_plot(tiny_checkpoint, tmp_path, cap
     assert (tmp_path / "results.png").stat().st_size > 10_000
     assert ev.main([f"--checkpoint={tmp_path / 'missing'}", "--episodes=1", "--variants=off", "--no-progress"]) == 2
     assert "missing" in capsys.readouterr().err
+
+
+def test_open_loop_fidelity_zero_for_the_expert_and_off_against_itself():
+    class Replay(MirrorExpertPolicy):
+        pass
+
+    out = ev.open_loop_fidelity({"off": MirrorExpertPolicy(31), "copy": Replay(31)}, [31])
+    # equal to the labels except past the episode's end (the mirror pads with zeros, labels repeat the last)
+    assert out["off"]["l1_to_expert"] < 0.01
+    assert out["copy"]["l1_to_off"] == pytest.approx(0.0, abs=1e-12) and out["copy"]["queries"] > 5
+    fake = ev.open_loop_fidelity({"off": MirrorExpertPolicy(31), "fake": FakePolicy()}, [31])
+    assert fake["fake"]["l1_to_off"] > 0.05

@@ -70,6 +70,8 @@ class EvalConfig:
         first_seed: first task seed.
         max_steps: control steps before an episode counts as failed.
         measured_speed: pass the measured end-effector speed (from the joint velocities) to the controller.
+        open_loop_seeds: expert trajectories (seeds first_seed + 50000 ...) on which every variant's actions are
+            compared with the expert's labels and with ``off`` (see :func:`open_loop_fidelity`); 0 = skip.
         threads: torch CPU threads.
     """
 
@@ -79,6 +81,7 @@ class EvalConfig:
     first_seed: int = 0
     max_steps: int = 240
     measured_speed: bool = False
+    open_loop_seeds: int = 0
     threads: int = 1
 
     def __post_init__(self) -> None:
@@ -88,8 +91,10 @@ class EvalConfig:
             pruning_for(v)
         if len(set(self.variants)) != len(self.variants):
             raise ValueError(f"variants repeat: {list(self.variants)}")
-        if self.episodes < 1:
-            raise ValueError(f"episodes={self.episodes} must be >= 1")
+        if self.episodes < 0 or (self.episodes == 0 and self.open_loop_seeds == 0):
+            raise ValueError(f"episodes={self.episodes} must be >= 1 (or 0 with open_loop_seeds > 0)")
+        if self.open_loop_seeds < 0:
+            raise ValueError(f"open_loop_seeds={self.open_loop_seeds} must be >= 0")
         if self.first_seed < 0:
             raise ValueError(f"first_seed={self.first_seed} must be >= 0")
         if self.max_steps < 1:
@@ -151,6 +156,54 @@ def run_episode(policy: Policy, seed: int, task_config: TaskConfig = TaskConfig(
         })
     return {"seed": seed, "instruction": task.instruction, "success": bool(task.success), "steps": int(task.state.step),
             "error": error, "queries": queries}
+
+
+def open_loop_fidelity(policies: dict[str, Policy], seeds: list[int], task_config: TaskConfig = TaskConfig(),
+                       chunk_len: int = 8) -> dict[str, dict]:
+    """Action error of each policy on the expert's own trajectories (no closed loop).
+
+    Every ``chunk_len`` steps of an expert rollout each policy gets the same observation (with the expert's
+    executed actions since the previous query); reported per variant: mean |a - expert label| over the chunk
+    (all dimensions and translation only) and mean |a - a_off| against the unpruned variant ``off`` if present.
+    Meaningful even when closed-loop success is low: it isolates what pruning changes in the actions.
+    """
+    from .expert import expert_action
+
+    errs: dict[str, list[np.ndarray]] = {v: [] for v in policies}
+    diffs: dict[str, list[np.ndarray]] = {v: [] for v in policies}
+    for seed in seeds:
+        task = TabletopTask(seed, task_config)
+        labels = []
+        sim = TabletopTask(seed, task_config)
+        while not sim.done:  # the expert's whole trajectory, to know the labels ahead of time
+            a = expert_action(sim)
+            sim.step(a)
+            labels.append(a)
+        labels = np.array(labels)  # (T, 7)
+        for pol in policies.values():
+            pol.reset()
+        executed = None
+        for t in range(0, len(labels), chunk_len):
+            obs = Observation(images=task.render(), proprio=task.proprio(), instruction=task.instruction,
+                              stamp=t * task_config.control_dt, executed_actions=executed)
+            idx = np.minimum(np.arange(t, t + chunk_len), len(labels) - 1)
+            outs = {v: pol.infer(obs).actions for v, pol in policies.items()}
+            for v, a in outs.items():
+                errs[v].append(np.abs(a - labels[idx]).mean(axis=0))  # (7,)
+                if "off" in outs:
+                    diffs[v].append(np.abs(a - outs["off"]).mean(axis=0))
+            executed = labels[t:t + chunk_len]
+            for a in executed:
+                task.step(a)
+    out = {}
+    for v in policies:
+        e = np.mean(errs[v], axis=0)
+        out[v] = {"l1_to_expert": float(e.mean()), "l1_to_expert_xyz": float(e[:3].mean()),
+                  "l1_to_expert_per_dim": e.tolist(), "queries": len(errs[v])}
+        if diffs[v]:
+            d = np.mean(diffs[v], axis=0)
+            out[v].update({"l1_to_off": float(d.mean()), "l1_to_off_xyz": float(d[:3].mean())})
+    return out
 
 
 def summarize(variant: str, episodes: list[dict]) -> dict:
@@ -248,7 +301,7 @@ def evaluate(cfg: EvalConfig, out_dir: str | Path | None = None, progress: bool 
 
         bar = tqdm(total=len(cfg.variants) * len(seeds), desc="episodes", unit="ep")
     t0 = time.perf_counter()
-    for variant in cfg.variants:
+    for variant in cfg.variants if seeds else ():
         base = variant.removesuffix(NO_CONTROLLER)
         policy = build_policy(PolicyConfig(checkpoint=cfg.checkpoint, preset=base), pruning_for(variant))
         eps = []
@@ -261,12 +314,18 @@ def evaluate(cfg: EvalConfig, out_dir: str | Path | None = None, progress: bool 
         results["summary"].append(summarize(variant, eps))
     if bar is not None:
         bar.close()
+    if cfg.open_loop_seeds:
+        policies = {v: build_policy(PolicyConfig(checkpoint=cfg.checkpoint, preset=v.removesuffix(NO_CONTROLLER)),
+                                    pruning_for(v)) for v in cfg.variants}
+        ol_seeds = list(range(cfg.first_seed + 50_000, cfg.first_seed + 50_000 + cfg.open_loop_seeds))
+        results["open_loop"] = open_loop_fidelity(policies, ol_seeds, task_config)
     results["wall_s"] = time.perf_counter() - t0
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.json").write_text(json.dumps(results, indent=1))
-        plot(results, out / "results.png")
+        if results["summary"]:
+            plot(results, out / "results.png")
     return results
 
 
@@ -279,6 +338,11 @@ def table(results: dict) -> str:
             f"| {s['variant']} | {100 * s['success_rate']:.0f} ({100 * s['wilson95'][0]:.0f}-{100 * s['wilson95'][1]:.0f}) "
             f"| {s['mean_steps']:.0f} | {s['latency_ms']['mean']:.1f} | {kept} | {s['mean_seq_len']:.0f} "
             f"| {100 * s['fine_fraction']:.0f} |")
+    if results.get("open_loop"):
+        lines += ["", "| variant | open-loop L1 to expert (xyz) | L1 to off (xyz) |", "|---|---|---|"]
+        for v, o in results["open_loop"].items():
+            lines.append(f"| {v} | {o['l1_to_expert']:.3f} ({o['l1_to_expert_xyz']:.3f}) "
+                         f"| {o.get('l1_to_off', float('nan')):.3f} ({o.get('l1_to_off_xyz', float('nan')):.3f}) |")
     return "\n".join(lines)
 
 
@@ -298,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--first-seed", type=int, default=d.first_seed, help="first task seed (default 0)")
     p.add_argument("--max-steps", type=int, default=d.max_steps, help=f"step limit per episode (default {d.max_steps})")
     p.add_argument("--measured-speed", action="store_true", help="pass the measured EE speed to the controller")
+    p.add_argument("--open-loop-seeds", type=int, default=0,
+                   help="also compare every variant's actions with the expert's on this many expert trajectories")
     p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (default 1)")
     p.add_argument("--out", default="testbed_eval", help="output directory (default testbed_eval)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
@@ -306,7 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = EvalConfig(checkpoint=args.checkpoint, variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()),
                          episodes=args.episodes, first_seed=args.first_seed, max_steps=args.max_steps,
-                         measured_speed=args.measured_speed, threads=args.threads)
+                         measured_speed=args.measured_speed, open_loop_seeds=args.open_loop_seeds,
+                         threads=args.threads)
         res = evaluate(cfg, args.out, progress=not args.no_progress)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
