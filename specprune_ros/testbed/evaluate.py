@@ -24,13 +24,18 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.config import PolicyConfig
+from ..core.config import PolicyConfig, PreprocessConfig
 from ..core.presets import PRESETS, ControllerConfig, PruningConfig
 from ..core.types import MODE_FINE, InputError, Observation, Policy
 from .task import TabletopTask, TaskConfig
 
 NO_CONTROLLER = "+nocontroller"
 DEFAULT_VARIANTS = ("off", "conservative", "paper", "aggressive", "static-only", "paper+nocontroller")
+
+
+def _mean_or_none(values) -> float | None:
+    vals = [v for v in values if v is not None]
+    return float(np.mean(vals)) if vals else None
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -72,6 +77,7 @@ class EvalConfig:
         measured_speed: pass the measured end-effector speed (from the joint velocities) to the controller.
         open_loop_seeds: expert trajectories (seeds first_seed + 50000 ...) on which every variant's actions are
             compared with the expert's labels and with ``off`` (see :func:`open_loop_fidelity`); 0 = skip.
+        overlay_episodes: save kept-token overlays (PNG) of the first queries of this many episodes per variant.
         threads: torch CPU threads.
     """
 
@@ -82,6 +88,7 @@ class EvalConfig:
     max_steps: int = 240
     measured_speed: bool = False
     open_loop_seeds: int = 0
+    overlay_episodes: int = 0
     threads: int = 1
 
     def __post_init__(self) -> None:
@@ -112,8 +119,25 @@ def _requery_row(policy: Policy, chunk) -> int | None:
     return int(row) if row is not None else None
 
 
-def run_episode(policy: Policy, seed: int, task_config: TaskConfig = TaskConfig(), measured_speed: bool = False) -> dict:
-    """One closed-loop episode; returns its record (success, steps, per-query statistics)."""
+def named_kept_fraction(task: TabletopTask, kept_patches: dict[str, list[int]],
+                        preprocess: PreprocessConfig = PreprocessConfig()) -> dict[str, float | None]:
+    """Per view: fraction of the patches showing the named object that survived static pruning (None if none)."""
+    from .train import patch_labels
+
+    out: dict[str, float | None] = {}
+    for view, kept in kept_patches.items():
+        named = np.flatnonzero(patch_labels(task, view, preprocess) == 1)
+        out[view] = float(np.isin(named, kept).mean()) if len(named) else None
+    return out
+
+
+def run_episode(policy: Policy, seed: int, task_config: TaskConfig = TaskConfig(), measured_speed: bool = False,
+                overlay_dir: Path | None = None, overlay_queries: int = 0) -> dict:
+    """One closed-loop episode; returns its record (success, steps, per-query statistics).
+
+    With ``overlay_dir``, the first ``overlay_queries`` queries are saved as PNGs: both views with the pruned
+    patches dimmed and the named object's patches outlined (red: pruned, green: kept).
+    """
     task = TabletopTask(seed, task_config)
     policy.reset()
     executed: np.ndarray | None = None
@@ -132,6 +156,9 @@ def run_episode(policy: Policy, seed: int, task_config: TaskConfig = TaskConfig(
             error = f"policy refused the observation: {err}"
             break
         st = chunk.stats
+        named = named_kept_fraction(task, st.kept_patches) if st.kept_patches else {}
+        if overlay_dir is not None and len(queries) < overlay_queries and st.kept_patches:
+            _save_overlay(task, obs, st, Path(overlay_dir) / f"seed{seed}_q{len(queries):02d}_{st.mode}.png")
         row = _requery_row(policy, chunk)
         n_rows = len(chunk.actions) if row is None else row + 1
         done_rows = []
@@ -153,6 +180,7 @@ def run_episode(policy: Policy, seed: int, task_config: TaskConfig = TaskConfig(
             "mean_seq_len": float(np.mean(st.tokens_per_layer)) if st.tokens_per_layer else float("nan"),
             "total_tokens": int(st.total_tokens),
             "requery": bool(row is not None),
+            "named_kept": named,
         })
     return {"seed": seed, "instruction": task.instruction, "success": bool(task.success), "steps": int(task.state.step),
             "error": error, "queries": queries}
@@ -206,6 +234,28 @@ def open_loop_fidelity(policies: dict[str, Policy], seeds: list[int], task_confi
     return out
 
 
+def _save_overlay(task: TabletopTask, obs: Observation, stats, path: Path) -> None:
+    import cv2
+
+    from ..core.images import dim_pruned_patches
+    from ..core.preprocess import policy_frame
+    from .train import patch_labels
+
+    pre = PreprocessConfig()
+    tiles = []
+    for view in ("primary", "wrist"):
+        frame = policy_frame(np.asarray(obs.images[view]), pre)  # what the towers saw, (224, 224, 3)
+        kept = stats.kept_patches.get(view, list(range(256)))
+        img = dim_pruned_patches(frame, kept).copy()
+        for idx in np.flatnonzero(patch_labels(task, view, pre) == 1):
+            r, c = divmod(int(idx), 16)
+            color = (0, 200, 0) if idx in set(kept) else (230, 0, 0)
+            cv2.rectangle(img, (c * 14, r * 14), (c * 14 + 13, r * 14 + 13), color, 1)
+        tiles.append(img)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), cv2.cvtColor(np.concatenate(tiles, axis=1), cv2.COLOR_RGB2BGR))
+
+
 def summarize(variant: str, episodes: list[dict]) -> dict:
     n = len(episodes)
     k = sum(e["success"] for e in episodes)
@@ -230,6 +280,7 @@ def summarize(variant: str, episodes: list[dict]) -> dict:
         "total_tokens": int(q[0]["total_tokens"]) if q else None,
         "fine_fraction": float(np.mean([x["mode"] == MODE_FINE for x in q])) if q else 0.0,
         "requeries": int(sum(x["requery"] for x in q)),
+        "named_kept": {v: _mean_or_none([x["named_kept"].get(v) for x in q]) for v in views},
         "errors": [e["error"] for e in episodes if e["error"]],
     }
 
@@ -305,8 +356,9 @@ def evaluate(cfg: EvalConfig, out_dir: str | Path | None = None, progress: bool 
         base = variant.removesuffix(NO_CONTROLLER)
         policy = build_policy(PolicyConfig(checkpoint=cfg.checkpoint, preset=base), pruning_for(variant))
         eps = []
-        for seed in seeds:
-            eps.append(run_episode(policy, seed, task_config, cfg.measured_speed))
+        for k, seed in enumerate(seeds):
+            overlay = Path(out_dir) / "overlays" / variant if (out_dir is not None and k < cfg.overlay_episodes) else None
+            eps.append(run_episode(policy, seed, task_config, cfg.measured_speed, overlay, overlay_queries=40))
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(variant=variant, success=f"{sum(e['success'] for e in eps)}/{len(eps)}")
@@ -330,13 +382,16 @@ def evaluate(cfg: EvalConfig, out_dir: str | Path | None = None, progress: bool 
 
 
 def table(results: dict) -> str:
-    lines = ["| variant | success % (95% CI) | steps | latency ms | kept primary/wrist | mean seq len | fine % |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| variant | success % (95% CI) | steps | latency ms | kept primary/wrist | named object kept % primary/wrist "
+             "| mean seq len | fine % |",
+             "|---|---|---|---|---|---|---|---|"]
     for s in results["summary"]:
         kept = "/".join(f"{s['kept_per_view'].get(v, float('nan')):.0f}" for v in ("primary", "wrist"))
+        nk = s.get("named_kept", {})
+        named = "/".join("-" if nk.get(v) is None else f"{100 * nk[v]:.0f}" for v in ("primary", "wrist"))
         lines.append(
             f"| {s['variant']} | {100 * s['success_rate']:.0f} ({100 * s['wilson95'][0]:.0f}-{100 * s['wilson95'][1]:.0f}) "
-            f"| {s['mean_steps']:.0f} | {s['latency_ms']['mean']:.1f} | {kept} | {s['mean_seq_len']:.0f} "
+            f"| {s['mean_steps']:.0f} | {s['latency_ms']['mean']:.1f} | {kept} | {named} | {s['mean_seq_len']:.0f} "
             f"| {100 * s['fine_fraction']:.0f} |")
     if results.get("open_loop"):
         lines += ["", "| variant | open-loop L1 to expert (xyz) | L1 to off (xyz) |", "|---|---|---|"]
@@ -362,6 +417,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--first-seed", type=int, default=d.first_seed, help="first task seed (default 0)")
     p.add_argument("--max-steps", type=int, default=d.max_steps, help=f"step limit per episode (default {d.max_steps})")
     p.add_argument("--measured-speed", action="store_true", help="pass the measured EE speed to the controller")
+    p.add_argument("--overlays", type=int, default=0,
+                   help="save kept-token overlays of the first queries of this many episodes per variant (<out>/overlays)")
     p.add_argument("--open-loop-seeds", type=int, default=0,
                    help="also compare every variant's actions with the expert's on this many expert trajectories")
     p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (default 1)")
@@ -373,6 +430,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = EvalConfig(checkpoint=args.checkpoint, variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()),
                          episodes=args.episodes, first_seed=args.first_seed, max_steps=args.max_steps,
                          measured_speed=args.measured_speed, open_loop_seeds=args.open_loop_seeds,
+                         overlay_episodes=args.overlays,
                          threads=args.threads)
         res = evaluate(cfg, args.out, progress=not args.no_progress)
     except (ValueError, FileNotFoundError) as err:
