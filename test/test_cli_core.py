@@ -108,3 +108,13 @@ def test_bench_tiny_json(tmp_path):
     assert r["tokens_per_layer"]["paper"][-1] < r["tokens_total"]
     assert 0 < r["flops_ratio_full"] < 1 and r["tokens_kept_mean"] < 512
     assert out.with_suffix(".png").is_file()
+
+
+def test_demo_policy_stage(tmp_path, capsys, monkeypatch):
+    from specprune_ros.cli import demo
+
+    monkeypatch.setattr(demo, "TESTBED_CHECKPOINT", tmp_path / "absent")  # force the generated tiny default
+    assert demo.main([f"--out={tmp_path / 'out'}", "--skip-ros", "--episodes=0"]) == 0
+    out = capsys.readouterr().out
+    assert "[off] 8x7 actions" in out and "[paper] 8x7 actions" in out and "median latency" in out
+    assert (tmp_path / "out" / "tiny-checkpoint" / "config.json").is_file()
