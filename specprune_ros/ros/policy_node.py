@@ -421,7 +421,10 @@ class PolicyNode(LifecycleNode):
             self._last_gripper = None
             pool, policy = self._pool, self.policy
         self._publish_stop()
-        pool.submit(self._reset_policy, policy)
+        try:
+            pool.submit(self._reset_policy, policy)
+        except RuntimeError:  # the node is being cleaned up: the policy is freed anyway
+            return False
         self.get_logger().info(f"episode reset ({reason})")
         return True
 
