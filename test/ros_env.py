@@ -22,16 +22,16 @@ from __future__ import annotations
 import ctypes
 import importlib
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
+from specprune_ros.rosenv import private_domain_id, ros_child_env
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 INSTALL_PREFIX = REPO_ROOT / "install" / "specprune_ros"
-ENV_SCRIPT = REPO_ROOT / "tools" / "ros_env.sh"
 _BUILD_HINT = (
     "run `make setup` (it builds the messages with colcon into install/), then run the tests with "
     "`make test` or `tools/ros_env.sh .venv/bin/python -m pytest ...`"
@@ -73,7 +73,7 @@ def ensure() -> None:
                 ctypes.CDLL(str(library))
             os.environ["LD_LIBRARY_PATH"] = os.pathsep.join([str(lib), *paths])  # for children
     # rcl reads these when a context is initialized, so setting them here (before rclpy.init) counts.
-    os.environ.setdefault("ROS_DOMAIN_ID", str(os.getpid() % 101 + 1))
+    os.environ.setdefault("ROS_DOMAIN_ID", private_domain_id())
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
 
@@ -90,20 +90,11 @@ def messages():
 def subprocess_env(**extra: str) -> dict[str, str]:
     """Environment for a child process (a node executable, a second Python): ``tools/ros_env.sh``'s.
 
-    The child shares this process's ROS domain. ``extra`` entries are added last.
+    The child shares this process's ROS domain (:func:`specprune_ros.rosenv.ros_child_env`). ``extra``
+    entries are added last.
     """
     ensure()
-    env = dict(os.environ)
-    env.pop("SPECPRUNE_ROS_ISOLATE", None)  # keep ROS_DOMAIN_ID as it is
-    out = subprocess.run(
-        ["bash", str(ENV_SCRIPT), "--print"], env=env, check=True, capture_output=True, text=True
-    ).stdout
-    for line in out.splitlines():
-        key, sep, value = line.partition("=")
-        if sep:
-            env[key] = value
-    env.update(extra)
-    return env
+    return ros_child_env(**extra)
 
 
 @pytest.fixture

@@ -1,7 +1,6 @@
 """Bad bags and bad arguments: one clear line naming the problem, non-zero exit, no traceback."""
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -19,13 +18,6 @@ from specprune_ros.bags.synth import CAMERA_TOPICS, EpisodeSpec, write_episode_b
 
 SPEC = EpisodeSpec(seconds=0.5, fps=10, joint_rate=20, image_size=64)
 BIN = Path(sys.executable).parent
-
-
-def child_env() -> dict[str, str]:
-    """``subprocess_env()`` on this process's ROS domain: under SPECPRUNE_ROS_ISOLATE=1 (``make test``),
-    tools/ros_env.sh would pick another domain for the children."""
-    return subprocess_env(ROS_DOMAIN_ID=os.environ["ROS_DOMAIN_ID"])
-
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +60,7 @@ def test_truncated_or_empty_storage(good, tmp_path, capsys, storage, how):
 def test_corrupt_bag_cli_exit_status(good, tmp_path):
     """The installed command, as a user runs it: exit status 2, one line on stderr, no traceback."""
     bag = damaged(good, "sqlite3", tmp_path, "truncated")
-    proc = subprocess.run([str(BIN / "specprune-replay"), str(bag)], env=child_env(), capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([str(BIN / "specprune-replay"), str(bag)], env=subprocess_env(), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     one_line_error(proc.stderr, "corrupt or truncated")
 

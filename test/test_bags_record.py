@@ -3,7 +3,6 @@ stop on Ctrl-C and on --duration."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -18,13 +17,6 @@ from ros_env import ros_context, subprocess_env  # noqa: F401  (ros_context is a
 from specprune_ros.bags.bagio import Bag
 
 BIN = Path(sys.executable).parent
-
-
-def child_env() -> dict[str, str]:
-    """``subprocess_env()`` on this process's ROS domain: under SPECPRUNE_ROS_ISOLATE=1 (``make test``),
-    tools/ros_env.sh would pick another domain for the children."""
-    return subprocess_env(ROS_DOMAIN_ID=os.environ["ROS_DOMAIN_ID"])
-
 
 
 def test_record_until_ctrl_c(ros_context, tmp_path):
@@ -44,7 +36,7 @@ def test_record_until_ctrl_c(ros_context, tmp_path):
     proc = subprocess.Popen(
         [str(BIN / "specprune-record"), str(out), "--storage=mcap", "--topics", "/rec_test/instruction,/rec_test/joints",
          "--no-progress", "--json"],
-        env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 60
@@ -96,7 +88,7 @@ def test_duration_stop_writes_valid_empty_bag(tmp_path, storage):
     proc = subprocess.run(
         [str(BIN / "specprune-record"), str(out), f"--storage={storage}", "--topics=/nobody/publishes/this",
          "--duration=0.5", "--no-progress", "--json"],
-        env=child_env(), capture_output=True, text=True, timeout=60,
+        env=subprocess_env(), capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)

@@ -3,7 +3,6 @@ remapping, /clock, Ctrl-C; JointState with empty efforts (Fast-CDR bytes from rc
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -31,13 +30,6 @@ from specprune_ros.bags.synth import (
 REPLAY = [str(Path(sys.executable).parent / "specprune-replay")]
 LATCHED = (INSTRUCTION_TOPIC, ROBOT_DESCRIPTION_TOPIC)
 SPEC = EpisodeSpec(seconds=1.0, fps=10.0, joint_rate=20.0, image_size=224)
-
-
-def child_env() -> dict[str, str]:
-    """``subprocess_env()`` on this process's ROS domain: under SPECPRUNE_ROS_ISOLATE=1 (``make test``),
-    tools/ros_env.sh would pick another domain for the children."""
-    return subprocess_env(ROS_DOMAIN_ID=os.environ["ROS_DOMAIN_ID"])
-
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +124,7 @@ def topic_types(path: Path) -> dict[str, str]:
 def run_replay(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
     return subprocess.run(
         [*REPLAY, *args, "--no-progress", "--json"],
-        env=child_env(),
+        env=subprocess_env(),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -233,7 +225,7 @@ def test_clock_follows_bag_time(ros_context, bags):
     proc = subprocess.Popen(
         [*REPLAY, str(path), "--rate=2", "--clock=50", f"--topics={JOINT_STATES_TOPIC}", "--wait-for-subscribers=15",
          "--no-progress"],
-        env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     from rclpy.executors import SingleThreadedExecutor
 
@@ -259,7 +251,7 @@ def test_clock_follows_bag_time(ros_context, bags):
 def test_ctrl_c_stops_cleanly(bags):
     proc = subprocess.Popen(
         [*REPLAY, str(bags["sqlite3"]), "--loop", "--rate=0.5"],
-        env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     chunks: list[str] = []
     reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: proc.stderr.read(1), "")), daemon=True)

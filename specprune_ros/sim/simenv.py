@@ -13,11 +13,9 @@ import os
 import subprocess
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-ENV_SCRIPT = REPO_ROOT / "tools" / "ros_env.sh"
+from ..rosenv import REPO_ROOT, ros_child_env
+
 SETUP_HINT = "run `make sim-setup` (it builds .venv-sim/ with LIBERO; see docs/simulation.md)"
-#: variables that tools/ros_env.sh computes; recomputed for the simulator venv, never inherited
-_ROS_ENV_VARS = ("PYTHONPATH", "LD_LIBRARY_PATH", "AMENT_PREFIX_PATH", "CMAKE_PREFIX_PATH", "VIRTUAL_ENV")
 
 
 def sim_venv() -> Path:
@@ -29,22 +27,12 @@ def sim_python() -> Path:
 
 
 def sim_env(base: dict[str, str] | None = None, **extra: str) -> dict[str, str]:
-    """Environment for a process of the simulator venv, keeping ``base``'s ROS_DOMAIN_ID and discovery range."""
-    env = dict(os.environ if base is None else base)
-    for key in _ROS_ENV_VARS:
-        env.pop(key, None)
-    env.pop("SPECPRUNE_ROS_ISOLATE", None)  # keep the caller's domain: the nodes must see each other
-    env["VENV"] = str(sim_venv())
-    if "ROS_DOMAIN_ID" not in env:
-        env["ROS_DOMAIN_ID"] = str(os.getpid() % 101 + 1)
-    env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    out = subprocess.run(
-        ["bash", str(ENV_SCRIPT), "--print"], env=env, check=True, capture_output=True, text=True
-    ).stdout
-    for line in out.splitlines():
-        key, sep, value = line.partition("=")
-        if sep:
-            env[key] = value
+    """Environment for a process of the simulator venv, keeping ``base``'s ROS_DOMAIN_ID and discovery range.
+
+    :func:`~specprune_ros.rosenv.ros_child_env` computed for :func:`sim_venv` (the caller's Python and
+    library paths belong to another venv and are recomputed), with ``OMP_NUM_THREADS`` defaulting to 1.
+    """
+    env = ros_child_env(base, venv=sim_venv())
     env.setdefault("OMP_NUM_THREADS", "1")
     env.update(extra)
     return env
