@@ -3,8 +3,6 @@ each traceable to a recorded camera frame, and the node's reported skipped-frame
 it did not use, at --rate 1 and --rate 5."""
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -15,6 +13,7 @@ from ros_env import messages, ros_context, subprocess_env  # noqa: F401  (ros_co
 
 from specprune_ros.bags.bagio import Bag
 from specprune_ros.bags.synth import CAMERA_TOPICS, EpisodeSpec, write_episode_bag
+from specprune_ros.rosenv import stop_process
 
 BIN = Path(sys.executable).parent
 NODE = "specprune_policy"
@@ -22,27 +21,10 @@ CHUNKS = f"/{NODE}/action_chunk"
 STATS = f"/{NODE}/inference_stats"
 
 
-def child_env() -> dict[str, str]:
-    """``subprocess_env()`` on this process's ROS domain: under SPECPRUNE_ROS_ISOLATE=1 (``make test``),
-    tools/ros_env.sh would pick another domain for the children."""
-    return subprocess_env(ROS_DOMAIN_ID=os.environ["ROS_DOMAIN_ID"])
-
-
-
 @pytest.fixture(scope="module")
 def episode(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("node_bags")
     return write_episode_bag(root / "ep", EpisodeSpec(seconds=2.0, fps=10, joint_rate=50), storage="mcap", joint_bytes="rclpy")
-
-
-def _stop(proc: subprocess.Popen, timeout: float = 20.0) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _stamp(header) -> float:
@@ -54,7 +36,7 @@ def test_replay_into_node_and_record(ros_context, episode, tmp_path, rate):
     import rclpy
 
     messages()  # the generated messages must be built (fails with a how-to otherwise)
-    env = child_env()
+    env = subprocess_env()
     out = tmp_path / "session"
     node = subprocess.Popen(
         [str(BIN / "policy_node"), "--ros-args", "-p", "fake_policy:=true", "-p", "use_sim_time:=true",
@@ -83,8 +65,8 @@ def test_replay_into_node_and_record(ros_context, episode, tmp_path, rate):
         time.sleep(2.0)  # the clock stopped with the replay: no further inference; let the recorder drain
     finally:
         watcher.destroy_node()
-        _stop(recorder)
-        _stop(node)
+        stop_process(recorder)
+        stop_process(node)
     assert recorder.returncode == 0, recorder.stderr.read()
     node_log = node.stdout.read()
 

@@ -6,6 +6,7 @@ limit, then the reset service. Waits are for events (with a generous cap), never
 """
 from __future__ import annotations
 
+import signal
 import subprocess
 import time
 
@@ -14,6 +15,7 @@ import pytest
 
 from ros_env import messages  # noqa: F401  (sets up the generated messages and a private ROS domain)
 
+from specprune_ros.rosenv import stop_process
 from specprune_ros.sim import simenv
 from specprune_ros.sim.launching import SimLaunchArgs, bridge_command
 
@@ -109,11 +111,7 @@ def bridge(tmp_path_factory):
     finally:
         client.node.destroy_node()
         rclpy.shutdown(context=context)
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc, sig=signal.SIGTERM, timeout=30)
 
 
 def test_publishes_cameras_joints_pose_and_task(bridge):

@@ -6,7 +6,7 @@ simulator environment is missing.
 """
 from __future__ import annotations
 
-import os
+import signal
 import subprocess
 import sys
 import time
@@ -17,6 +17,7 @@ import pytest
 
 from ros_env import messages, ros_context, subprocess_env  # noqa: F401  (ros_context is a fixture)
 
+from specprune_ros.rosenv import stop_process
 from specprune_ros.sim import simenv
 from specprune_ros.sim.launching import (
     LIBERO_PARAMS,
@@ -65,9 +66,7 @@ def _run_loop(tmp_path: Path, ros_context, args: SimLaunchArgs, chunks_wanted: i
             procs.append(
                 subprocess.Popen(
                     policy_command(params, python=sys.executable),
-                    # this process's domain explicitly: under `make test` (SPECPRUNE_ROS_ISOLATE=1) the
-                    # environment script would pick a fresh one for the child
-                    env=subprocess_env(OMP_NUM_THREADS="1", ROS_DOMAIN_ID=os.environ["ROS_DOMAIN_ID"]),
+                    env=subprocess_env(OMP_NUM_THREADS="1"),  # this process's ROS domain
                     stdout=out,
                     stderr=subprocess.STDOUT,
                     cwd=REPO_ROOT,
@@ -83,13 +82,7 @@ def _run_loop(tmp_path: Path, ros_context, args: SimLaunchArgs, chunks_wanted: i
         while len(executed) < statuses[-1].step and time.monotonic() < end:  # other topic, may trail
             executor.spin_once(timeout_sec=0.1)
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_process(*procs, sig=signal.SIGTERM, timeout=30)
         node.destroy_node()
     return chunks, executed, statuses, queries, logs
 

@@ -8,53 +8,24 @@
 4. ``specprune-eval`` runs the unpruned baseline and the preset on the same bag offline and prints the
    speed-up and the action deviation; its report lands in ``<out>/bag_report/index.html``.
 
-The child processes get the environment of ``tools/ros_env.sh`` (rclpy + the generated messages) and a
-ROS domain of their own unless ``ROS_DOMAIN_ID`` is set. This process itself never imports rclpy.
+The child processes get the environment of ``tools/ros_env.sh`` (rclpy + the generated messages; see
+:func:`specprune_ros.rosenv.ros_child_env`) and a ROS domain of their own unless ``ROS_DOMAIN_ID`` is set. This process itself never imports rclpy.
 """
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from ..rosenv import ros_child_env, stop_process
 from .bagio import NS, Bag
 from .synth import CAMERA_TOPICS, write_demo_bag
 
 NODE = "specprune_policy"
 CHUNKS = f"/{NODE}/action_chunk"
 STATS = f"/{NODE}/inference_stats"
-REPO = Path(__file__).resolve().parents[2]
-
-
-def ros_environment() -> dict[str, str]:
-    """Environment for ROS child processes: ``tools/ros_env.sh``'s when this is a source checkout."""
-    env = dict(os.environ)
-    script = REPO / "tools" / "ros_env.sh"
-    if script.is_file():
-        out = subprocess.run(["bash", str(script), "--print"], env=env, check=True, capture_output=True, text=True).stdout
-        for line in out.splitlines():
-            key, sep, value = line.partition("=")
-            if sep:
-                env[key] = value
-    if "ROS_DOMAIN_ID" in os.environ:  # the caller's domain wins over one the script may pick
-        env["ROS_DOMAIN_ID"] = os.environ["ROS_DOMAIN_ID"]
-    env.setdefault("ROS_DOMAIN_ID", str(os.getpid() % 101 + 1))
-    env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    return env
-
-
-def _stop(proc: subprocess.Popen, timeout: float = 20.0) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _sec(header) -> float:
@@ -77,7 +48,7 @@ def run_session(
     deserialized ActionChunk messages (rosbags objects).
     """
     bindir = Path(sys.executable).parent
-    env = ros_environment()
+    env = ros_child_env()
     params = ["-p", "use_sim_time:=true", "-p", f"preset:={preset}", "-p", "diagnostics_period:=0.5"]
     params += ["-p", f"checkpoint:={checkpoint}"] if checkpoint is not None else ["-p", "fake_policy:=true"]
     for p in extra_params:
@@ -102,8 +73,8 @@ def run_session(
         )  # fmt: skip
         time.sleep(1.5)  # /clock stopped with the replay; the last inference finishes and is recorded
     finally:
-        _stop(recorder)
-        _stop(node)
+        stop_process(recorder)
+        stop_process(node)
     node_log = node.stdout.read() if node.stdout else ""
     if replay.returncode != 0:
         raise RuntimeError(f"replay failed: {replay.stderr.strip()}")

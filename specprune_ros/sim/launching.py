@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from ..rosenv import ENV_SCRIPT
 from .protocol import (
     ARM_JOINTS,
     CAMERA_TOPICS,
@@ -92,8 +93,7 @@ def default_sim_python() -> str:
 
 def default_env_script() -> str:
     """``tools/ros_env.sh`` of this repository when present (PyPI wheel setup), else empty (sourced ROS)."""
-    script = REPO_ROOT / "tools" / "ros_env.sh"
-    return str(script) if script.is_file() else ""
+    return str(ENV_SCRIPT) if ENV_SCRIPT.is_file() else ""
 
 
 def _ros_value(value: Any) -> str:

@@ -27,6 +27,7 @@ import importlib.util
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -34,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..rosenv import ENV_SCRIPT, stop_process
 from .protocol import SUITE_MAX_STEPS, TRIALS_PER_TASK, EpisodeResult, ProtocolError, check_suite
 
 RESULTS = "libero_eval.json"
@@ -313,17 +315,6 @@ class _RosRun:
 
         rclpy.try_shutdown(context=self.context)
 
-    @staticmethod
-    def _stop(proc: subprocess.Popen | None) -> None:
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
     def start_policy(self, preset: str) -> None:
         from .launching import SimLaunchArgs, policy_command, write_policy_params
 
@@ -340,7 +331,7 @@ class _RosRun:
         self.policy_log = log.name
 
     def stop_policy(self) -> None:
-        self._stop(self.policy_proc)
+        stop_process(self.policy_proc, sig=signal.SIGTERM, timeout=30)
         self.policy_proc = None
 
     def start_bridge(self, task_id: int, init_state: int) -> None:
@@ -358,7 +349,7 @@ class _RosRun:
         self.episode_index = 0
 
     def stop_bridge(self) -> None:
-        self._stop(self.bridge_proc)
+        stop_process(self.bridge_proc, sig=signal.SIGTERM, timeout=30)
         self.bridge_proc = None
 
     def _check_alive(self) -> None:
@@ -561,11 +552,10 @@ def _ensure_environment(ns: argparse.Namespace, argv: list[str]) -> int | None:
         from specprune_ros.msg import ActionChunk  # noqa: F401
         from std_srvs.srv import Trigger  # noqa: F401
     except ImportError:
-        script = REPO_ROOT / "tools" / "ros_env.sh"
-        if not script.is_file():
+        if not ENV_SCRIPT.is_file():
             raise EvalError("rclpy and the specprune_ros messages are not importable: source your ROS 2 setup") from None
         env = dict(os.environ, VENV=sys.prefix)
-        return _reexec(argv, sys.executable, env, prefix=["bash", str(script)])
+        return _reexec(argv, sys.executable, env, prefix=["bash", str(ENV_SCRIPT)])
     return None
 
 
