@@ -36,33 +36,28 @@ def write_plots(summary: dict, out: Path) -> dict[str, str]:
     files: dict[str, str] = {}
     runs = _runs(summary)
 
-    fig, ax = plt.subplots(figsize=(8, 3.5))
-    for name, run in runs:
-        tl = run["timeline"]
-        ax.plot([p["t"] for p in tl], [p["total_ms"] for p in tl], marker=".", label=name)
-    ax.set_xlabel("bag time (s)")
-    ax.set_ylabel("inference latency (ms)")
-    ax.set_title("Latency per query")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "latency.png", dpi=90)
-    plt.close(fig)
-    files["latency"] = "latency.png"
+    def timeline_plot(key: str, field: str, ylabel: str, title: str, step: bool) -> None:
+        """One line per run of ``timeline[*][field]`` over bag time, saved as ``<key>.png``."""
+        fig, ax = plt.subplots(figsize=(8, 3.5))
+        for name, run in runs:
+            tl = run["timeline"]
+            t, y = [p["t"] for p in tl], [p[field] for p in tl]
+            if step:
+                ax.step(t, y, where="post", label=name)
+            else:
+                ax.plot(t, y, marker=".", label=name)
+        ax.set_xlabel("bag time (s)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / f"{key}.png", dpi=90)
+        plt.close(fig)
+        files[key] = f"{key}.png"
 
-    fig, ax = plt.subplots(figsize=(8, 3.5))
-    for name, run in runs:
-        tl = run["timeline"]
-        ax.step([p["t"] for p in tl], [p["kept_visual"] for p in tl], where="post", label=name)
-    ax.set_xlabel("bag time (s)")
-    ax.set_ylabel("visual tokens kept")
-    ax.set_title("Visual tokens kept after static pruning")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "tokens.png", dpi=90)
-    plt.close(fig)
-    files["tokens"] = "tokens.png"
+    timeline_plot("latency", "total_ms", "inference latency (ms)", "Latency per query", step=False)
+    timeline_plot("tokens", "kept_visual", "visual tokens kept", "Visual tokens kept after static pruning", step=True)
 
     times = [o["t"] for o in summary["observations"]]
     base_actions = summary["actions"].get("baseline", [])
