@@ -24,7 +24,7 @@ from rosbags.rosbag2 import StoragePlugin, Writer, WriterError
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
 from .bagio import BagError, like_ros2_bag_record
-from .rosutil import fail, message_class, normalize_type, offered_to_bag_qos, ros_context, subscription_qos
+from .rosutil import fail, message_class, normalize_type, offered_to_bag_qos, ros_context, split_topics, subscription_qos
 from .synth import CAMERA_TOPICS, INSTRUCTION_TOPIC, JOINT_STATES_TOPIC, ROBOT_DESCRIPTION_TOPIC
 
 PROG = "specprune-record"
@@ -272,13 +272,11 @@ def run(opts: RecordOptions, *, as_json: bool = False) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    topics: list[str] = []
-    for item in args.topics or []:
-        topics += [t.strip() for t in item.split(",") if t.strip()]
+    topics = split_topics(args.topics)
     try:
         opts = RecordOptions(
             out=args.out,
-            topics=tuple(topics) if topics else DEFAULT_TOPICS,
+            topics=topics or DEFAULT_TOPICS,
             storage=args.storage,
             duration=args.duration,
             depth=args.qos_depth,

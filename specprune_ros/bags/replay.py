@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .bagio import NS, Bag, BagError
-from .rosutil import fail, resolve_classes, rclpy_qos, ros_context, unknown_types_error
+from .rosutil import fail, resolve_classes, rclpy_qos, ros_context, split_topics, unknown_types_error
 
 PROG = "specprune-replay"
 #: Topics published transient-local when their recorded QoS is unknown.
@@ -73,13 +73,6 @@ def parse_remap(items: list[str] | None) -> dict[str, str]:
             raise ValueError(f"--remap expects OLD:=NEW (e.g. /camera/image:=/cam0/image), got {item!r}")
         out[old.strip()] = new.strip()
     return out
-
-
-def _split_topics(items: list[str] | None) -> tuple[str, ...]:
-    out: list[str] = []
-    for item in items or []:
-        out += [t for t in item.split(",") if t.strip()]
-    return tuple(t.strip() for t in out)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -349,11 +342,11 @@ def main(argv: list[str] | None = None) -> int:
             rate=args.rate,
             start=args.start,
             duration=args.duration,
-            topics=_split_topics(args.topics),
+            topics=split_topics(args.topics),
             remap=parse_remap(args.remap),
             loop=args.loop,
             clock_hz=args.clock,
-            latched=_split_topics(args.latched),
+            latched=split_topics(args.latched),
             depth=args.qos_depth,
             wait_for_subscribers=args.wait_for_subscribers,
             delay=args.delay,

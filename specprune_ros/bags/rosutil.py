@@ -155,3 +155,9 @@ def fail(prog: str, message: str, code: int = 2) -> int:
     """Print ``prog: error: message`` to stderr (one line) and return ``code``."""
     print(f"{prog}: error: {message}", file=sys.stderr)
     return code
+
+
+def split_topics(items: Sequence[str] | None) -> tuple[str, ...]:
+    """Topic arguments given space and/or comma separated (``--topics /a,/b /c``) -> ``("/a", "/b", "/c")``;
+    blanks are dropped."""
+    return tuple(t.strip() for item in items or () for t in item.split(",") if t.strip())
