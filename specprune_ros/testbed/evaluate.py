@@ -199,6 +199,8 @@ def open_loop_fidelity(policies: dict[str, Policy], seeds: list[int], task_confi
 
     errs: dict[str, list[np.ndarray]] = {v: [] for v in policies}
     diffs: dict[str, list[np.ndarray]] = {v: [] for v in policies}
+    named: dict[str, list[dict]] = {v: [] for v in policies}
+    kept: dict[str, list[dict]] = {v: [] for v in policies}
     for seed in seeds:
         task = TabletopTask(seed, task_config)
         labels = []
@@ -215,7 +217,12 @@ def open_loop_fidelity(policies: dict[str, Policy], seeds: list[int], task_confi
             obs = Observation(images=task.render(), proprio=task.proprio(), instruction=task.instruction,
                               stamp=t * task_config.control_dt, executed_actions=executed)
             idx = np.minimum(np.arange(t, t + chunk_len), len(labels) - 1)
-            outs = {v: pol.infer(obs).actions for v, pol in policies.items()}
+            chunks = {v: pol.infer(obs) for v, pol in policies.items()}
+            outs = {v: c.actions for v, c in chunks.items()}
+            for v, c in chunks.items():
+                if c.stats.kept_patches:
+                    named[v].append(named_kept_fraction(task, c.stats.kept_patches))
+                kept[v].append(dict(c.stats.kept_per_view))
             for v, a in outs.items():
                 errs[v].append(np.abs(a - labels[idx]).mean(axis=0))  # (7,)
                 if "off" in outs:
@@ -226,8 +233,11 @@ def open_loop_fidelity(policies: dict[str, Policy], seeds: list[int], task_confi
     out = {}
     for v in policies:
         e = np.mean(errs[v], axis=0)
+        views = sorted({k for d in kept[v] for k in d})
         out[v] = {"l1_to_expert": float(e.mean()), "l1_to_expert_xyz": float(e[:3].mean()),
-                  "l1_to_expert_per_dim": e.tolist(), "queries": len(errs[v])}
+                  "l1_to_expert_per_dim": e.tolist(), "queries": len(errs[v]),
+                  "kept_per_view": {k: float(np.mean([d[k] for d in kept[v]])) for k in views},
+                  "named_kept": {k: _mean_or_none([d.get(k) for d in named[v]]) for k in views}}
         if diffs[v]:
             d = np.mean(diffs[v], axis=0)
             out[v].update({"l1_to_off": float(d.mean()), "l1_to_off_xyz": float(d[:3].mean())})
@@ -394,10 +404,15 @@ def table(results: dict) -> str:
             f"| {s['mean_steps']:.0f} | {s['latency_ms']['mean']:.1f} | {kept} | {named} | {s['mean_seq_len']:.0f} "
             f"| {100 * s['fine_fraction']:.0f} |")
     if results.get("open_loop"):
-        lines += ["", "| variant | open-loop L1 to expert (xyz) | L1 to off (xyz) |", "|---|---|---|"]
+        lines += ["", "| variant | open-loop L1 to expert (xyz) | L1 to off (xyz) | kept primary/wrist "
+                      "| named object kept % primary/wrist |", "|---|---|---|---|---|"]
         for v, o in results["open_loop"].items():
+            kp = "/".join(f"{o['kept_per_view'].get(w, float('nan')):.0f}" for w in ("primary", "wrist"))
+            nk = "/".join("-" if o["named_kept"].get(w) is None else f"{100 * o['named_kept'][w]:.0f}"
+                          for w in ("primary", "wrist"))
             lines.append(f"| {v} | {o['l1_to_expert']:.3f} ({o['l1_to_expert_xyz']:.3f}) "
-                         f"| {o.get('l1_to_off', float('nan')):.3f} ({o.get('l1_to_off_xyz', float('nan')):.3f}) |")
+                         f"| {o.get('l1_to_off', float('nan')):.3f} ({o.get('l1_to_off_xyz', float('nan')):.3f}) "
+                         f"| {kp} | {nk} |")
     return "\n".join(lines)
 
 
@@ -440,7 +455,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(res["summary"], indent=1))
     else:
         print(table(res))
-        print(f"wrote {Path(args.out) / 'results.json'} and {Path(args.out) / 'results.png'}")
+        written = [Path(args.out) / "results.json"] + ([Path(args.out) / "results.png"] if res["summary"] else [])
+        print("wrote " + " and ".join(str(w) for w in written))
     return 0
 
 
