@@ -11,7 +11,7 @@ from specprune_ros.core.config import PolicyConfig
 from specprune_ros.core.policy import build_policy, normalize_proprio, unnormalize_actions
 from specprune_ros.core.preprocess import normalize, policy_frame
 from specprune_ros.core.config import PreprocessConfig
-from specprune_ros.core.prompt import SPACE_TOKEN_ID, PromptTokenizer
+from specprune_ros.core.prompt import SPACE_TOKEN_ID, PromptTokenizer, make_tiny_tokenizer_files
 from specprune_ros.core.types import Observation
 from specprune_ros.testbed import train as tr
 from specprune_ros.testbed.data import dataset_statistics, generate
@@ -24,7 +24,7 @@ TINY = dict(episodes=3, val_episodes=1, batch_size=2, vit_dim=16, vit_depth=2, v
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory) -> PromptTokenizer:
     d = tmp_path_factory.mktemp("tok")
-    for name, text in tr.make_word_tokenizer_files(tr.task_words()).items():
+    for name, text in make_tiny_tokenizer_files(tr.task_words(), vocab_size=tr.VOCAB).items():
         (d / name).write_text(text)
     return PromptTokenizer(d / "tokenizer.json")
 

@@ -34,12 +34,8 @@ SIZES: dict[str, dict] = {
 }
 
 
-def checkpoint_config(size: str = "tiny") -> dict:
-    """config.json contents for a model of ``size`` (full = the released 7B architecture)."""
-    if size not in SIZES:
-        raise ValueError(f"unknown model size {size!r}; choose one of {sorted(SIZES)}")
-    s = SIZES[size]
-    text = {"model_type": "llama", "vocab_size": VOCAB + 64, "pad_token_id": VOCAB, **s["text"]}
+def make_checkpoint_config(timm_overrides: list[dict] | None, text: dict, chunk_len: int | None = None) -> dict:
+    """config.json contents in the released layout for the given tower overrides and Llama dimensions."""
     cfg = {
         "model_type": "openvla",
         "vision_backbone_id": "dinosiglip-vit-so-224px",
@@ -55,11 +51,20 @@ def checkpoint_config(size: str = "tiny") -> dict:
         "pad_to_multiple_of": 64,
         "n_action_bins": 256,
         "norm_stats": {},
-        "text_config": text,
+        "text_config": {"model_type": "llama", "vocab_size": VOCAB + 64, "pad_token_id": VOCAB, **text},
     }
-    if s["timm_overrides"] is not None:
-        cfg["timm_overrides"] = s["timm_overrides"]
+    if timm_overrides is not None:
+        cfg["timm_overrides"] = timm_overrides
+    if chunk_len is not None:
+        cfg["num_actions_chunk"] = chunk_len
     return cfg
+
+
+def checkpoint_config(size: str = "tiny") -> dict:
+    """config.json contents for a model of ``size`` (full = the released 7B architecture)."""
+    if size not in SIZES:
+        raise ValueError(f"unknown model size {size!r}; choose one of {sorted(SIZES)}")
+    return make_checkpoint_config(SIZES[size]["timm_overrides"], SIZES[size]["text"])
 
 
 def tiny_statistics(action_dim: int = 7, proprio_dim: int = 8) -> dict:

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.config import PolicyConfig, PreprocessConfig
+from ..core.controller import requery_rows
 from ..core.presets import PRESETS, ControllerConfig, PruningConfig
 from ..core.types import MODE_FINE, InputError, Observation, Policy
 from .task import TabletopTask, TaskConfig
@@ -110,15 +111,6 @@ class EvalConfig:
             raise ValueError(f"threads={self.threads} must be >= 1")
 
 
-def _requery_row(policy: Policy, chunk) -> int | None:
-    """Row after which the controller wants a re-query (``None``: execute the whole chunk)."""
-    if not chunk.stats.requery:
-        return None
-    record = getattr(getattr(policy, "pruner", None), "record", None)
-    row = getattr(record, "requery_after", None)
-    return int(row) if row is not None else None
-
-
 def named_kept_fraction(task: TabletopTask, kept_patches: dict[str, list[int]],
                         preprocess: PreprocessConfig = PreprocessConfig()) -> dict[str, float | None]:
     """Per view: fraction of the patches showing the named object that survived static pruning (None if none)."""
@@ -159,8 +151,8 @@ def run_episode(policy: Policy, seed: int, task_config: TaskConfig = TaskConfig(
         named = named_kept_fraction(task, st.kept_patches) if st.kept_patches else {}
         if overlay_dir is not None and len(queries) < overlay_queries and st.kept_patches:
             _save_overlay(task, obs, st, Path(overlay_dir) / f"seed{seed}_q{len(queries):02d}_{st.mode}.png")
-        row = _requery_row(policy, chunk)
-        n_rows = len(chunk.actions) if row is None else row + 1
+        cut = requery_rows(st.requery, st.requery_after, len(chunk.actions))
+        n_rows = len(chunk.actions) if cut is None else cut
         done_rows = []
         try:
             for a in chunk.actions[:n_rows]:
@@ -179,7 +171,7 @@ def run_episode(policy: Policy, seed: int, task_config: TaskConfig = TaskConfig(
             "kept": {k: int(v) for k, v in st.kept_per_view.items()},
             "mean_seq_len": float(np.mean(st.tokens_per_layer)) if st.tokens_per_layer else float("nan"),
             "total_tokens": int(st.total_tokens),
-            "requery": bool(row is not None),
+            "requery": bool(cut is not None),
             "named_kept": named,
         })
     return {"seed": seed, "instruction": task.instruction, "success": bool(task.success), "steps": int(task.state.step),

@@ -29,21 +29,18 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from tokenizers import Tokenizer, decoders, models, normalizers
 
 from ..core.checkpoint import write_checkpoint
 from ..core.config import PreprocessConfig
 from ..core.model import ModelSpec, OFTModel
 from ..core.policy import normalize_proprio
 from ..core.preprocess import normalize, policy_frame
-from ..core.prompt import PROMPT_TEMPLATE, SPACE_TOKEN_ID, PromptTokenizer
+from ..core.prompt import PROMPT_TEMPLATE, PromptTokenizer, make_tiny_tokenizer_files
+from ..core.tiny import VOCAB, make_checkpoint_config
 from .data import CHUNK_LEN, Episode, dataset_statistics, generate
 from .task import OBJECT_COLORS, PLATE_COLORS, SHAPES, TEMPLATES, VIEWS, TabletopTask, TaskConfig
 
 UNNORM_KEY = "testbed"
-DINO_ID = "vit_large_patch14_reg4_dinov2.lvd142m"
-SIGLIP_ID = "vit_so400m_patch14_siglip_224"
-VOCAB = 32000
 #: resumable state and scratch files live in <out_dir>/WORK_DIR (not part of the checkpoint)
 WORK_DIR = "train_work"
 STATE_FILE = "train_state.pt"
@@ -129,96 +126,14 @@ def task_words() -> list[str]:
     return words
 
 
-def make_word_tokenizer_files(words: list[str], vocab_size: int = VOCAB) -> dict[str, str]:
-    """A Llama-2-shaped BPE tokenizer whose merges turn each of ``words`` into one token.
-
-    Ids 0/1/2 = <unk>/<s>/</s>, 3..258 byte fallback, then printable ASCII characters, then the merged
-    word pieces; "▁" (29871) and <PAD> (= vocab_size) as in Llama-2. Words are merged with and without the
-    leading "▁" (the normalizer turns spaces into "▁" and prepends one) by left-to-right extension merges
-    (``("▁re", "d") -> "▁red"``), so merges never compete across word boundaries.
-    """
-    vocab: dict[str, int] = {"▁": SPACE_TOKEN_ID}
-    next_id = 0
-
-    def add(token: str) -> None:
-        nonlocal next_id
-        if token in vocab:
-            return
-        if next_id == SPACE_TOKEN_ID:
-            next_id += 1
-        if next_id >= vocab_size:
-            raise ValueError(f"{len(vocab)} tokens do not fit a vocabulary of {vocab_size}")
-        vocab[token] = next_id
-        next_id += 1
-
-    for token in ("<unk>", "<s>", "</s>", *(f"<0x{b:02X}>" for b in range(256)), *(chr(c) for c in range(33, 127))):
-        add(token)
-    merges: list[tuple[str, str]] = []
-    by_len: dict[int, list[tuple[str, str]]] = {}
-    seen: set[tuple[str, str]] = set()
-    # every word follows a "▁" except the "Out:" after the prompt's newline
-    pieces = {"▁" + w for w in words} | {w for w in words if w == "Out:"}
-    for piece in sorted(pieces, key=lambda x: (len(x), x)):
-        for k in range(2, len(piece) + 1):
-            pair = (piece[: k - 1], piece[k - 1])
-            if pair not in seen:
-                seen.add(pair)
-                by_len.setdefault(k, []).append(pair)
-    for k in sorted(by_len):
-        for left, right in by_len[k]:
-            merges.append((left, right))
-            add(left + right)
-    filler = 0
-    while next_id < vocab_size:
-        add(f"<unused{filler}>")
-        filler += 1
-    bpe = models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True)
-    tok = Tokenizer(bpe)
-    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
-    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
-                                     decoders.Strip(" ", 1, 0)])
-    tok.add_special_tokens(["<unk>", "<s>", "</s>"])
-    tok.add_special_tokens(["<PAD>"])
-    if tok.token_to_id("<PAD>") != vocab_size or tok.token_to_id("▁") != SPACE_TOKEN_ID:
-        raise RuntimeError("tokenizer ids do not follow the Llama-2 layout")
-    special = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<PAD>"}
-    return {
-        "tokenizer.json": tok.to_str(),
-        "tokenizer_config.json": json.dumps({**special, "add_bos_token": True, "add_eos_token": False}),
-        "special_tokens_map.json": json.dumps(special),
-        "added_tokens.json": json.dumps({"<PAD>": vocab_size}),
-    }
-
-
 def checkpoint_config(cfg: TrainConfig) -> dict:
     """config.json of the trained model (released layout + ``timm_overrides``)."""
-    return {
-        "model_type": "openvla",
-        "vision_backbone_id": "dinosiglip-vit-so-224px",
-        "llm_backbone_id": "llama2-7b-pure",
-        "arch_specifier": "no-align+fused-gelu-mlp",
-        "use_fused_vision_backbone": True,
-        "timm_model_ids": [DINO_ID, SIGLIP_ID],
-        "timm_override_act_layers": [None, None],
-        "timm_overrides": [
-            {"embed_dim": cfg.vit_dim, "depth": cfg.vit_depth, "num_heads": cfg.vit_heads},
-            {"embed_dim": cfg.vit_dim, "depth": cfg.vit_depth, "num_heads": cfg.vit_heads},
-        ],
-        "image_sizes": [224, 224],
-        "image_resize_strategy": "resize-naive",
-        "llm_max_length": 2048,
-        "pad_token_id": VOCAB,
-        "pad_to_multiple_of": 64,
-        "n_action_bins": 256,
-        "norm_stats": {},
-        "num_actions_chunk": CHUNK_LEN,
-        "text_config": {
-            "model_type": "llama", "vocab_size": VOCAB + 64, "pad_token_id": VOCAB,
-            "hidden_size": cfg.llm_hidden, "intermediate_size": cfg.llm_intermediate,
-            "num_hidden_layers": cfg.llm_layers, "num_attention_heads": cfg.llm_heads,
-            "num_key_value_heads": cfg.llm_heads,
-        },
+    tower = {"embed_dim": cfg.vit_dim, "depth": cfg.vit_depth, "num_heads": cfg.vit_heads}
+    text = {
+        "hidden_size": cfg.llm_hidden, "intermediate_size": cfg.llm_intermediate, "num_hidden_layers": cfg.llm_layers,
+        "num_attention_heads": cfg.llm_heads, "num_key_value_heads": cfg.llm_heads,
     }
+    return make_checkpoint_config([tower, dict(tower)], text, chunk_len=CHUNK_LEN)
 
 
 def build_model(cfg: TrainConfig) -> tuple[OFTModel, dict]:
@@ -403,7 +318,7 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainResult:
     episodes = generate(cfg.episodes + cfg.val_episodes, seed=cfg.data_seed, noise=cfg.noise, progress=progress)
     val_eps, train_eps = episodes[: cfg.val_episodes], episodes[cfg.val_episodes:]
     stats = {UNNORM_KEY: dataset_statistics(train_eps)}
-    tok_files = make_word_tokenizer_files(task_words())
+    tok_files = make_tiny_tokenizer_files(task_words(), vocab_size=VOCAB)
     tok_dir = work / "tokenizer"
     tok_dir.mkdir(exist_ok=True)
     for name, text in tok_files.items():
