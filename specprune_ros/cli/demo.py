@@ -93,7 +93,9 @@ def main_args(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog=PROG, description="Run the main job on the embedded default checkpoint.")
     p.add_argument("--out", default="demo_out", help="working directory (default: demo_out)")
     p.add_argument("--preset", default="paper", help="pruning preset to show (default: paper)")
-    p.add_argument("--episodes", type=int, default=3, help="closed-loop episodes per preset (default: 3)")
+    p.add_argument("--episodes", type=int, default=0,
+                   help="closed-loop test-bed episodes per preset with the committed test-bed policy (default: 0; "
+                   "that policy does not solve the task yet, see docs/testbed.md)")
     p.add_argument("--skip-ros", action="store_true", help="skip the ROS 2 stage")
     args = p.parse_args(argv)
     out = Path(args.out)
