@@ -25,7 +25,7 @@ NODE = "specprune_policy"
 _instances = itertools.count()
 
 
-def wait_until(cond: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+def wait_until(cond: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
     """Poll ``cond`` until true; AssertionError naming ``what`` after ``timeout`` s (a hang guard, not a timing check)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -250,7 +250,7 @@ class Harness:
             status = self.diags[-1].status[0]
         return status.level[0], status.message, {kv.key: kv.value for kv in status.values}
 
-    def wait_diag(self, cond: Callable[[int, str, dict[str, str]], bool], timeout: float = 10.0, what: str = "diagnostic"):
+    def wait_diag(self, cond: Callable[[int, str, dict[str, str]], bool], timeout: float = 30.0, what: str = "diagnostic"):
         """Wait for a /diagnostics status published after this call that satisfies ``cond``."""
         with self._lock:
             start = len(self.diags)
@@ -269,7 +269,7 @@ class Harness:
         wait_until(check, timeout, what)
         return self.last_diag()
 
-    def wait_chunks(self, n: int, timeout: float = 10.0) -> None:
+    def wait_chunks(self, n: int, timeout: float = 30.0) -> None:
         wait_until(lambda: self.n_chunks() >= n, timeout, f"{n} action chunks (have {self.n_chunks()})")
 
     def close(self) -> None:

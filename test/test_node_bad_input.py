@@ -26,7 +26,7 @@ def context():
 
 @pytest.fixture(scope="module")
 def harness(context):
-    h = Harness(context, {"fake_policy": True, "execute_steps": 1, "frozen_timeout": 0.5, "max_age": 0.5})
+    h = Harness(context, {"fake_policy": True, "execute_steps": 1, "frozen_timeout": 0.5, "max_age": 1.5})
     h.feed(rate=30.0)
     yield h
     h.close()
@@ -111,7 +111,7 @@ def test_joint_never_published(context):
 def test_stale_camera_stamps(harness):
     f = harness.feeder
     message = check_fault(
-        harness, lambda: setattr(f, "camera_stamp_offset", -2.0), lambda: setattr(f, "camera_stamp_offset", 0.0), "stale"
+        harness, lambda: setattr(f, "camera_stamp_offset", -5.0), lambda: setattr(f, "camera_stamp_offset", 0.0), "stale"
     )
     assert "max_age" in message
 
