@@ -523,8 +523,6 @@ class PolicyNode(LifecycleNode):
             self.health.refusal("policy_input", str(exc))
             self.get_logger().warning(f"policy refused the observation: {exc}", throttle_duration_sec=2.0)
         except Exception as exc:  # noqa: BLE001 - an inference error must never take the node down
-            if not self.context.ok():
-                return  # shutting down while an inference was in flight: its publishers are gone
             message = f"inference failed: {type(exc).__name__}: {exc}"
             self.health.failure(message)
             self.get_logger().error(message, throttle_duration_sec=2.0)
