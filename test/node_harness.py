@@ -130,7 +130,7 @@ def _stamp(t: float):
 
 
 class Harness:
-    """PolicyNode + a peer node + one executor spinning in a background thread."""
+    """PolicyNode + a peer node, each spun by its own executor in a background thread."""
 
     def __init__(
         self,
@@ -144,7 +144,7 @@ class Harness:
     ) -> None:
         from diagnostic_msgs.msg import DiagnosticArray
         from geometry_msgs.msg import TwistStamped
-        from rclpy.executors import MultiThreadedExecutor
+        from rclpy.executors import SingleThreadedExecutor
         from rclpy.parameter import Parameter
         from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
         from sensor_msgs.msg import Image, JointState
@@ -207,11 +207,18 @@ class Harness:
             self.urdf_pub.publish(String(data=urdf))
         if instruction is not None:
             self.instruction_pub.publish(String(data=instruction))
-        self.executor = MultiThreadedExecutor(num_threads=2, context=context)
-        self.executor.add_node(self.node)
-        self.executor.add_node(self.io)
-        self._spin = threading.Thread(target=self.executor.spin, daemon=True)
-        self._spin.start()
+        # One single-threaded executor per node, each on its own thread, as when they run as separate
+        # processes. (A MultiThreadedExecutor busy-polls while a callback group is busy and starves the
+        # feeder and the node of the GIL on a small machine.)
+        self.executors = []
+        self._spins = []
+        for node in (self.node, self.io):
+            executor = SingleThreadedExecutor(context=context)
+            executor.add_node(node)
+            thread = threading.Thread(target=executor.spin, daemon=True)
+            thread.start()
+            self.executors.append(executor)
+            self._spins.append(thread)
         self.feeder: Feeder | None = None
         if configure:
             self.configure_result = self.node.trigger_configure()
@@ -279,7 +286,9 @@ class Harness:
             self.node.trigger_shutdown()
         except Exception:  # noqa: BLE001 - already shut down or never configured
             pass
-        self.executor.shutdown(timeout_sec=5)
-        self._spin.join(timeout=5)
+        for executor in self.executors:
+            executor.shutdown(timeout_sec=5)
+        for thread in self._spins:
+            thread.join(timeout=5)
         self.node.destroy_node()
         self.io.destroy_node()

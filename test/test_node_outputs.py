@@ -183,10 +183,13 @@ class RampPolicy(KnownPolicy):
     def __init__(self, delay: float) -> None:
         super().__init__()
         self.delay = delay
+        self.query_rows: list[int | None] = []  # per query: the last row executed before it started
 
     def infer(self, obs):
         import time
 
+        executed = obs.executed_actions
+        self.query_rows.append(None if executed is None or len(executed) == 0 else round(executed[-1, 0] / 0.01) - 1)
         chunk = super().infer(obs)
         time.sleep(self.delay)
         actions = np.zeros((8, 7))
@@ -198,8 +201,10 @@ class RampPolicy(KnownPolicy):
 
 @pytest.mark.parametrize("delay", [0.0, 0.12])
 def test_prefetch_continues_where_the_arm_is(ros_context, delay):
-    """prefetch_steps=3: the next query starts with 3 rows left; the new chunk starts at the row matching the
-    rows executed while it was computed, so the row index continues instead of jumping back to 0."""
+    """prefetch_steps=3: the next query starts with at most 3 rows left (with exactly 3 when a new frame is
+    there); the new chunk starts at the row matching the rows executed while it was computed, so the row
+    index continues instead of jumping back to 0. Which row was the last before each query is read from
+    the executed actions the policy receives, so the check does not depend on the machine's speed."""
     policy = RampPolicy(delay)
     params = dict(ADAPTERS_ON, joint_trajectory_enabled=False, gripper_enabled=False, debug_image=False, prefetch_steps=3)
     h = Harness(ros_context, params, policy_factory=lambda cfg, pcfg: policy)
@@ -215,10 +220,12 @@ def test_prefetch_continues_where_the_arm_is(ros_context, delay):
                 assert r == segments[-1][-1] + 1, f"rows skipped inside a chunk: {rows}"
                 segments[-1].append(r)
         assert len(segments) >= 4
-        for prev, nxt in zip(segments, segments[1:]):
-            in_flight = prev[-1] + 1 - (8 - 3)  # rows executed after the query (which starts with 3 rows left)
-            assert in_flight >= 0, rows
-            assert nxt[0] == min(in_flight, 7), (prev, nxt)
+        assert policy.query_rows[0] is None  # the first query of the episode has executed nothing
+        for prev, nxt, last_before in zip(segments, segments[1:], policy.query_rows[1:]):
+            assert last_before is not None and last_before in prev, (prev, nxt, last_before)
+            assert 8 - (last_before + 1) <= 3, f"query started with more than 3 rows left: {prev}, {last_before}"
+            in_flight = prev[-1] - last_before  # rows of ``prev`` executed while the next chunk was computed
+            assert nxt[0] == min(in_flight, 7), (prev, nxt, last_before)
         if delay:
             assert any(s[0] > 0 for s in segments[1:]), "a slow policy must make later chunks start past row 0"
     finally:
