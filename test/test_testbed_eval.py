@@ -119,3 +119,26 @@ def test_open_loop_fidelity_zero_for_the_expert_and_off_against_itself():
     assert out["copy"]["l1_to_off"] == pytest.approx(0.0, abs=1e-12) and out["copy"]["queries"] > 5
     fake = ev.open_loop_fidelity({"off": MirrorExpertPolicy(31), "fake": FakePolicy()}, [31])
     assert fake["fake"]["l1_to_off"] > 0.05
+
+
+def test_write_reproduce_records_what_the_checkpoint_does(tiny_checkpoint, tmp_path, capsys):
+    import shutil
+
+    from specprune_ros.core.config import PolicyConfig
+    from specprune_ros.core.policy import build_policy
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    assert ev.main([f"--checkpoint={ckpt}", "--write-reproduce=3,4", "--max-steps=16", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["seeds"] == [3, 4]
+    rec = json.loads((ckpt / "reproduce.json").read_text())
+    assert rec["seeds"] == [3, 4] and rec["preset"] == "off" and rec["max_steps"] == 16
+    policy = build_policy(PolicyConfig(checkpoint=str(ckpt), preset="off"))
+    for seed, first, steps in zip(rec["seeds"], rec["first_chunk"], rec["steps"]):
+        task = TabletopTask(seed)
+        policy.reset()
+        chunk = policy.infer(Observation(images=task.render(), proprio=task.proprio(), instruction=task.instruction))
+        np.testing.assert_allclose(chunk.actions, np.array(first), atol=1e-5)
+        assert steps == ev.run_episode(policy, seed, TaskConfig(max_steps=16))["steps"]
+    assert ev.main([f"--checkpoint={ckpt}", "--write-reproduce=-1"]) == 2
+    assert "non-negative" in capsys.readouterr().err

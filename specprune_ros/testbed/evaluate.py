@@ -383,6 +383,30 @@ def evaluate(cfg: EvalConfig, out_dir: str | Path | None = None, progress: bool 
     return results
 
 
+def reproduce_record(checkpoint: str | Path, seeds: list[int], preset: str = "off", max_steps: int = 240) -> dict:
+    """What a checkpoint does on a few fixed seeds with 1 CPU thread: each episode's first action chunk and its
+    closed-loop outcome (the content of a committed checkpoint's ``reproduce.json``)."""
+    import torch
+
+    from ..core.policy import build_policy
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        policy = build_policy(PolicyConfig(checkpoint=str(checkpoint), preset=preset))
+        first = []
+        for seed in seeds:
+            task = TabletopTask(seed)
+            policy.reset()
+            obs = Observation(images=task.render(), proprio=task.proprio(), instruction=task.instruction)
+            first.append(np.asarray(policy.infer(obs).actions, dtype=np.float64).round(6).tolist())
+        episodes = [run_episode(policy, seed, TaskConfig(max_steps=max_steps)) for seed in seeds]
+    finally:
+        torch.set_num_threads(before)
+    return {"preset": preset, "max_steps": max_steps, "threads": 1, "seeds": list(seeds),
+            "success": [e["success"] for e in episodes], "steps": [e["steps"] for e in episodes], "first_chunk": first}
+
+
 def table(results: dict) -> str:
     lines = ["| variant | success % (95% CI) | steps | latency ms | kept primary/wrist | named object kept % primary/wrist "
              "| mean seq len | fine % |",
@@ -432,7 +456,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="testbed_eval", help="output directory (default testbed_eval)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--write-reproduce", metavar="SEEDS", default=None,
+                   help="instead of evaluating: record the first chunk and closed-loop outcome of these comma-separated "
+                   "seeds (preset off, 1 thread) in <checkpoint>/reproduce.json, which the tests check")
     args = p.parse_args(argv)
+    if args.write_reproduce is not None:
+        try:
+            seeds = [int(x) for x in args.write_reproduce.split(",") if x.strip()]
+            if not seeds or min(seeds) < 0:
+                raise ValueError(f"--write-reproduce={args.write_reproduce!r}: give non-negative seeds, e.g. 0,1,2")
+            rec = reproduce_record(args.checkpoint, seeds, max_steps=args.max_steps)
+        except (ValueError, FileNotFoundError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        path = Path(args.checkpoint) / "reproduce.json"
+        path.write_text(json.dumps(rec, indent=1) + "\n")
+        print(json.dumps({k: rec[k] for k in ("seeds", "success", "steps")}) if args.json else
+              f"seeds {seeds}: success {rec['success']}, steps {rec['steps']}; wrote {path}")
+        return 0
     try:
         cfg = EvalConfig(checkpoint=args.checkpoint, variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()),
                          episodes=args.episodes, first_seed=args.first_seed, max_steps=args.max_steps,

@@ -152,7 +152,25 @@ def build_model(cfg: TrainConfig) -> tuple[OFTModel, dict]:
         for name, p in model.named_parameters():
             if name.endswith((".ls1.gamma", ".ls2.gamma")):
                 p.fill_(0.1)
+        # timm starts the learned position embeddings at std 0.02, ~20x below the patch embeddings: the
+        # towers would begin nearly position-blind, and the Llama's 1-D RoPE over the row-major patch order
+        # only tells rows apart. A 2-D sine-cosine table gives both image axes from the first step.
+        for module in model.modules():
+            grid = getattr(getattr(module, "patch_embed", None), "grid_size", None)
+            pos = getattr(module, "pos_embed", None)
+            if grid is None or not isinstance(pos, torch.nn.Parameter) or pos.shape[-1] % 4:
+                continue
+            table = sincos_2d(int(grid[0]), int(grid[1]), pos.shape[-1])  # (H*W, D)
+            pos[0, pos.shape[1] - table.shape[0]:] = table
     return model, config
+
+
+def sincos_2d(rows: int, cols: int, dim: int) -> torch.Tensor:
+    """(rows*cols, dim) 2-D sine-cosine position table, row-major: dim/4 frequencies each of sin/cos(row), sin/cos(col)."""
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))  # (dim/4,)
+    r, c = torch.meshgrid(torch.arange(rows, dtype=torch.float64), torch.arange(cols, dtype=torch.float64), indexing="ij")
+    r, c = r.reshape(-1, 1) * omega, c.reshape(-1, 1) * omega  # (H*W, dim/4)
+    return torch.cat([r.sin(), r.cos(), c.sin(), c.cos()], dim=1).float()
 
 
 # ----------------------------------------------------------------------------------------------------------
