@@ -77,9 +77,16 @@ def test_run_episode_feeds_executed_actions_and_succeeds_with_the_expert():
     n = len(rec["queries"])
     assert 8 * (n - 1) < rec["steps"] <= 8 * n
     assert [q["step"] for q in rec["queries"]] == [8 * i for i in range(len(rec["queries"]))]
-    s = ev.summarize("mirror", [rec, ev.run_episode(FakePolicy(), 12, TaskConfig(max_steps=16))])
+    fake = ev.run_episode(FakePolicy(), 12, TaskConfig(max_steps=16))
+    s = ev.summarize("mirror", [rec, fake])
     assert s["successes"] == 1 and s["episodes"] == 2 and s["kept_per_view"]["primary"] < 256
     assert 0 < s["fine_fraction"] < 1
+    # the expert grasps within its alignment tolerance; 16 steps of a fake policy grasp nothing
+    assert rec["grasped"] and rec["closest_mm"] <= 1000 * 1.5 * 0.004 + 1e-6
+    start = TabletopTask(12)
+    start_mm = 1000 * float(np.linalg.norm(start.state.ee[:2] - start.state.object_pos[start.scene.target, :2]))
+    assert not fake["grasped"] and 0 < fake["closest_mm"] <= start_mm
+    assert s["grasp_rate"] == 0.5 and s["closest_mm_median"] == pytest.approx((rec["closest_mm"] + fake["closest_mm"]) / 2)
 
 
 def test_run_episode_reports_invalid_actions_as_failure():
