@@ -137,7 +137,10 @@ def test_auxiliary_losses_add_to_the_action_loss(tokenizer):
     cfg = tr.TrainConfig(**TINY)
     eps = generate(2, seed=6, noise=0.1)
     batch = tr.Batcher(eps, dataset_statistics(eps), tokenizer).sample(np.random.default_rng(1), 2)
-    assert batch["patch_labels"].shape == (2, 512) and batch["where"].shape == (2, 6)
+    assert batch["patch_labels"].shape == (2, 512) and batch["where"].shape == (2, tr.WHERE_DIM)
+    w = batch["where"].numpy()  # plate, object, object - gripper, gripper, plate - gripper
+    np.testing.assert_allclose(w[:, 4:6], w[:, 2:4] - w[:, 6:8], atol=1e-6)
+    np.testing.assert_allclose(w[:, 8:10], w[:, 0:2] - w[:, 6:8], atol=1e-6)
     model, _ = tr.build_model(cfg)
     total, l1 = tr.training_losses(model, tr.AuxHeads(cfg.llm_hidden), batch, 0.5)
     plain, l1_again = tr.training_losses(model, None, batch, 0.5)

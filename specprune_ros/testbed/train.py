@@ -223,15 +223,15 @@ class Batcher:
             target.append(np.clip(norm, -1.0, 1.0))
             labels.append(np.concatenate([patch_labels(task, v, self.preprocess) for v in VIEWS]))
             sc = task.scene
-            where.append(np.concatenate([sc.plate_xy[sc.goal_plate], task.state.object_pos[sc.target, :2],
-                                         task.state.object_pos[sc.target, :2] - task.state.ee[:2]]) / 0.25)
+            obj_xy, ee_xy, plate_xy = task.state.object_pos[sc.target, :2], task.state.ee[:2], sc.plate_xy[sc.goal_plate]
+            where.append(np.concatenate([plate_xy, obj_xy, obj_xy - ee_xy, ee_xy, plate_xy - ee_xy]) / 0.25)
         return {
             "pixel_values": torch.cat(pixels),  # (B, 12, 224, 224)
             "proprio": torch.tensor(np.stack(proprio), dtype=torch.float32),  # (B, 8)
             "prompt_ids": torch.tensor(ids, dtype=torch.long),  # (B, 1+P)
             "actions": torch.tensor(np.stack(target), dtype=torch.float32),  # (B, T, A)
             "patch_labels": torch.tensor(np.stack(labels), dtype=torch.long),  # (B, V*256)
-            "where": torch.tensor(np.stack(where), dtype=torch.float32),  # (B, 6)
+            "where": torch.tensor(np.stack(where), dtype=torch.float32),  # (B, WHERE_DIM)
         }
 
 
@@ -240,12 +240,19 @@ def l1_loss(model: OFTModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return (pred - batch["actions"]).abs().mean()
 
 
+#: outputs of the ``where`` probe: plate xy, object xy, object - gripper, gripper xy, plate - gripper (/ 0.25 m)
+WHERE_DIM = 10
+
+
 class AuxHeads(torch.nn.Module):
     """Training-only probes (never exported): they give the from-scratch model dense grounding signals.
 
     ``patch``: per visual token, background / named object / named plate (cross-entropy on the final hidden
-    states). ``where``: goal-plate position, object position and object-minus-gripper offset (L1 on the mean
-    of the action read-out states). Without them the randomly initialized network stays input-blind for
+    states). ``where``: goal-plate position, object position, object-minus-gripper offset, gripper position
+    and plate-minus-gripper offset (L1 on the mean of the action read-out states). The gripper terms make
+    the read-out carry where the gripper is: without them the policy learned to locate the named object but
+    ignored the proprio token (shifting the proprio x by 13 cm moved the x action by 0.008), so it could not
+    steer toward what it saw. Without them the randomly initialized network stays input-blind for
     thousands of steps: the 56 placeholders start as identical zero vectors and only a learned
     instruction-dependent attention can route the named object's patches to them.
     """
@@ -253,7 +260,7 @@ class AuxHeads(torch.nn.Module):
     def __init__(self, hidden: int) -> None:
         super().__init__()
         self.patch = torch.nn.Linear(hidden, 3)
-        self.where = torch.nn.Linear(hidden, 6)
+        self.where = torch.nn.Linear(hidden, WHERE_DIM)
 
 
 #: class weights of the patch probe (background, named object, named plate)
