@@ -2,7 +2,8 @@
 
 checkpoints/testbed/reproduce.json holds, for a few fixed evaluation seeds, what the checkpoint did when it
 was committed (1 CPU thread, the preset named in the file): the first action chunk of each episode and the
-closed-loop outcome. A short run must match both.
+closed-loop outcome (success, whether the named object was grasped, episode length). A short run must
+match both.
 """
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ def test_committed_checkpoint_first_chunks_match(one_thread, record):
 
 def test_committed_checkpoint_reproduces_recorded_outcomes(one_thread, record):
     policy = build_policy(PolicyConfig(checkpoint=str(CKPT), preset=record["preset"]))
-    outcomes = [run_episode(policy, seed, TaskConfig(max_steps=record["max_steps"]))["success"]
-                for seed in record["seeds"]]
-    assert outcomes == record["success"], f"seeds {record['seeds']}: got {outcomes}, recorded {record['success']}"
+    episodes = [run_episode(policy, seed, TaskConfig(max_steps=record["max_steps"])) for seed in record["seeds"]]
+    for key in ("success", "grasped", "steps"):
+        got = [e[key] for e in episodes]
+        assert got == record[key], f"seeds {record['seeds']}: {key} {got}, recorded {record[key]}"

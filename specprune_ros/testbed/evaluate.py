@@ -416,7 +416,8 @@ def reproduce_record(checkpoint: str | Path, seeds: list[int], preset: str = "of
     finally:
         torch.set_num_threads(before)
     return {"preset": preset, "max_steps": max_steps, "threads": 1, "seeds": list(seeds),
-            "success": [e["success"] for e in episodes], "steps": [e["steps"] for e in episodes], "first_chunk": first}
+            "success": [e["success"] for e in episodes], "grasped": [e["grasped"] for e in episodes],
+            "steps": [e["steps"] for e in episodes], "first_chunk": first}
 
 
 def table(results: dict) -> str:
@@ -483,8 +484,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         path = Path(args.checkpoint) / "reproduce.json"
         path.write_text(json.dumps(rec, indent=1) + "\n")
-        print(json.dumps({k: rec[k] for k in ("seeds", "success", "steps")}) if args.json else
-              f"seeds {seeds}: success {rec['success']}, steps {rec['steps']}; wrote {path}")
+        print(json.dumps({k: rec[k] for k in ("seeds", "success", "grasped", "steps")}) if args.json else
+              f"seeds {seeds}: success {rec['success']}, grasped {rec['grasped']}, steps {rec['steps']}; wrote {path}")
         return 0
     try:
         cfg = EvalConfig(checkpoint=args.checkpoint, variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()),
