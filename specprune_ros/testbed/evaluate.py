@@ -140,7 +140,11 @@ def run_episode(policy: Policy, seed: int, task_config: TaskConfig = TaskConfig(
     queries: list[dict] = []
     error = None
     target = task.scene.target
-    closest = float(np.linalg.norm(task.state.ee[:2] - task.state.object_pos[target, :2]))
+
+    def distance() -> float:  # horizontal, tool point to the named object, metres
+        return float(np.linalg.norm(task.state.ee[:2] - task.state.object_pos[target, :2]))
+
+    closest = distance()
     grasped = False
     while not task.done:
         speed = None
@@ -167,7 +171,7 @@ def run_episode(policy: Policy, seed: int, task_config: TaskConfig = TaskConfig(
                 done_rows.append(a)
                 grasped = grasped or task.state.held == target
                 if task.state.held != target:
-                    closest = min(closest, float(np.linalg.norm(task.state.ee[:2] - task.state.object_pos[target, :2])))
+                    closest = min(closest, distance())
                 if task.done:
                     break
         except ValueError as err:
@@ -430,8 +434,8 @@ def table(results: dict) -> str:
         named = "/".join("-" if nk.get(v) is None else f"{100 * nk[v]:.0f}" for v in ("primary", "wrist"))
         lines.append(
             f"| {s['variant']} | {100 * s['success_rate']:.0f} ({100 * s['wilson95'][0]:.0f}-{100 * s['wilson95'][1]:.0f}) "
-            f"| {100 * s['grasp_rate']:.0f} | {s['closest_mm_median']:.0f} | {s['mean_steps']:.0f} | {s['latency_ms']['mean']:.1f} | {kept} | {named} | {s['mean_seq_len']:.0f} "
-            f"| {100 * s['fine_fraction']:.0f} |")
+            f"| {100 * s['grasp_rate']:.0f} | {s['closest_mm_median']:.0f} | {s['mean_steps']:.0f} "
+            f"| {s['latency_ms']['mean']:.1f} | {kept} | {named} | {s['mean_seq_len']:.0f} | {100 * s['fine_fraction']:.0f} |")
     if results.get("open_loop"):
         lines += ["", "| variant | open-loop L1 to expert (xyz) | L1 to off (xyz) | kept primary/wrist "
                       "| named object kept % primary/wrist |", "|---|---|---|---|---|"]

@@ -249,12 +249,12 @@ class AuxHeads(torch.nn.Module):
 
     ``patch``: per visual token, background / named object / named plate (cross-entropy on the final hidden
     states). ``where``: goal-plate position, object position, object-minus-gripper offset, gripper position
-    and plate-minus-gripper offset (L1 on the mean of the action read-out states). The gripper terms make
-    the read-out carry where the gripper is: without them the policy learned to locate the named object but
-    ignored the proprio token for thousands of steps (shifting the proprio x by 13 cm moved the x action by
-    0.008), so it could not steer toward what it saw. Without them the randomly initialized network stays input-blind for
-    thousands of steps: the 56 placeholders start as identical zero vectors and only a learned
-    instruction-dependent attention can route the named object's patches to them.
+    and plate-minus-gripper offset (L1 on the mean of the action read-out states). Without the probes the
+    randomly initialized network stays input-blind for thousands of steps: the 56 placeholders start as
+    identical zero vectors and only a learned instruction-dependent attention can route the named object's
+    patches to them. The gripper terms make the read-out carry where the gripper is: without them the
+    policy learned to locate the named object but ignored the proprio token for thousands of steps
+    (shifting the proprio x by 13 cm moved the x action by 0.008), so it could not steer toward what it saw.
     """
 
     def __init__(self, hidden: int) -> None:
