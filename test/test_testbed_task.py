@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from specprune_ros.testbed.data import Episode, collect_episode, dataset_statistics, generate, load_episodes, save_episodes
-from specprune_ros.testbed.expert import expert_action, run_expert
+from specprune_ros.testbed.expert import expert_action, expert_plan, run_expert
 from specprune_ros.testbed.task import (
     FINGER_OPEN,
     GANTRY_URDF,
@@ -240,18 +240,44 @@ def test_wrist_view_follows_the_gripper():
 
 def test_collected_episode_labels_chunks_and_frames(tmp_path):
     ep = collect_episode(1_000_003, noise=0.15, noise_seed=3)
-    assert ep.success and len(ep) == len(ep.proprio) == len(ep.snapshots) == len(ep.executed)
+    assert ep.success and len(ep) == len(ep.proprio) == len(ep.snapshots) == len(ep.executed) == len(ep.plans)
     assert not np.allclose(ep.actions[:, :3], ep.executed[:, :3])  # noise was injected into executed actions
-    chunk = ep.action_chunk(len(ep) - 2)
-    assert chunk.shape == (8, 7)
-    np.testing.assert_array_equal(chunk[1:], np.repeat(ep.actions[-1:], 7, axis=0))
+    task = TabletopTask(ep.seed)
+    for t in (0, 17, len(ep) - 2):  # each label is the expert's own plan from the recorded state
+        task.restore(ep.snapshots[t])
+        np.testing.assert_array_equal(ep.action_chunk(t), expert_plan(task, 8))
+        np.testing.assert_array_equal(ep.actions[t], expert_action(task))
+        np.testing.assert_array_equal(task.snapshot(), ep.snapshots[t])  # planning left the state as it was
     frames = ep.frames(steps=np.array([0, 5]))
     assert frames["primary"].shape == (2, 224, 224, 3)
     np.testing.assert_array_equal(frames["wrist"][0], TabletopTask(ep.seed).render()["wrist"])
     path = save_episodes(tmp_path / "eps.npz", [ep])
     (back,) = load_episodes(path)
     assert isinstance(back, Episode) and back.instruction == ep.instruction
-    np.testing.assert_array_equal(back.actions, ep.actions)
+    np.testing.assert_array_equal(back.plans, ep.plans)
+
+
+def test_noise_free_plans_are_what_the_expert_then_does():
+    ep = collect_episode(1_000_004, noise=0.0, noise_seed=4)
+    assert ep.success
+    np.testing.assert_array_equal(ep.executed, ep.actions)
+    for t in (0, 40, len(ep) - 3):
+        rows = np.minimum(np.arange(t, t + 8), len(ep) - 1)  # past the end the last action repeats
+        np.testing.assert_array_equal(ep.plans[t], ep.actions[rows])
+
+
+def test_excursions_leave_the_expert_path_and_are_labelled_with_the_way_back():
+    calm = collect_episode(1_000_005, noise=0.0, noise_seed=5)
+    ep = collect_episode(1_000_005, noise=0.0, noise_seed=5, excursion_rate=0.2)
+    speed = np.linalg.norm(ep.executed[:, :3], axis=1)
+    off = np.flatnonzero(np.isclose(speed, 1.0) & np.any(np.abs(ep.executed[:, :3] - ep.actions[:, :3]) > 1e-6, axis=1))
+    assert len(off) >= 3 and len(ep) > len(calm)  # some steps went elsewhere than the expert wanted
+    t = off[-1] + 1  # the first step after an excursion: the plan heads back towards the target
+    task = TabletopTask(ep.seed)
+    task.restore(ep.snapshots[t])
+    np.testing.assert_array_equal(ep.plans[t], expert_plan(task, 8))
+    with pytest.raises(ValueError, match="excursion_rate"):
+        generate(1, excursion_rate=0.5)
 
 
 def test_generate_and_statistics():

@@ -2,12 +2,13 @@
 
 An :class:`Episode` keeps, per control step t (20 Hz-equivalent), the simulator snapshot (from which both
 camera frames are re-rendered on demand: storing 2 x 224 x 224 x 3 bytes per step would need gigabytes for
-a training set, re-rendering takes about a millisecond), the 8-D proprio, the expert's clean action label
-(the training target) and the action actually executed (the label plus injected noise, which makes the
-demonstrations visit and correct off-nominal states). ``frames()`` returns the rendered images as arrays.
+a training set, re-rendering takes about a millisecond), the 8-D proprio, the expert's plan from that state
+(its next 8 actions if it were left in control: the training target), and the action actually executed.
+The executed action is the expert's plus injected noise, and now and then an *excursion*: a few steps of a
+random full-speed translation. Both make the demonstrations visit off-nominal states, and the labels there
+are the expert's way back. ``frames()`` returns the rendered images as arrays.
 
-Training samples are (frames at t, proprio at t, instruction, labels t..t+7): OFT's action chunks of 8,
-padded past the end of the episode by repeating the last label.
+Training samples are (frames at t, proprio at t, instruction, plan at t): OFT's action chunks of 8.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .expert import expert_action
+from .expert import FINE_SPEED, expert_action, expert_plan
 from .task import VIEWS, TabletopTask, TaskConfig
 
 CHUNK_LEN = 8
@@ -35,8 +36,8 @@ class Episode:
         instruction: the task text.
         snapshots: (T, S) simulator state before each step (``TabletopTask.restore``).
         proprio: (T, 8) proprio before each step.
-        actions: (T, 7) expert labels (what the expert commands in that state).
-        executed: (T, 7) actions executed (labels + noise).
+        plans: (T, 8, 7) the expert's next 8 actions from each state (``expert_plan``).
+        executed: (T, 7) actions executed (the expert's action + noise, or an excursion).
         success: whether the demonstration ended in success.
     """
 
@@ -44,17 +45,21 @@ class Episode:
     instruction: str
     snapshots: np.ndarray
     proprio: np.ndarray
-    actions: np.ndarray
+    plans: np.ndarray
     executed: np.ndarray
     success: bool
 
     def __len__(self) -> int:
-        return len(self.actions)
+        return len(self.plans)
 
-    def action_chunk(self, t: int, chunk_len: int = CHUNK_LEN) -> np.ndarray:
-        """Labels t .. t+chunk_len-1, shape (chunk_len, 7); past the end the last label repeats."""
-        idx = np.minimum(np.arange(t, t + chunk_len), len(self) - 1)
-        return self.actions[idx]
+    @property
+    def actions(self) -> np.ndarray:
+        """(T, 7) the expert's action in each visited state (the first row of each plan)."""
+        return self.plans[:, 0]
+
+    def action_chunk(self, t: int) -> np.ndarray:
+        """The training target at step t: the expert's plan from that state, shape (8, 7)."""
+        return self.plans[t]
 
     def frames(self, task_config: TaskConfig = TaskConfig(), steps: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Rendered frames, view -> (len(steps), H, W, 3) uint8 (all steps by default)."""
@@ -68,37 +73,56 @@ class Episode:
         return {v: np.stack(imgs) for v, imgs in out.items()}
 
 
-def collect_episode(seed: int, noise: float, noise_seed: int, task_config: TaskConfig = TaskConfig()) -> Episode:
-    """Run the expert on task ``seed``; noise N(0, noise) (action units) is added to the executed translation and yaw."""
+def collect_episode(seed: int, noise: float, noise_seed: int, task_config: TaskConfig = TaskConfig(),
+                    excursion_rate: float = 0.0) -> Episode:
+    """Run the expert on task ``seed`` and record every visited state with the expert's plan from it.
+
+    Executed actions get N(0, ``noise``) (action units) on the translation and yaw. With ``excursion_rate``
+    > 0, each transport step (the expert moving faster than its fine-phase speed) starts with that
+    probability an excursion: 3 to 10 steps of full-speed translation in a random direction (gripper and yaw
+    still the expert's), after which the expert takes over again.
+    """
     rng = np.random.default_rng(noise_seed)
     task = TabletopTask(seed, task_config)
-    snaps, props, labels, executed = [], [], [], []
+    snaps, props, plans, executed = [], [], [], []
+    excursion_left, direction = 0, np.zeros(3)
     while not task.done:
-        a = expert_action(task)
-        e = a.copy()
-        if noise > 0:
+        plan = expert_plan(task, CHUNK_LEN)
+        e = plan[0].copy()
+        coarse = float(np.linalg.norm(plan[0, 0:3])) > FINE_SPEED  # transport, not align / grasp / place
+        if excursion_left == 0 and coarse and excursion_rate > 0 and rng.random() < excursion_rate:
+            excursion_left = int(rng.integers(3, 11))
+            v = rng.normal(size=3) * [1.0, 1.0, 0.5]
+            direction = v / np.linalg.norm(v)
+        if excursion_left > 0:
+            e[0:3] = direction
+            excursion_left -= 1
+        elif noise > 0:
             idx = [0, 1, 2, 5]  # translation and yaw
             e[idx] = np.clip(e[idx] + rng.normal(0.0, noise, size=4), -1.0, 1.0)
         snaps.append(task.snapshot())
         props.append(task.proprio())
-        labels.append(a)
+        plans.append(plan)
         executed.append(e)
         task.step(e)
-    return Episode(seed, task.instruction, np.stack(snaps), np.stack(props), np.stack(labels), np.stack(executed),
+    return Episode(seed, task.instruction, np.stack(snaps), np.stack(props), np.stack(plans), np.stack(executed),
                    task.success)
 
 
 def generate(n_episodes: int, seed: int = 0, noise: float = 0.15, noise_free_fraction: float = 0.25,
-             task_config: TaskConfig = TaskConfig(), progress: bool = False) -> list[Episode]:
+             task_config: TaskConfig = TaskConfig(), progress: bool = False,
+             excursion_rate: float = 0.0) -> list[Episode]:
     """``n_episodes`` successful demonstrations on task seeds drawn from ``seed`` (failed ones are skipped).
 
     Task seeds are ``1_000_000 + seed * 100_000 + i``: disjoint from the evaluation seeds (0 .. 99_999).
-    A fraction ``noise_free_fraction`` of the episodes is recorded without noise.
+    A fraction ``noise_free_fraction`` of the episodes is recorded without noise and without excursions.
     """
     if n_episodes < 1:
         raise ValueError(f"n_episodes={n_episodes} must be >= 1")
     if not 0 <= noise <= 1:
         raise ValueError(f"noise={noise} must lie in [0, 1] (action units)")
+    if not 0 <= excursion_rate <= 0.2:
+        raise ValueError(f"excursion_rate={excursion_rate} must lie in [0, 0.2] (probability per step)")
     if not 0 <= seed < 1000:
         raise ValueError(f"seed={seed} must lie in [0, 1000)")
     episodes: list[Episode] = []
@@ -111,8 +135,9 @@ def generate(n_episodes: int, seed: int = 0, noise: float = 0.15, noise_free_fra
     n_clean = int(round(noise_free_fraction * n_episodes))
     while len(episodes) < n_episodes:
         task_seed = 1_000_000 + seed * 100_000 + i
-        ep = collect_episode(task_seed, 0.0 if len(episodes) < n_clean else noise, noise_seed=task_seed,
-                             task_config=task_config)
+        clean = len(episodes) < n_clean
+        ep = collect_episode(task_seed, 0.0 if clean else noise, noise_seed=task_seed, task_config=task_config,
+                             excursion_rate=0.0 if clean else excursion_rate)
         i += 1
         if ep.success:
             episodes.append(ep)
@@ -155,7 +180,7 @@ def save_episodes(path: str | Path, episodes: list[Episode]) -> Path:
     for i, e in enumerate(episodes):
         arrays[f"ep{i}_snapshots"] = e.snapshots
         arrays[f"ep{i}_proprio"] = e.proprio
-        arrays[f"ep{i}_actions"] = e.actions
+        arrays[f"ep{i}_plans"] = e.plans
         arrays[f"ep{i}_executed"] = e.executed
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -169,7 +194,7 @@ def load_episodes(path: str | Path) -> list[Episode]:
         raise FileNotFoundError(f"episode file not found: {path} (write one with save_episodes or `--out`)")
     with np.load(path, allow_pickle=False) as z:
         return [
-            Episode(int(s), str(ins), z[f"ep{i}_snapshots"], z[f"ep{i}_proprio"], z[f"ep{i}_actions"],
+            Episode(int(s), str(ins), z[f"ep{i}_snapshots"], z[f"ep{i}_proprio"], z[f"ep{i}_plans"],
                     z[f"ep{i}_executed"], bool(ok))
             for i, (s, ins, ok) in enumerate(zip(z["seeds"], z["instructions"], z["success"]))
         ]
@@ -178,15 +203,17 @@ def load_episodes(path: str | Path) -> list[Episode]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Generate expert demonstrations of the test-bed task as a .npz file "
-        "(snapshots, proprio, action labels, executed actions; frames are re-rendered from snapshots)."
+        "(snapshots, proprio, the expert's 8-step plans, executed actions; frames are re-rendered from snapshots)."
     )
     parser.add_argument("--episodes", type=int, default=100, help="number of successful episodes (default 100)")
     parser.add_argument("--seed", type=int, default=0, help="data seed, picks the task seeds (default 0)")
     parser.add_argument("--noise", type=float, default=0.15, help="std of the translation and yaw noise injected into executed actions")
+    parser.add_argument("--excursion-rate", type=float, default=0.0,
+                        help="probability per step of starting a random full-speed excursion (default 0)")
     parser.add_argument("--out", required=True, help="output .npz path")
     args = parser.parse_args(argv)
     try:
-        eps = generate(args.episodes, args.seed, args.noise, progress=True)
+        eps = generate(args.episodes, args.seed, args.noise, progress=True, excursion_rate=args.excursion_rate)
     except (ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -76,6 +76,28 @@ def expert_action(task: TabletopTask) -> np.ndarray:
     return a
 
 
+def expert_plan(task: TabletopTask, n: int) -> np.ndarray:
+    """The expert's next ``n`` actions from the current state, shape (n, 7), if it were left in control.
+
+    Simulated on the task itself and restored afterwards (the task's state is unchanged). Past the end of the
+    episode (success or time-out) the last action repeats, as OFT pads chunks past a demonstration's end.
+    """
+    if n < 1:
+        raise ValueError(f"n={n} must be >= 1")
+    snap = task.snapshot()
+    plan = []
+    try:
+        while len(plan) < n and not task.done:
+            plan.append(expert_action(task))
+            task.step(plan[-1])
+    finally:
+        task.restore(snap)
+    if not plan:  # the episode is already over: hold still, keep the gripper as the expert last wanted
+        plan.append(expert_action(task))
+    plan += [plan[-1]] * (n - len(plan))
+    return np.stack(plan)
+
+
 def run_expert(task: TabletopTask, noise: float = 0.0, rng: np.random.Generator | None = None) -> bool:
     """Run the expert until the episode ends; with ``noise`` > 0 the executed translation is perturbed.
 

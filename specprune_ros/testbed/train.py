@@ -55,6 +55,8 @@ class TrainConfig:
         episodes: expert demonstrations to generate.
         data_seed: picks the demonstrations' task seeds (disjoint from evaluation seeds).
         noise: std of the noise injected into executed demonstration actions (action units).
+        excursion_rate: per transport step, probability of a random full-speed excursion in the
+            demonstrations (``data.collect_episode``), so they show the way back from off-course states.
         seed: model initialization and batch order.
         steps: optimizer steps.
         batch_size: samples per step (one prompt length per batch).
@@ -67,6 +69,8 @@ class TrainConfig:
         max_minutes: stop (and write the checkpoint) after this many minutes of training, 0 = no limit.
         aux_weight: weight of the training-only grounding probes (:class:`AuxHeads`), 0 = plain L1.
         fp16: store the exported weights in float16 (halves the size; loads as float32).
+        bf16: run the training forward pass under bfloat16 autocast (float32 weights and optimizer; 1.2x
+            faster on a CPU with AVX512-BF16).
         threads: torch CPU threads.
     """
 
@@ -74,6 +78,7 @@ class TrainConfig:
     episodes: int = 400
     data_seed: int = 0
     noise: float = 0.15
+    excursion_rate: float = 0.04
     seed: int = 0
     steps: int = 2400
     batch_size: int = 8
@@ -91,6 +96,7 @@ class TrainConfig:
     max_minutes: float = 0.0
     aux_weight: float = 0.5
     fp16: bool = True
+    bf16: bool = True
     threads: int = 1
 
     def __post_init__(self) -> None:
@@ -107,6 +113,8 @@ class TrainConfig:
             raise ValueError(f"llm_hidden={self.llm_hidden} must be divisible by llm_heads={self.llm_heads}")
         if self.llm_layers < 2:
             raise ValueError(f"llm_layers={self.llm_layers} must be >= 2 (pruning scores layers 0 and 1)")
+        if not 0 <= self.excursion_rate <= 0.2:
+            raise ValueError(f"excursion_rate={self.excursion_rate} must lie in [0, 0.2] (probability per step)")
         if self.aux_weight < 0:
             raise ValueError(f"aux_weight={self.aux_weight} must be >= 0")
         if not 0 < self.lr < 1:
@@ -340,7 +348,8 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainResult:
     work.mkdir(exist_ok=True)
     state_file = work / STATE_FILE
 
-    episodes = generate(cfg.episodes + cfg.val_episodes, seed=cfg.data_seed, noise=cfg.noise, progress=progress)
+    episodes = generate(cfg.episodes + cfg.val_episodes, seed=cfg.data_seed, noise=cfg.noise, progress=progress,
+                        excursion_rate=cfg.excursion_rate)
     val_eps, train_eps = episodes[: cfg.val_episodes], episodes[cfg.val_episodes:]
     stats = {UNNORM_KEY: dataset_statistics(train_eps)}
     tok_files = make_tiny_tokenizer_files(task_words(), vocab_size=VOCAB)
@@ -398,7 +407,8 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainResult:
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, cfg)
             batch = batcher.sample(np.random.default_rng([cfg.seed, step]), cfg.batch_size)
-            loss, l1 = training_losses(model, aux, batch, cfg.aux_weight)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+                loss, l1 = training_losses(model, aux, batch, cfg.aux_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
