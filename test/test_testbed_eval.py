@@ -1,6 +1,7 @@
 """specprune-testbed-eval: intervals, variants, the closed-loop episode runner, the end-to-end report."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -16,7 +17,8 @@ from specprune_ros.testbed.task import TabletopTask, TaskConfig
 class MirrorExpertPolicy:
     """A Policy that keeps its own copy of the task, advanced by ``executed_actions``, and plans with the expert.
 
-    It succeeds only if the runner reports exactly the actions it executed.
+    It succeeds only if the runner reports exactly the actions it executed. With ``target`` it plans for
+    that object instead of the named one (a policy that misreads the instruction).
     """
 
     views = ("primary", "wrist")
@@ -24,8 +26,9 @@ class MirrorExpertPolicy:
     action_dim = 7
     chunk_len = 8
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, target: int | None = None) -> None:
         self.seed = seed
+        self.target = target
         self.reset()
 
     def reset(self) -> None:
@@ -39,6 +42,8 @@ class MirrorExpertPolicy:
                 self.mirror.step(a)
         np.testing.assert_allclose(obs.proprio, self.mirror.proprio())
         plan = TabletopTask(self.seed)
+        if self.target is not None:
+            plan.scene = dataclasses.replace(plan.scene, target=self.target)
         plan.restore(self.mirror.snapshot())
         rows = []
         for _ in range(self.chunk_len):
@@ -87,6 +92,18 @@ def test_run_episode_feeds_executed_actions_and_succeeds_with_the_expert():
     start_mm = 1000 * float(np.linalg.norm(start.state.ee[:2] - start.state.object_pos[start.scene.target, :2]))
     assert not fake["grasped"] and 0 < fake["closest_mm"] <= start_mm
     assert s["grasp_rate"] == 0.5 and s["closest_mm_median"] == pytest.approx((rec["closest_mm"] + fake["closest_mm"]) / 2)
+
+
+def test_run_episode_tells_a_grasp_of_another_object():
+    named = TabletopTask(12).scene.target
+    other = (named + 1) % len(TabletopTask(12).scene.objects)
+    wrong = ev.run_episode(MirrorExpertPolicy(12, target=other), 12)
+    right = ev.run_episode(MirrorExpertPolicy(12), 12)
+    assert wrong["wrong_grasp"] and not wrong["grasped"] and not wrong["success"]
+    assert right["grasped"] and not right["wrong_grasp"]
+    s = ev.summarize("mirror", [wrong, right])
+    assert s["wrong_grasp_rate"] == 0.5 and s["grasp_rate"] == 0.5
+    assert "| 50 | 50 |" in ev.table({"summary": [s]})  # grasped %, wrong object %
 
 
 def test_run_episode_reports_invalid_actions_as_failure():

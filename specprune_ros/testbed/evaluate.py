@@ -129,7 +129,8 @@ def run_episode(policy: Policy, seed: int, task_config: TaskConfig = TaskConfig(
 
     Two progress measures stay informative when success is rare: ``grasped`` (the named object was held at
     some step) and ``closest_mm`` (the smallest horizontal distance from the tool point to the named object
-    while it was not held, millimetres).
+    while it was not held, millimetres). ``wrong_grasp`` says that another object was held at some step
+    (the policy went for the wrong object).
 
     With ``overlay_dir``, the first ``overlay_queries`` queries are saved as PNGs: both views with the pruned
     patches dimmed and the named object's patches outlined (red: pruned, green: kept).
@@ -145,7 +146,7 @@ def run_episode(policy: Policy, seed: int, task_config: TaskConfig = TaskConfig(
         return float(np.linalg.norm(task.state.ee[:2] - task.state.object_pos[target, :2]))
 
     closest = distance()
-    grasped = False
+    grasped = wrong_grasp = False
     while not task.done:
         speed = None
         if measured_speed:
@@ -170,6 +171,7 @@ def run_episode(policy: Policy, seed: int, task_config: TaskConfig = TaskConfig(
                 task.step(a)
                 done_rows.append(a)
                 grasped = grasped or task.state.held == target
+                wrong_grasp = wrong_grasp or task.state.held not in (-1, target)
                 if task.state.held != target:
                     closest = min(closest, distance())
                 if task.done:
@@ -189,7 +191,8 @@ def run_episode(policy: Policy, seed: int, task_config: TaskConfig = TaskConfig(
             "named_kept": named,
         })
     return {"seed": seed, "instruction": task.instruction, "success": bool(task.success), "steps": int(task.state.step),
-            "grasped": grasped, "closest_mm": 1000 * closest, "error": error, "queries": queries}
+            "grasped": grasped, "wrong_grasp": wrong_grasp, "closest_mm": 1000 * closest, "error": error,
+            "queries": queries}
 
 
 def open_loop_fidelity(policies: dict[str, Policy], seeds: list[int], task_config: TaskConfig = TaskConfig(),
@@ -289,6 +292,7 @@ def summarize(variant: str, episodes: list[dict]) -> dict:
         "mean_steps": float(np.mean([e["steps"] for e in episodes])),
         "mean_steps_success": float(np.mean(succ_len)) if succ_len else None,
         "grasp_rate": float(np.mean([e["grasped"] for e in episodes])),
+        "wrong_grasp_rate": float(np.mean([e["wrong_grasp"] for e in episodes])),
         "closest_mm_median": float(np.median([e["closest_mm"] for e in episodes])),
         "queries": len(q),
         "latency_ms": {"mean": float(np.nanmean(lat)), "p50": float(np.nanpercentile(lat, 50)),
@@ -425,16 +429,17 @@ def reproduce_record(checkpoint: str | Path, seeds: list[int], preset: str = "of
 
 
 def table(results: dict) -> str:
-    lines = ["| variant | success % (95% CI) | grasped % | closest mm | steps | latency ms | kept primary/wrist "
-             "| named object kept % primary/wrist | mean seq len | fine % |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| variant | success % (95% CI) | grasped % | wrong object % | closest mm | steps | latency ms "
+             "| kept primary/wrist | named object kept % primary/wrist | mean seq len | fine % |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in results["summary"]:
         kept = "/".join(f"{s['kept_per_view'].get(v, float('nan')):.0f}" for v in ("primary", "wrist"))
         nk = s.get("named_kept", {})
         named = "/".join("-" if nk.get(v) is None else f"{100 * nk[v]:.0f}" for v in ("primary", "wrist"))
         lines.append(
             f"| {s['variant']} | {100 * s['success_rate']:.0f} ({100 * s['wilson95'][0]:.0f}-{100 * s['wilson95'][1]:.0f}) "
-            f"| {100 * s['grasp_rate']:.0f} | {s['closest_mm_median']:.0f} | {s['mean_steps']:.0f} "
+            f"| {100 * s['grasp_rate']:.0f} | {100 * s['wrong_grasp_rate']:.0f} | {s['closest_mm_median']:.0f} "
+            f"| {s['mean_steps']:.0f} "
             f"| {s['latency_ms']['mean']:.1f} | {kept} | {named} | {s['mean_seq_len']:.0f} | {100 * s['fine_fraction']:.0f} |")
     if results.get("open_loop"):
         lines += ["", "| variant | open-loop L1 to expert (xyz) | L1 to off (xyz) | kept primary/wrist "
