@@ -79,17 +79,19 @@ def test_layer_loop_equals_whole_model_forward(model, inputs):
         seq = model.assemble(model.embed_vision(pixels), proprio, ids)
         L = seq.shape[1]
         pos = torch.arange(L)[None]
-        ours, _, lengths = model.run_layers(seq, pos)
+        taps = {1: None}
+        ours, _, lengths = model.run_layers(seq, pos, taps=taps)
         llm = model.language_model.model
         saved = llm.config._attn_implementation
         try:
             llm.config._attn_implementation = "eager"
             mask = torch.zeros(1, 1, L, L)  # additive: nothing masked
-            ref = llm(inputs_embeds=seq, attention_mask=mask, position_ids=pos).last_hidden_state
+            out = llm(inputs_embeds=seq, attention_mask=mask, position_ids=pos, output_hidden_states=True)
         finally:
             llm.config._attn_implementation = saved
     assert lengths == [L] * model.n_layers
-    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours, out.last_hidden_state, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(taps[1], out.hidden_states[2], rtol=1e-5, atol=1e-5)  # [0] is the input
 
 
 def test_attention_is_bidirectional(model, inputs):

@@ -18,7 +18,7 @@ from specprune_ros.testbed.data import dataset_statistics, generate
 from specprune_ros.testbed.task import VIEWS, TabletopTask
 
 TINY = dict(episodes=3, val_episodes=1, batch_size=2, vit_dim=16, vit_depth=2, vit_heads=1, llm_hidden=32,
-            llm_layers=2, llm_heads=2, llm_intermediate=64, fp16=False, lr=1e-3)
+            llm_layers=2, llm_heads=2, llm_intermediate=64, fp16=False, lr=1e-3, probe_layer=0)
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +108,10 @@ def test_cli_help_and_bad_values(capsys):
     assert "steps=0" in capsys.readouterr().err
     with pytest.raises(ValueError, match="vit_dim"):
         tr.TrainConfig(vit_dim=50, vit_heads=3)
+    with pytest.raises(ValueError, match="probe_layer=5"):  # the last layer's output is the final state
+        tr.TrainConfig(llm_layers=6, probe_layer=5)
+    with pytest.raises(ValueError, match="excursion_rate"):
+        tr.TrainConfig(excursion_rate=0.5)
 
 
 def test_patch_labels_mark_the_named_object_and_plate():
@@ -146,3 +150,12 @@ def test_auxiliary_losses_add_to_the_action_loss(tokenizer):
     plain, l1_again = tr.training_losses(model, None, batch, 0.5)
     assert torch.isfinite(total) and total > l1
     assert torch.allclose(l1, l1_again) and torch.allclose(plain, tr.l1_loss(model, batch))
+    # the mid-layer patch probe adds its own cross-entropy on the states leaving layer 0
+    aux = tr.AuxHeads(cfg.llm_hidden, probe_layer=0)
+    with_mid, _ = tr.training_losses(model, aux, batch, 0.5)
+    mid_head, aux.patch_mid = aux.patch_mid, None
+    without_mid, _ = tr.training_losses(model, aux, batch, 0.5)
+    assert with_mid > without_mid
+    aux.patch_mid = mid_head
+    with_mid.backward()
+    assert aux.patch_mid.weight.grad is not None and aux.patch_mid.weight.grad.abs().sum() > 0

@@ -282,12 +282,15 @@ class OFTModel(nn.Module):
         return torch.cat(parts, dim=1)
 
     def run_layers(
-        self, hidden: torch.Tensor, position_ids: torch.Tensor, hooks: LayerHooks | None = None
+        self, hidden: torch.Tensor, position_ids: torch.Tensor, hooks: LayerHooks | None = None,
+        taps: dict[int, torch.Tensor | None] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
         """Bidirectional pass through every decoder layer.
 
         hidden (B, L, D), position_ids (B, L) -> final-normed hidden (B, L', D), surviving position ids (B, L')
         and the sequence length that entered each layer. ``hooks`` may shrink the sequence after any layer.
+        ``taps`` (layer index -> None) is filled with the hidden states (B, L, D) leaving those layers, before
+        any pruning (training probes read them).
         """
         lengths = []
         for i, layer in enumerate(self.llm.layers):
@@ -303,6 +306,8 @@ class OFTModel(nn.Module):
                 score_rows=rows,
                 score_sink=sink if rows is not None else None,
             )
+            if taps is not None and i in taps:
+                taps[i] = hidden
             if hooks is not None:
                 keep = hooks.after_layer(i, sink[0] if sink else None, position_ids)
                 if keep is not None:

@@ -68,6 +68,8 @@ class TrainConfig:
         save_every_min: minutes between resumable saves.
         max_minutes: stop (and write the checkpoint) after this many minutes of training, 0 = no limit.
         aux_weight: weight of the training-only grounding probes (:class:`AuxHeads`), 0 = plain L1.
+        probe_layer: the patch probe also reads the visual tokens leaving this decoder layer (0-based; -1 =
+            final states only), so that the layers after it can route on what the instruction names.
         fp16: store the exported weights in float16 (halves the size; loads as float32).
         bf16: run the training forward pass under bfloat16 autocast (float32 weights and optimizer; 1.2x
             faster on a CPU with AVX512-BF16).
@@ -95,6 +97,7 @@ class TrainConfig:
     save_every_min: float = 4.0
     max_minutes: float = 0.0
     aux_weight: float = 0.5
+    probe_layer: int = 2
     fp16: bool = True
     bf16: bool = True
     threads: int = 1
@@ -115,6 +118,9 @@ class TrainConfig:
             raise ValueError(f"llm_layers={self.llm_layers} must be >= 2 (pruning scores layers 0 and 1)")
         if not 0 <= self.excursion_rate <= 0.2:
             raise ValueError(f"excursion_rate={self.excursion_rate} must lie in [0, 0.2] (probability per step)")
+        if not -1 <= self.probe_layer < self.llm_layers - 1:
+            raise ValueError(f"probe_layer={self.probe_layer} must lie in [-1, llm_layers - 2 = {self.llm_layers - 2}]"
+                             " (-1: final states only)")
         if self.aux_weight < 0:
             raise ValueError(f"aux_weight={self.aux_weight} must be >= 0")
         if not 0 < self.lr < 1:
@@ -256,7 +262,10 @@ class AuxHeads(torch.nn.Module):
     """Training-only probes (never exported): they give the from-scratch model dense grounding signals.
 
     ``patch``: per visual token, background / named object / named plate (cross-entropy on the final hidden
-    states). ``where``: goal-plate position, object position, object-minus-gripper offset, gripper position
+    states). ``patch_mid``: the same question on the visual tokens leaving layer ``probe_layer``: what the
+    final states know is read by nobody (the action placeholders attend to each layer's input), so the
+    layers after ``probe_layer`` get the named object's patches marked as such to route on.
+    ``where``: goal-plate position, object position, object-minus-gripper offset, gripper position
     and plate-minus-gripper offset (L1 on the mean of the action read-out states). Without the probes the
     randomly initialized network stays input-blind for thousands of steps: the 56 placeholders start as
     identical zero vectors and only a learned instruction-dependent attention can route the named object's
@@ -265,9 +274,11 @@ class AuxHeads(torch.nn.Module):
     (shifting the proprio x by 13 cm moved the x action by 0.008), so it could not steer toward what it saw.
     """
 
-    def __init__(self, hidden: int) -> None:
+    def __init__(self, hidden: int, probe_layer: int = -1) -> None:
         super().__init__()
+        self.probe_layer = probe_layer
         self.patch = torch.nn.Linear(hidden, 3)
+        self.patch_mid = torch.nn.Linear(hidden, 3) if probe_layer >= 0 else None
         self.where = torch.nn.Linear(hidden, WHERE_DIM)
 
 
@@ -283,15 +294,23 @@ def training_losses(model: OFTModel, aux: AuxHeads | None, batch: dict[str, torc
     layout = model.layout(n_views, prompt_ids.shape[1] - 1)
     seq = model.assemble(model.embed_vision(pixels), batch["proprio"], prompt_ids)  # (B, L, D)
     pos = torch.arange(seq.shape[1])[None].expand(seq.shape[0], -1)  # (B, L)
-    final, _, _ = model.run_layers(seq, pos)  # (B, L, D)
+    taps = {aux.probe_layer: None} if aux is not None and aux.patch_mid is not None and aux_weight else None
+    final, _, _ = model.run_layers(seq, pos, taps=taps)  # (B, L, D)
     readout = model.readout(final, layout)  # (B, T*A, D)
     l1 = (model.action_head(readout) - batch["actions"]).abs().mean()
     if aux is None or aux_weight == 0:
         return l1, l1
-    visual = final[:, layout.vis_start:layout.vis_start + layout.n_visual]  # (B, V*256, D)
-    logits = aux.patch(visual)  # (B, V*256, 3)
-    weights = torch.tensor(PATCH_CLASS_WEIGHTS, dtype=logits.dtype)
-    ce = torch.nn.functional.cross_entropy(logits.reshape(-1, 3), batch["patch_labels"].reshape(-1), weight=weights)
+    vis = slice(layout.vis_start, layout.vis_start + layout.n_visual)
+    weights = torch.tensor(PATCH_CLASS_WEIGHTS, dtype=torch.float32)
+    labels = batch["patch_labels"].reshape(-1)
+
+    def patch_ce(head: torch.nn.Linear, states: torch.Tensor) -> torch.Tensor:
+        logits = head(states[:, vis]).reshape(-1, 3).float()  # (B*V*256, 3)
+        return torch.nn.functional.cross_entropy(logits, labels, weight=weights)
+
+    ce = patch_ce(aux.patch, final)
+    if taps is not None:
+        ce = ce + patch_ce(aux.patch_mid, taps[aux.probe_layer])
     where = (aux.where(readout.mean(dim=1)) - batch["where"]).abs().mean()
     return l1 + aux_weight * (ce + where), l1
 
@@ -365,7 +384,7 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainResult:
         val_batches = [vb.sample(np.random.default_rng([cfg.seed, 10**9 + k]), cfg.batch_size) for k in range(4)]
 
     model, config = build_model(cfg)
-    aux = AuxHeads(cfg.llm_hidden) if cfg.aux_weight > 0 else None
+    aux = AuxHeads(cfg.llm_hidden, cfg.probe_layer) if cfg.aux_weight > 0 else None
     params = list(model.parameters()) + (list(aux.parameters()) if aux is not None else [])
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     start, elapsed_before, losses = 0, 0.0, []
