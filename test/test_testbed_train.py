@@ -159,3 +159,41 @@ def test_auxiliary_losses_add_to_the_action_loss(tokenizer):
     aux.patch_mid = mid_head
     with_mid.backward()
     assert aux.patch_mid.weight.grad is not None and aux.patch_mid.weight.grad.abs().sum() > 0
+
+
+def test_relabelled_samples_name_another_object_and_carry_the_experts_plan_for_it(tokenizer):
+    from specprune_ros.testbed.expert import expert_plan
+
+    eps = generate(2, seed=8, noise=0.1)
+    ep = eps[0]
+    stats = dataset_statistics(eps)
+    batcher = tr.Batcher(eps, stats, tokenizer, relabel=1.0)
+    task = TabletopTask(ep.seed)
+    scene = task.scene
+    other = tr.relabelled_scene(scene, 1, True)
+    assert other.target == (scene.target + 1) % len(scene.objects) and other.goal_plate != scene.goal_plate
+    assert scene.objects[other.target].name in other.instruction and other.plate_colors[other.goal_plate] in other.instruction
+    assert len(tokenizer.encode(other.instruction)[0]) == len(tokenizer.encode(ep.instruction)[0])
+
+    free = 3  # early in the episode: nothing held yet
+    held = int(np.flatnonzero(ep.snapshots[:, 5] >= 0)[0]) + 2  # the named object is in the hand
+    plain = batcher.make([(0, free), (0, held)])
+    moved = batcher.make([(0, free), (0, held)], [(1, True), (1, True)])
+    lo, hi = np.asarray(stats["action"]["q01"]), np.asarray(stats["action"]["q99"])
+    mask = np.asarray(stats["action"]["mask"])
+
+    def normalized(chunk):
+        return np.clip(np.where(mask, 2 * (chunk - lo) / (hi - lo + 1e-8) - 1, chunk), -1, 1)
+
+    task.restore(ep.snapshots[free])
+    task.scene = other
+    np.testing.assert_allclose(moved["actions"][0].numpy(), normalized(expert_plan(task, 8)), atol=1e-6)
+    np.testing.assert_array_equal(moved["patch_labels"][0].numpy()[:256], tr.patch_labels(task, "primary", PreprocessConfig()))
+    assert not torch.equal(moved["patch_labels"][0], plain["patch_labels"][0])
+    assert moved["prompt_ids"][0].tolist() == tokenizer.encode(other.instruction)[0]
+    # holding the named object, only the plate is renamed: the object stays the one in the hand
+    text = tokenizer.tok.decode(moved["prompt_ids"][1].tolist())
+    assert scene.objects[scene.target].name in text and other.plate_colors[other.goal_plate] in text
+    cached = batcher.tasks[ep.seed].scene  # the cached task is left with its own scene
+    assert (cached.target, cached.goal_plate, cached.instruction) == (scene.target, scene.goal_plate, ep.instruction)
+    np.testing.assert_allclose(plain["actions"][0].numpy(), normalized(ep.action_chunk(free)), atol=1e-6)

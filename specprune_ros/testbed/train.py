@@ -19,6 +19,7 @@ stops at ``--steps`` or after ``--max-minutes``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -38,7 +39,8 @@ from ..core.preprocess import normalize, policy_frame
 from ..core.prompt import PROMPT_TEMPLATE, PromptTokenizer, make_tiny_tokenizer_files
 from ..core.tiny import VOCAB, make_checkpoint_config
 from .data import CHUNK_LEN, Episode, dataset_statistics, generate
-from .task import OBJECT_COLORS, PLATE_COLORS, SHAPES, TEMPLATES, VIEWS, TabletopTask, TaskConfig
+from .expert import expert_plan
+from .task import OBJECT_COLORS, PLATE_COLORS, SHAPES, TEMPLATES, VIEWS, Scene, TabletopTask, TaskConfig
 
 UNNORM_KEY = "testbed"
 #: resumable state and scratch files live in <out_dir>/WORK_DIR (not part of the checkpoint)
@@ -67,6 +69,8 @@ class TrainConfig:
         val_episodes: held-out demonstrations for the validation L1 loss.
         save_every_min: minutes between resumable saves.
         max_minutes: stop (and write the checkpoint) after this many minutes of training, 0 = no limit.
+        relabel: probability that a training sample names another object (and, independently, the other
+            plate) than its demonstration, labelled with the expert's plan for that instruction (:class:`Batcher`).
         aux_weight: weight of the training-only grounding probes (:class:`AuxHeads`), 0 = plain L1.
         probe_layer: the patch probe also reads the visual tokens leaving this decoder layer (0-based; -1 =
             final states only), so that the layers after it can route on what the instruction names.
@@ -96,6 +100,7 @@ class TrainConfig:
     val_episodes: int = 10
     save_every_min: float = 4.0
     max_minutes: float = 0.0
+    relabel: float = 0.5
     aux_weight: float = 0.5
     probe_layer: int = 2
     fp16: bool = True
@@ -121,6 +126,8 @@ class TrainConfig:
         if not -1 <= self.probe_layer < self.llm_layers - 1:
             raise ValueError(f"probe_layer={self.probe_layer} must lie in [-1, llm_layers - 2 = {self.llm_layers - 2}]"
                              " (-1: final states only)")
+        if not 0 <= self.relabel <= 1:
+            raise ValueError(f"relabel={self.relabel} must lie in [0, 1]")
         if self.aux_weight < 0:
             raise ValueError(f"aux_weight={self.aux_weight} must be >= 0")
         if not 0 < self.lr < 1:
@@ -189,14 +196,27 @@ def sincos_2d(rows: int, cols: int, dim: int) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------------------------------------
 class Batcher:
-    """Turns episodes into model inputs exactly as OFTPolicy does at inference."""
+    """Turns episodes into model inputs exactly as OFTPolicy does at inference.
+
+    With ``relabel`` > 0 a sample names, with that probability each, another object of its scene (when none
+    is held) and the other plate than its demonstration did, and is labelled with the expert's plan for that
+    instruction from the same state. The same frames then come with different instructions and different
+    actions. Without it the policy never learns to read the object's name: most demonstration frames show
+    the gripper at or over the named object, and the named object is also the one whose colour and shape
+    the distractors share, so the named object's patches and the actions can be found from the image alone
+    (a trained policy's first chunk pointed at the same object whatever object its instruction named).
+    """
 
     def __init__(self, episodes: list[Episode], stats: dict, tokenizer: PromptTokenizer,
-                 task_config: TaskConfig = TaskConfig(), preprocess: PreprocessConfig = PreprocessConfig()) -> None:
+                 task_config: TaskConfig = TaskConfig(), preprocess: PreprocessConfig = PreprocessConfig(),
+                 relabel: float = 0.0) -> None:
+        if not 0 <= relabel <= 1:
+            raise ValueError(f"relabel={relabel} must lie in [0, 1]")
         self.episodes = episodes
         self.stats = stats
         self.tokenizer = tokenizer
         self.preprocess = preprocess
+        self.relabel = relabel
         self.tasks = {}
         self.task_config = task_config
         # bucket (episode, step) pairs by prompt length: a batch needs one length
@@ -217,28 +237,42 @@ class Batcher:
         n = self.lengths[rng.choice(len(self.lengths), p=self.weights)]
         bucket = self.buckets[n]
         picks = [bucket[j] for j in rng.integers(len(bucket), size=batch_size)]
-        return self.make(picks)
+        # per sample: (other object's offset or 0, other plate?) drawn whether or not relabelling is on
+        draws = rng.random((batch_size, 2)) < self.relabel
+        offsets = rng.integers(1, 1 + max(1, self.task_config.n_distractors), size=batch_size)
+        relabels = [(int(offsets[k]) if draws[k, 0] else 0, bool(draws[k, 1])) for k in range(batch_size)]
+        return self.make(picks, relabels)
 
-    def make(self, picks: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
+    def make(self, picks: list[tuple[int, int]], relabels: list[tuple[int, bool]] | None = None) -> dict[str, torch.Tensor]:
+        """Model inputs for (episode, step) pairs; ``relabels`` gives per pair (object offset, other plate)."""
         pixels, proprio, ids, target, labels, where = [], [], [], [], [], []
         a_stats = self.stats["action"]
         lo, hi = np.asarray(a_stats["q01"]), np.asarray(a_stats["q99"])
         mask = np.asarray(a_stats["mask"], dtype=bool)
-        for i, t in picks:
+        for k, (i, t) in enumerate(picks):
             ep = self.episodes[i]
             task = self._task(ep.seed)
             task.restore(ep.snapshots[t])
             frames = task.render()
-            pixels.append(normalize([policy_frame(frames[v], self.preprocess) for v in VIEWS]))  # (1, 12, 224, 224)
-            proprio.append(normalize_proprio(ep.proprio[t], self.stats["proprio"]))
-            ids.append(self.tokenizer.encode(ep.instruction)[0])
-            chunk = ep.action_chunk(t)  # (T, A) robot units
-            norm = np.where(mask, 2 * (chunk - lo) / (hi - lo + 1e-8) - 1, chunk)
-            target.append(np.clip(norm, -1.0, 1.0))
-            labels.append(np.concatenate([patch_labels(task, v, self.preprocess) for v in VIEWS]))
-            sc = task.scene
-            obj_xy, ee_xy, plate_xy = task.state.object_pos[sc.target, :2], task.state.ee[:2], sc.plate_xy[sc.goal_plate]
-            where.append(np.concatenate([plate_xy, obj_xy, obj_xy - ee_xy, ee_xy, plate_xy - ee_xy]) / 0.25)
+            scene = task.scene
+            offset, other_plate = relabels[k] if relabels is not None else (0, False)
+            instruction, chunk = ep.instruction, ep.action_chunk(t)  # (T, A) robot units
+            if (offset and task.state.held < 0) or other_plate:
+                task.scene = relabelled_scene(scene, offset if task.state.held < 0 else 0, other_plate)
+                instruction = task.scene.instruction
+                chunk = expert_plan(task, CHUNK_LEN)
+            try:
+                pixels.append(normalize([policy_frame(frames[v], self.preprocess) for v in VIEWS]))  # (1, 12, 224, 224)
+                proprio.append(normalize_proprio(ep.proprio[t], self.stats["proprio"]))
+                ids.append(self.tokenizer.encode(instruction)[0])
+                norm = np.where(mask, 2 * (chunk - lo) / (hi - lo + 1e-8) - 1, chunk)
+                target.append(np.clip(norm, -1.0, 1.0))
+                labels.append(np.concatenate([patch_labels(task, v, self.preprocess) for v in VIEWS]))
+                sc = task.scene
+                obj_xy, ee_xy, plate_xy = task.state.object_pos[sc.target, :2], task.state.ee[:2], sc.plate_xy[sc.goal_plate]
+                where.append(np.concatenate([plate_xy, obj_xy, obj_xy - ee_xy, ee_xy, plate_xy - ee_xy]) / 0.25)
+            finally:
+                task.scene = scene
         return {
             "pixel_values": torch.cat(pixels),  # (B, 12, 224, 224)
             "proprio": torch.tensor(np.stack(proprio), dtype=torch.float32),  # (B, 8)
@@ -247,6 +281,16 @@ class Batcher:
             "patch_labels": torch.tensor(np.stack(labels), dtype=torch.long),  # (B, V*256)
             "where": torch.tensor(np.stack(where), dtype=torch.float32),  # (B, WHERE_DIM)
         }
+
+
+def relabelled_scene(scene: Scene, object_offset: int, other_plate: bool) -> Scene:
+    """The scene with the instruction naming object ``target + object_offset`` (cyclic) and, if asked, the other plate."""
+    target = (scene.target + object_offset) % len(scene.objects)
+    plate = (scene.goal_plate + 1) % len(scene.plate_colors) if other_plate else scene.goal_plate
+    old_obj, new_obj = scene.objects[scene.target].name, scene.objects[target].name
+    old_plate, new_plate = scene.plate_colors[scene.goal_plate], scene.plate_colors[plate]
+    text = scene.instruction.replace(f"the {old_obj} ", f"the {new_obj} ").replace(f"the {old_plate} plate", f"the {new_plate} plate")
+    return dataclasses.replace(scene, target=target, goal_plate=plate, instruction=text)
 
 
 def l1_loss(model: OFTModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -377,7 +421,7 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainResult:
     for name, text in tok_files.items():
         (tok_dir / name).write_text(text)
     tokenizer = PromptTokenizer(tok_dir / "tokenizer.json")
-    batcher = Batcher(train_eps, stats[UNNORM_KEY], tokenizer)
+    batcher = Batcher(train_eps, stats[UNNORM_KEY], tokenizer, relabel=cfg.relabel)
     val_batches = []
     if val_eps:
         vb = Batcher(val_eps, stats[UNNORM_KEY], tokenizer)
