@@ -100,9 +100,9 @@ class TrainConfig:
     val_episodes: int = 10
     save_every_min: float = 4.0
     max_minutes: float = 0.0
-    relabel: float = 0.5
+    relabel: float = 0.0
     aux_weight: float = 0.5
-    probe_layer: int = 2
+    probe_layer: int = -1
     fp16: bool = True
     bf16: bool = True
     threads: int = 1
