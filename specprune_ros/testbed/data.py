@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="data seed, picks the task seeds (default 0)")
     parser.add_argument("--noise", type=float, default=0.15, help="std of the translation and yaw noise injected into executed actions")
     parser.add_argument("--excursion-rate", type=float, default=0.0,
-                        help="probability per step of starting a random full-speed excursion (default 0)")
+                        help="probability per transport step of starting a random full-speed excursion (default 0)")
     parser.add_argument("--out", required=True, help="output .npz path")
     args = parser.parse_args(argv)
     try:

@@ -439,8 +439,8 @@ def table(results: dict) -> str:
         lines.append(
             f"| {s['variant']} | {100 * s['success_rate']:.0f} ({100 * s['wilson95'][0]:.0f}-{100 * s['wilson95'][1]:.0f}) "
             f"| {100 * s['grasp_rate']:.0f} | {100 * s['wrong_grasp_rate']:.0f} | {s['closest_mm_median']:.0f} "
-            f"| {s['mean_steps']:.0f} "
-            f"| {s['latency_ms']['mean']:.1f} | {kept} | {named} | {s['mean_seq_len']:.0f} | {100 * s['fine_fraction']:.0f} |")
+            f"| {s['mean_steps']:.0f} | {s['latency_ms']['mean']:.1f} | {kept} | {named} | {s['mean_seq_len']:.0f} "
+            f"| {100 * s['fine_fraction']:.0f} |")
     if results.get("open_loop"):
         lines += ["", "| variant | open-loop L1 to expert (xyz) | L1 to off (xyz) | kept primary/wrist "
                       "| named object kept % primary/wrist |", "|---|---|---|---|---|"]

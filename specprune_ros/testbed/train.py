@@ -256,12 +256,13 @@ class Batcher:
             frames = task.render()
             scene = task.scene
             offset, other_plate = relabels[k] if relabels is not None else (0, False)
+            offset = offset if task.state.held < 0 else 0  # the object in the hand keeps its name
             instruction, chunk = ep.instruction, ep.action_chunk(t)  # (T, A) robot units
-            if (offset and task.state.held < 0) or other_plate:
-                task.scene = relabelled_scene(scene, offset if task.state.held < 0 else 0, other_plate)
-                instruction = task.scene.instruction
-                chunk = expert_plan(task, CHUNK_LEN)
             try:
+                if offset or other_plate:
+                    task.scene = relabelled_scene(scene, offset, other_plate)
+                    instruction = task.scene.instruction
+                    chunk = expert_plan(task, CHUNK_LEN)
                 pixels.append(normalize([policy_frame(frames[v], self.preprocess) for v in VIEWS]))  # (1, 12, 224, 224)
                 proprio.append(normalize_proprio(ep.proprio[t], self.stats["proprio"]))
                 ids.append(self.tokenizer.encode(instruction)[0])
