@@ -1,6 +1,6 @@
 """Replay -> policy node (fake policy, simulated time) -> specprune-record: one ActionChunk per inference,
-each traceable to a recorded camera frame, and the node's reported skipped-frame count explains every frame
-it did not use, at --rate 1 and --rate 5."""
+each traceable to a recorded camera frame, and the node's reported skipped-frame and received-frame counts
+explain every frame it did not use, at --rate 1 and --rate 5."""
 from __future__ import annotations
 
 import subprocess
@@ -93,15 +93,22 @@ def test_replay_into_node_and_record(ros_context, episode, tmp_path, rate):
         assert s.header.stamp == c.header.stamp
         assert (c.rows, c.cols) == (8, 7) and len(c.actions) == 56
     # the node's reported counters explain the unused frames: when it had published c chunks and reported
-    # s skipped frames, chunk c was computed from frame number c + s (frames arrive in order, none lost)
+    # s skipped frames, chunk c was computed from the (c + s)-th frame the node received. The camera
+    # subscription is best effort (sensor QoS), so under load the transport may lose frames before the node
+    # sees them: those the node reports as never received, and only they may shift the recorded frame number.
+    final = {kv.key: kv.value for st in diags[-1].status for kv in st.values}
+    lost = len(frame_stamps) - int(final["frames_received.primary"])
+    assert lost >= 0
     checked = 0
     for d in diags:
         values = {kv.key: kv.value for st in d.status for kv in st.values}
         c, s = int(values["chunks_published"]), int(values["frames_skipped"])
         if c == 0:
             continue
-        in_flight = c < len(used) and used[c] == c + 1 + s  # snapshot taken while inference c+1 ran
-        assert used[c - 1] == c + s or in_flight, (c, s, used)
+        assert c + s <= int(values["frames_received.primary"])
+        done = 0 <= used[c - 1] - (c + s) <= lost
+        in_flight = c < len(used) and 0 <= used[c] - (c + 1 + s) <= lost  # snapshot taken while inference c+1 ran
+        assert done or in_flight, (c, s, lost, used)
         checked += 1
     assert checked > 0, "no diagnostics after the first chunk"
 

@@ -62,6 +62,7 @@ def test_fake_policy_end_to_end(ros_context):
         assert level == 0, message
         assert values["mode"] == "coarse" and values["tokens_kept"] == "512"
         assert float(values["camera_rate_hz.primary"]) > 0
+        assert int(values["frames_received.primary"]) >= int(values["chunks_published"]) + int(values["frames_skipped"])
         assert values["state"] == "active"
     finally:
         h.close()

@@ -49,6 +49,7 @@ class NodeHealth:
         self._lock = threading.Lock()
         self.views = tuple(views)
         self.camera_rates = {v: RateMeter() for v in self.views}
+        self.frames_received: Counter[str] = Counter()
         self.joint_rate = RateMeter()
         self.inference_rate = RateMeter()
         self.latencies_ms: deque[float] = deque(maxlen=50)
@@ -72,6 +73,7 @@ class NodeHealth:
         with self._lock:
             if view in self.camera_rates:
                 self.camera_rates[view].tick()
+            self.frames_received[view] += 1
             if busy:
                 self.frames_dropped_busy += 1
 
@@ -144,6 +146,7 @@ class NodeHealth:
             }
             for view, meter in self.camera_rates.items():
                 values[f"camera_rate_hz.{view}"] = f"{meter.rate():.1f}"
+                values[f"frames_received.{view}"] = str(self.frames_received[view])
             for reason, n in sorted(self.refused.items()):
                 values[f"refused.{reason}"] = str(n)
             level, message = self._last.level, self._last.message
