@@ -133,6 +133,31 @@ def test_evaluate_end_to_end_writes_json_and_plot(tiny_checkpoint, tmp_path, cap
     assert "missing" in capsys.readouterr().err
 
 
+class NameReader(MirrorExpertPolicy):
+    """Plans with the expert for the object its instruction names (``read``) or always for object 0."""
+
+    def __init__(self, seed: int, read: bool) -> None:
+        super().__init__(seed)
+        self.read = read
+
+    def infer(self, obs: Observation) -> ActionChunk:
+        names = [o.name for o in self.mirror.scene.objects]
+        self.target = next(i for i, n in enumerate(names) if f"the {n} " in obs.instruction) if self.read else 0
+        return super().infer(obs)
+
+
+@pytest.mark.parametrize("seed", [60_000, 60_003])
+def test_instruction_following_tells_a_reader_from_a_policy_that_ignores_the_name(seed):
+    n_obj = len(TabletopTask(seed).scene.objects)
+    out = ev.instruction_following({"reads": NameReader(seed, True), "ignores": NameReader(seed, False)}, [seed])
+    reads, ignores = out["reads"], out["ignores"]
+    assert reads["aligned"] == 1.0 and reads["queries"] == n_obj
+    assert 1 / n_obj <= ignores["aligned"] <= ignores["chance"] < 1
+    assert ignores["spread"] == 0.0 < ignores["expert_spread"] == reads["expert_spread"] == pytest.approx(reads["spread"])
+    table = ev.table({"summary": [], "instruction_following": out})
+    assert f"| reads | 100 ({100 * reads['chance']:.0f}) |" in table
+
+
 def test_open_loop_fidelity_zero_for_the_expert_and_off_against_itself():
     class Replay(MirrorExpertPolicy):
         pass

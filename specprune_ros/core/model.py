@@ -101,7 +101,8 @@ class VisionBackbone(nn.Module):
     @staticmethod
     def _features(tower: nn.Module, x: torch.Tensor) -> torch.Tensor:
         index = len(tower.blocks) - 2
-        (out,) = tower.forward_intermediates(x, indices=[index], intermediates_only=True, norm=False, output_fmt="NLC")
+        (out,) = tower.forward_intermediates(x, indices=[index], intermediates_only=True, norm=False, output_fmt="NLC",
+                                            stop_early=True)
         return out  # (B, 256, C)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:

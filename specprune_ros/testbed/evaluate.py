@@ -79,6 +79,8 @@ class EvalConfig:
         open_loop_seeds: expert trajectories (seeds first_seed + 50000 ...) on which every variant's actions are
             compared with the expert's labels and with ``off`` (see :func:`open_loop_fidelity`); 0 = skip.
         overlay_episodes: save kept-token overlays (PNG) of the first queries of this many episodes per variant.
+        grounding_seeds: scenes (seeds first_seed + 60000 ...) on which :func:`instruction_following` checks that the
+            first chunk heads for the named object, each object named in turn; 0 = skip.
         threads: torch CPU threads.
     """
 
@@ -90,6 +92,7 @@ class EvalConfig:
     measured_speed: bool = False
     open_loop_seeds: int = 0
     overlay_episodes: int = 0
+    grounding_seeds: int = 0
     threads: int = 1
 
     def __post_init__(self) -> None:
@@ -99,10 +102,11 @@ class EvalConfig:
             pruning_for(v)
         if len(set(self.variants)) != len(self.variants):
             raise ValueError(f"variants repeat: {list(self.variants)}")
-        if self.episodes < 0 or (self.episodes == 0 and self.open_loop_seeds == 0):
-            raise ValueError(f"episodes={self.episodes} must be >= 1 (or 0 with open_loop_seeds > 0)")
-        if self.open_loop_seeds < 0:
-            raise ValueError(f"open_loop_seeds={self.open_loop_seeds} must be >= 0")
+        if self.episodes < 0 or (self.episodes == 0 and self.open_loop_seeds == 0 and self.grounding_seeds == 0):
+            raise ValueError(f"episodes={self.episodes} must be >= 1 (or 0 with open_loop_seeds or grounding_seeds > 0)")
+        if self.open_loop_seeds < 0 or self.grounding_seeds < 0:
+            raise ValueError(f"open_loop_seeds={self.open_loop_seeds} and grounding_seeds={self.grounding_seeds} "
+                             "must be >= 0")
         if self.first_seed < 0:
             raise ValueError(f"first_seed={self.first_seed} must be >= 0")
         if self.max_steps < 1:
@@ -253,6 +257,62 @@ def open_loop_fidelity(policies: dict[str, Policy], seeds: list[int], task_confi
     return out
 
 
+#: expert chunks closer than this (mean |difference|, action units) count as the same: the names they belong to
+#: cannot be told apart by the first chunk (e.g. objects in the same direction, where the expert's actions saturate)
+SAME_CHUNK_TOL = 0.05
+
+
+def instruction_following(policies: dict[str, Policy], seeds: list[int], task_config: TaskConfig = TaskConfig()) -> dict[str, dict]:
+    """Does the first chunk do what the instruction asks? Per variant, on the first frame of each seed.
+
+    Every object of the scene is named in turn (same frames and proprio; only the instruction changes). For each
+    name the expert's plan is the reference: a query is *aligned* when the policy's chunk is nearer (mean absolute
+    difference) to the expert's chunk for the named object than to its chunk for any object the expert treats
+    differently (expert chunks within :data:`SAME_CHUNK_TOL` of each other are one class: two objects in the same
+    direction are reached by the same first actions). ``chance`` is the most a policy that ignores the name can
+    score (the share of names in a scene's largest class, averaged); a policy that reads the name scores 1.
+    ``spread`` and ``expert_spread``: mean |difference| between the chunks for different names, near 0 when the
+    instruction is ignored.
+    """
+    from .expert import expert_plan
+    from .train import relabelled_scene
+
+    scenes = []
+    for seed in seeds:
+        task = TabletopTask(seed, task_config)
+        frames, scene = task.render(), task.scene
+        named, expert = [], []
+        for offset in range(len(scene.objects)):
+            named.append(relabelled_scene(scene, offset, other_plate=False))
+            task.scene = named[-1]
+            expert.append(expert_plan(task, 8))
+        task.scene = scene
+        expert = np.array(expert)  # (N, 8, 7)
+        dist = np.abs(expert[:, None] - expert[None]).mean(axis=(2, 3))  # (N, N)
+        scenes.append((task, frames, named, expert, dist <= SAME_CHUNK_TOL))
+    out = {}
+    for variant, pol in policies.items():
+        hits, total, spreads, chance, expert_spreads = 0, 0, [], [], []
+        for task, frames, named, expert, same in scenes:
+            chunks = []
+            for k, sc in enumerate(named):
+                pol.reset()
+                obs = Observation(images=frames, proprio=task.proprio(), instruction=sc.instruction, stamp=0.0)
+                chunks.append(np.asarray(pol.infer(obs).actions, dtype=np.float64)[: expert.shape[1]])
+                nearest = int(np.argmin(np.abs(chunks[-1][None] - expert).mean(axis=(1, 2))))
+                hits += bool(same[k, nearest])
+                total += 1
+            chunks = np.array(chunks)
+            n = len(chunks)
+            pairs = ~np.eye(n, dtype=bool)
+            spreads.append(float(np.abs(chunks[:, None] - chunks[None]).mean(axis=(2, 3))[pairs].mean()) if n > 1 else 0.0)
+            expert_spreads.append(float(np.abs(expert[:, None] - expert[None]).mean(axis=(2, 3))[pairs].mean()) if n > 1 else 0.0)
+            chance.append(float(same.sum(axis=1).max()) / n)
+        out[variant] = {"aligned": hits / total, "queries": total, "chance": float(np.mean(chance)),
+                        "spread": float(np.mean(spreads)), "expert_spread": float(np.mean(expert_spreads))}
+    return out
+
+
 def _save_overlay(task: TabletopTask, obs: Observation, stats, path: Path) -> None:
     import cv2
 
@@ -388,11 +448,15 @@ def evaluate(cfg: EvalConfig, out_dir: str | Path | None = None, progress: bool 
         results["summary"].append(summarize(variant, eps))
     if bar is not None:
         bar.close()
-    if cfg.open_loop_seeds:
+    if cfg.open_loop_seeds or cfg.grounding_seeds:
         policies = {v: build_policy(PolicyConfig(checkpoint=cfg.checkpoint, preset=v.removesuffix(NO_CONTROLLER)),
                                     pruning_for(v)) for v in cfg.variants}
+    if cfg.open_loop_seeds:
         ol_seeds = list(range(cfg.first_seed + 50_000, cfg.first_seed + 50_000 + cfg.open_loop_seeds))
         results["open_loop"] = open_loop_fidelity(policies, ol_seeds, task_config)
+    if cfg.grounding_seeds:
+        g_seeds = list(range(cfg.first_seed + 60_000, cfg.first_seed + 60_000 + cfg.grounding_seeds))
+        results["instruction_following"] = instruction_following(policies, g_seeds, task_config)
     results["wall_s"] = time.perf_counter() - t0
     if out_dir is not None:
         out = Path(out_dir)
@@ -451,6 +515,12 @@ def table(results: dict) -> str:
             lines.append(f"| {v} | {o['l1_to_expert']:.3f} ({o['l1_to_expert_xyz']:.3f}) "
                          f"| {o.get('l1_to_off', float('nan')):.3f} ({o.get('l1_to_off_xyz', float('nan')):.3f}) "
                          f"| {kp} | {nk} |")
+    if results.get("instruction_following"):
+        lines += ["", "| variant | first chunk as the expert's for the named object % (ignoring the name: at most) "
+                      "| spread between names (expert) |", "|---|---|---|"]
+        for v, g in results["instruction_following"].items():
+            lines.append(f"| {v} | {100 * g['aligned']:.0f} ({100 * g['chance']:.0f}) "
+                         f"| {g['spread']:.3f} ({g['expert_spread']:.3f}) |")
     return "\n".join(lines)
 
 
@@ -474,6 +544,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="save kept-token overlays of the first queries of this many episodes per variant (<out>/overlays)")
     p.add_argument("--open-loop-seeds", type=int, default=0,
                    help="also compare every variant's actions with the expert's on this many expert trajectories")
+    p.add_argument("--grounding-seeds", type=int, default=0,
+                   help="also check on this many scenes, naming each object in turn, that the first chunk heads for "
+                   "the named object (instruction following)")
     p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (default 1)")
     p.add_argument("--out", default="testbed_eval", help="output directory (default testbed_eval)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
@@ -500,7 +573,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = EvalConfig(checkpoint=args.checkpoint, variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()),
                          episodes=args.episodes, first_seed=args.first_seed, max_steps=args.max_steps,
                          measured_speed=args.measured_speed, open_loop_seeds=args.open_loop_seeds,
-                         overlay_episodes=args.overlays,
+                         overlay_episodes=args.overlays, grounding_seeds=args.grounding_seeds,
                          threads=args.threads)
         res = evaluate(cfg, args.out, progress=not args.no_progress)
     except (ValueError, FileNotFoundError) as err:

@@ -5,8 +5,9 @@ World frame: metres, x to the right, y away from the viewer, z up; the table top
 prismatic fingers, see :data:`GANTRY_URDF`) carries a parallel gripper whose tool point is the fingertip
 centre. Objects (cubes, balls, triangles; three sizes, the smallest about one ViT patch wide in the
 third-person view) and two coloured plates lie on the table; the instruction names one object by colour and
-shape and one plate by colour: ``"put the red cube on the blue plate"``. Distractors share the target's
-colour or shape, so the policy must read the instruction and look at the right object.
+shape and one plate by colour: ``"put the red cube on the blue plate"``. Every object in a scene has a colour
+of its own and any of them can be the named one, so the image alone does not tell which object is meant: the
+policy must read the instruction and look at the right object.
 
 Actions are LIBERO-like 7-D delta end-effector commands ``(dx, dy, dz, droll, dpitch, dyaw, gripper)``:
 translation in units of ``TaskConfig.pos_step`` metres per control step (clipped to [-1, 1]), yaw in units
@@ -133,8 +134,9 @@ class TaskConfig:
     def __post_init__(self) -> None:
         if not 64 <= self.image_size <= 512:
             raise ValueError(f"image_size={self.image_size} must be within 64..512 pixels")
-        if not 0 <= self.n_distractors <= 5:
-            raise ValueError(f"n_distractors={self.n_distractors} must be within 0..5")
+        if not 0 <= self.n_distractors < len(OBJECT_COLORS):
+            raise ValueError(f"n_distractors={self.n_distractors} must be within 0..{len(OBJECT_COLORS) - 1} "
+                             "(every object has a colour of its own)")
         if self.max_steps < 1:
             raise ValueError(f"max_steps={self.max_steps} must be >= 1")
         if not 0 < self.control_dt <= 1:
@@ -203,24 +205,11 @@ class TaskState:
 def _make_scene(seed: int, config: TaskConfig) -> Scene:
     rng = np.random.default_rng(seed)
     colors = list(OBJECT_COLORS)
-    t_color = colors[rng.integers(len(colors))]
-    t_shape = SHAPES[rng.integers(len(SHAPES))]
-    target = SceneObject(t_color, t_shape, float(SIZES[rng.integers(len(SIZES))]))
-    objects = [target]
-    names = {target.name}
-    # distractors: half of them share the target's colour or its shape
-    while len(objects) < 1 + config.n_distractors:
-        kind = rng.integers(3)
-        color = t_color if kind == 0 else colors[rng.integers(len(colors))]
-        shape = t_shape if kind == 1 else SHAPES[rng.integers(len(SHAPES))]
-        name = f"{color} {shape}"
-        if name in names:
-            continue
-        names.add(name)
-        objects.append(SceneObject(color, shape, float(SIZES[rng.integers(len(SIZES))])))
-    order = rng.permutation(len(objects))
-    objects = [objects[i] for i in order]
-    target_idx = int(np.flatnonzero(order == 0)[0])
+    # every object has a colour of its own; shapes and sizes are drawn independently (they may repeat)
+    picks = rng.choice(len(colors), size=1 + config.n_distractors, replace=False)
+    objects = [SceneObject(colors[c], SHAPES[rng.integers(len(SHAPES))], float(SIZES[rng.integers(len(SIZES))]))
+               for c in picks]
+    target_idx = int(rng.integers(len(objects)))
 
     plate_names = list(PLATE_COLORS)
     plate_pick = rng.choice(len(plate_names), size=2, replace=False)
