@@ -114,27 +114,34 @@ def test_cli_help_and_bad_values(capsys):
         tr.TrainConfig(excursion_rate=0.5)
 
 
-def test_patch_labels_mark_the_named_object_and_plate():
+def test_patch_labels_mark_named_and_other_objects_and_plates():
     from specprune_ros.core.config import PreprocessConfig
+    from specprune_ros.core.preprocess import policy_frame
+    from specprune_ros.testbed.task import OBJECT_COLORS
 
-    found = 0
+    found = others = 0
     for seed in range(10):
         task = TabletopTask(seed)
         lab = tr.patch_labels(task, "primary", PreprocessConfig())
-        assert lab.shape == (256,) and set(np.unique(lab)) <= {0, 1, 2}
-        assert (lab == 2).sum() >= 4  # a plate spans several patches
-        found += (lab == 1).any()
-        # the labelled object patch is where the object's colour is in the policy frame
-        obj = task.scene.objects[task.scene.target]
-        from specprune_ros.core.preprocess import policy_frame
-        from specprune_ros.testbed.task import OBJECT_COLORS
-
+        assert lab.shape == (256,) and set(np.unique(lab)) <= {0, 1, 2, 3, 4}
+        assert (lab == tr.PATCH_NAMED_PLATE).sum() >= 4 and (lab == tr.PATCH_OTHER_PLATE).sum() >= 4  # plates span patches
+        found += (lab == tr.PATCH_NAMED_OBJECT).any()
+        others += (lab == tr.PATCH_OTHER_OBJECT).any()
+        # each labelled object patch is where that object's colour is in the policy frame
         frame = policy_frame(task.render()["primary"], PreprocessConfig()).astype(int)
-        colour = np.array(OBJECT_COLORS[obj.color])
-        near = (np.abs(frame - colour).sum(axis=2) < 60).reshape(16, 14, 16, 14).any(axis=(1, 3)).reshape(-1)
-        if (lab == 1).any():
-            assert near[lab == 1].any(), f"seed {seed}: labelled patches do not show the {obj.color} object"
-    assert found >= 9
+        sc = task.scene
+        for k, obj in enumerate(sc.objects):
+            colour = np.array(OBJECT_COLORS[obj.color])
+            near = (np.abs(frame - colour).sum(axis=2) < 60).reshape(16, 14, 16, 14).any(axis=(1, 3)).reshape(-1)
+            renamed = tr.relabelled_scene(sc, (k - sc.target) % len(sc.objects), False)
+            task.scene = renamed
+            mine = tr.patch_labels(task, "primary", PreprocessConfig()) == tr.PATCH_NAMED_OBJECT
+            task.scene = sc
+            if mine.any():
+                assert near[mine].any(), f"seed {seed}: patches labelled as the {obj.color} object do not show it"
+                # named, its patches are class 1; named another, they are class 3 (unless the named one covers them)
+                assert set(lab[mine]) <= ({tr.PATCH_NAMED_OBJECT} if k == sc.target else {tr.PATCH_OTHER_OBJECT, tr.PATCH_NAMED_OBJECT})
+    assert found >= 9 and others >= 9
 
 
 def test_auxiliary_losses_add_to_the_action_loss(tokenizer):

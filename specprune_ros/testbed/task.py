@@ -514,20 +514,22 @@ class TabletopTask:
             return _WristCamera(size, self.state.ee, self.state.yaw)
         raise ValueError(f"unknown view {view!r}; views are {VIEWS}")
 
-    def target_outlines(self, view: str) -> dict[str, np.ndarray]:
-        """Pixel outlines (K, 2) (u right, v down) in ``view`` of the named object's top face and the goal plate.
+    def outlines(self, view: str) -> dict[str, list[np.ndarray]]:
+        """Pixel outlines (K, 2) (u right, v down) in ``view`` of every object's top face and every plate.
 
-        Used to label image patches for training (which patches show what the instruction names).
+        ``{"objects": [...], "plates": [...]}`` in scene order; used to label image patches for training
+        (which patches show what the instruction names, and which show the others).
         """
         cam = self._camera(view)
         sc, s = self.scene, self.state
-        i = sc.target
-        obj = sc.objects[i]
-        p = s.object_pos[i]
-        top = np.concatenate([self._outlines[i] + p[:2], np.full((len(self._outlines[i]), 1), p[2] + obj.height)], axis=1)
-        plate = np.concatenate([self._plate_outline + sc.plate_xy[sc.goal_plate],
-                                np.full((len(self._plate_outline), 1), PLATE_HEIGHT)], axis=1)
-        return {"target": cam.project(top), "plate": cam.project(plate)}
+        objects = []
+        for i, obj in enumerate(sc.objects):
+            top = np.concatenate([self._outlines[i] + s.object_pos[i, :2],
+                                  np.full((len(self._outlines[i]), 1), s.object_pos[i, 2] + obj.height)], axis=1)
+            objects.append(cam.project(top))
+        plates = [cam.project(np.concatenate([self._plate_outline + xy, np.full((len(self._plate_outline), 1), PLATE_HEIGHT)],
+                                             axis=1)) for xy in sc.plate_xy]
+        return {"objects": objects, "plates": plates}
 
     def _render(self, cam: _Camera, wrist: bool) -> np.ndarray:
         size = self.config.image_size

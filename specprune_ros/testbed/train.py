@@ -19,6 +19,7 @@ stops at ``--steps`` or after ``--max-minutes``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -30,6 +31,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+
+from transformers.modeling_utils import AttentionInterface
 
 from ..core.checkpoint import write_checkpoint
 from ..core.config import PreprocessConfig
@@ -43,6 +46,8 @@ from .expert import expert_plan
 from .task import OBJECT_COLORS, PLATE_COLORS, SHAPES, TEMPLATES, VIEWS, Scene, TabletopTask, TaskConfig
 
 UNNORM_KEY = "testbed"
+#: attention function of the Llama layers while training (:func:`training_attention`)
+TRAIN_ATTENTION = "specprune_train_math"
 #: resumable state and scratch files live in <out_dir>/WORK_DIR (not part of the checkpoint)
 WORK_DIR = "train_work"
 STATE_FILE = "train_state.pt"
@@ -157,6 +162,10 @@ def checkpoint_config(cfg: TrainConfig) -> dict:
     return make_checkpoint_config([tower, dict(tower)], text, chunk_len=CHUNK_LEN)
 
 
+#: std of the freshly initialized token embeddings (see :func:`build_model`)
+EMBED_STD = 0.5
+
+
 def build_model(cfg: TrainConfig) -> tuple[OFTModel, dict]:
     """Freshly initialized network (seeded by ``cfg.seed``) and its config.json."""
     config = checkpoint_config(cfg)
@@ -183,6 +192,12 @@ def build_model(cfg: TrainConfig) -> tuple[OFTModel, dict]:
                 continue
             table = sincos_2d(int(grid[0]), int(grid[1]), pos.shape[-1])  # (H*W, D)
             pos[0, pos.shape[1] - table.shape[0]:] = table
+        # Llama starts its token embeddings at std 0.02, 4x below the projected patches (0.07 at the start,
+        # 0.8 once trained) and below what the first attention layer adds to every position: the prompt
+        # tokens' identity was drowned in the residual stream after layer 0, and trained policies ignored the
+        # instruction (their first chunk did not change with the object named). Prompt tokens start at the
+        # scale the visual tokens reach instead.
+        model.llm.embed_tokens.weight.normal_(0.0, EMBED_STD)
     return model, config
 
 
@@ -294,6 +309,48 @@ def relabelled_scene(scene: Scene, object_offset: int, other_plate: bool) -> Sce
     return dataclasses.replace(scene, target=target, goal_plate=plate, instruction=text)
 
 
+def _math_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                    attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
+                    **kwargs) -> tuple[torch.Tensor, None]:
+    """softmax(Q K^T * scaling) V written out, in the dtype of its inputs (bfloat16 under autocast).
+
+    (B, H, L, hd) in -> (B, L, H, hd) out, like the other attention functions of transformers.
+    """
+    groups = module.num_key_value_groups
+    keys = key.repeat_interleave(groups, dim=1) if groups > 1 else key
+    values = value.repeat_interleave(groups, dim=1) if groups > 1 else value
+    logits = query @ keys.transpose(-1, -2) * scaling  # (B, H, L, L)
+    if attention_mask is not None:
+        logits = logits + attention_mask
+    return (logits.softmax(dim=-1) @ values).transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(TRAIN_ATTENTION, _math_attention)
+
+
+@contextlib.contextmanager
+def training_attention(model: OFTModel):
+    """Explicit-softmax attention in the Llama layers and the timm towers while training (restored after).
+
+    On this CPU, torch's fused attention kernel is slow in bfloat16 at these sizes (4 heads of 32 over ~595
+    tokens; 2 heads of 24 over 256): forward + backward of one Llama layer's attention took 45 ms fused
+    against 24 ms written out (8 samples), a training step about 1.3x less. The results are the same up to
+    bfloat16 rounding of the attention probabilities; inference keeps the fused kernel.
+    """
+    config = model.language_model.config
+    towers = [m for m in model.vision_backbone.modules() if hasattr(m, "fused_attn")]
+    before = config._attn_implementation, [m.fused_attn for m in towers]
+    config._attn_implementation = TRAIN_ATTENTION
+    for m in towers:
+        m.fused_attn = False
+    try:
+        yield model
+    finally:
+        config._attn_implementation = before[0]
+        for m, fused in zip(towers, before[1]):
+            m.fused_attn = fused
+
+
 def l1_loss(model: OFTModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     pred = model(batch["pixel_values"], batch["proprio"], batch["prompt_ids"])  # (B, T, A)
     return (pred - batch["actions"]).abs().mean()
@@ -303,11 +360,17 @@ def l1_loss(model: OFTModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 WHERE_DIM = 10
 
 
+#: class weights of the patch probe (:func:`patch_labels`: rest, named object, named plate, other object, other
+#: plate). Another object weighs as much as the named one: with it in the background class, marking every
+#: object as "named" was the cheapest answer and the probe never had to read the instruction.
+PATCH_CLASS_WEIGHTS = (1.0, 8.0, 2.0, 8.0, 2.0)
+
+
 class AuxHeads(torch.nn.Module):
     """Training-only probes (never exported): they give the from-scratch model dense grounding signals.
 
-    ``patch``: per visual token, background / named object / named plate (cross-entropy on the final hidden
-    states). ``patch_mid``: the same question on the visual tokens leaving layer ``probe_layer``: what the
+    ``patch``: per visual token, the classes of :func:`patch_labels` (named object or plate, another object or
+    plate, the rest; cross-entropy on the final hidden states). ``patch_mid``: the same question on the visual tokens leaving layer ``probe_layer``: what the
     final states know is read by nobody (the action placeholders attend to each layer's input), so the
     layers after ``probe_layer`` get the named object's patches marked as such to route on.
     ``where``: goal-plate position, object position, object-minus-gripper offset, gripper position
@@ -322,13 +385,10 @@ class AuxHeads(torch.nn.Module):
     def __init__(self, hidden: int, probe_layer: int = -1) -> None:
         super().__init__()
         self.probe_layer = probe_layer
-        self.patch = torch.nn.Linear(hidden, 3)
-        self.patch_mid = torch.nn.Linear(hidden, 3) if probe_layer >= 0 else None
+        self.patch = torch.nn.Linear(hidden, len(PATCH_CLASS_WEIGHTS))
+        self.patch_mid = torch.nn.Linear(hidden, len(PATCH_CLASS_WEIGHTS)) if probe_layer >= 0 else None
         self.where = torch.nn.Linear(hidden, WHERE_DIM)
 
-
-#: class weights of the patch probe (background, named object, named plate)
-PATCH_CLASS_WEIGHTS = (1.0, 8.0, 2.0)
 
 
 def training_losses(model: OFTModel, aux: AuxHeads | None, batch: dict[str, torch.Tensor],
@@ -350,7 +410,7 @@ def training_losses(model: OFTModel, aux: AuxHeads | None, batch: dict[str, torc
     labels = batch["patch_labels"].reshape(-1)
 
     def patch_ce(head: torch.nn.Linear, states: torch.Tensor) -> torch.Tensor:
-        logits = head(states[:, vis]).reshape(-1, 3).float()  # (B*V*256, 3)
+        logits = head(states[:, vis]).reshape(-1, len(PATCH_CLASS_WEIGHTS)).float()  # (B*V*256, classes)
         return torch.nn.functional.cross_entropy(logits, labels, weight=weights)
 
     ce = patch_ce(aux.patch, final)
@@ -360,14 +420,29 @@ def training_losses(model: OFTModel, aux: AuxHeads | None, batch: dict[str, torc
     return l1 + aux_weight * (ce + where), l1
 
 
+#: patch classes of :func:`patch_labels`
+PATCH_OTHER, PATCH_NAMED_OBJECT, PATCH_NAMED_PLATE, PATCH_OTHER_OBJECT, PATCH_OTHER_PLATE = range(5)
+
+
 def patch_labels(task: TabletopTask, view: str, preprocess: PreprocessConfig) -> np.ndarray:
-    """(256,) labels of the 16x16 patches of the policy-ready frame: 0 other, 1 named object, 2 named plate."""
+    """(256,) labels of the 16x16 patches of the policy-ready frame.
+
+    0 table and the rest, 1 named object, 2 named plate, 3 another object, 4 the other plate. A patch
+    showing several things takes the named object over another object over a plate. The object and plate
+    the instruction names differ from the others only by their name, so telling 1 from 3 and 2 from 4
+    needs the instruction.
+    """
     size = task.config.image_size
     grid = np.zeros((16, 16), np.uint8)
     side = math.sqrt(preprocess.crop_scale) if preprocess.center_crop else 1.0
     lo = (1 - side) / 2
-    for value, key in ((2, "plate"), (1, "target")):
-        pix = task.target_outlines(view)[key]  # (K, 2) pixels of the rendered frame
+    shapes = task.outlines(view)
+    sc = task.scene
+    order = [(PATCH_NAMED_PLATE if k == sc.goal_plate else PATCH_OTHER_PLATE, pix) for k, pix in enumerate(shapes["plates"])]
+    order.sort(key=lambda item: item[0] == PATCH_NAMED_PLATE)
+    order += [(PATCH_OTHER_OBJECT, pix) for k, pix in enumerate(shapes["objects"]) if k != sc.target]
+    order.append((PATCH_NAMED_OBJECT, shapes["objects"][sc.target]))
+    for value, pix in order:  # later entries win
         crop = (pix - lo * (size - 1)) * (224 - 1) / (side * (size - 1))  # pixels of the policy frame
         cells = crop / 14.0 - 0.5  # patch-grid coordinates (cell centres on integers)
         cv2.fillPoly(grid, [np.round(cells * 16).astype(np.int32)], value, shift=4)
@@ -471,7 +546,7 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainResult:
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, cfg)
             batch = batcher.sample(np.random.default_rng([cfg.seed, step]), cfg.batch_size)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16), training_attention(model):
                 loss, l1 = training_losses(model, aux, batch, cfg.aux_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
