@@ -111,16 +111,7 @@ def _nodes(context: LaunchContext) -> list:
         output="screen",
         emulate_tty=True,
     )
-    params = policy_node_parameters(checkpoint, arg("preset"), arg("device"))
-    params.update({
-        "autostart": True,
-        "fake_policy": fake,
-        # the bridge's EpisodeStatus: each new episode resets the policy's pruning state and the node's chunk
-        "episode_status_topic": "/episode_status",
-        # the test-bed bridge executes whole chunks (it ignores ActionChunk.requery_after), so the node must
-        # too, or its executed-row bookkeeping would disagree with what the bridge ran
-        "honor_requery": False,
-    })
+    params = policy_node_parameters(checkpoint, arg("preset"), arg("device"), fake_policy=fake)
     policy = Node(
         package=PACKAGE,
         executable="policy_node",

@@ -1,12 +1,15 @@
 """testbed_sim_node: the ROS-free runner, and the node over real rclpy driven closed loop by the expert."""
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import time
 
 import numpy as np
 import pytest
-from ros_env import messages, ros_context  # noqa: F401  (ros_context is a fixture)
+from ros_env import messages, ros_context, subprocess_env  # noqa: F401  (ros_context is a fixture)
 
 from specprune_ros.testbed.expert import expert_action
 from specprune_ros.testbed.ros_bridge import BridgeConfig, TestbedRunner
@@ -148,3 +151,24 @@ def test_node_closed_loop_over_ros(ros_context):
         img = got["images"][view]
         assert (img.encoding, img.height, img.width, img.step) == ("rgb8", 224, 224, 224 * 3)
     assert 1 < sent < 40
+
+
+def test_ros_loop_runs_both_nodes_and_reports_each_episode(tmp_path):
+    """The whole ROS path as child processes: bridge + policy node (fake policy), episodes watched to their end."""
+    cmd = [sys.executable, "-m", "specprune_ros.testbed.ros_loop", "--fake-policy", "--episodes=2", "--seed=21",
+           "--max-steps=16", "--json", f"--log-dir={tmp_path}"]
+    out = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr + "".join(p.read_text()[-2000:] for p in tmp_path.glob("*.log"))
+    records = json.loads(out.stdout)
+    assert [r["seed"] for r in records] == [21, 22]
+    for r in records:
+        assert r["instruction"] == TabletopTask(r["seed"]).instruction
+        assert r["status"] == "timeout" and not r["success"] and r["steps"] == 16
+        assert r["chunks"] >= 2 and r["latency_ms"] > 0  # 16 rows need at least two 8-row chunks
+    assert (tmp_path / "policy.yaml").is_file()
+
+
+def test_ros_loop_refuses_a_missing_checkpoint(tmp_path):
+    cmd = [sys.executable, "-m", "specprune_ros.testbed.ros_loop", f"--checkpoint={tmp_path / 'nope'}"]
+    out = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "config.json" in out.stderr

@@ -34,8 +34,8 @@ def test_every_launch_argument_has_a_description():
 
 def test_policy_node_parameters_are_valid_node_parameters():
     values = policy_node_parameters("checkpoints/testbed", "aggressive")
-    values.update({"autostart": True, "fake_policy": False})
     assert unknown_parameters(values) == []
+    assert values["episode_status_topic"] == "/episode_status" and values["honor_requery"] is False
     node_cfg, policy_kw = configs_from_values(values)
     assert node_cfg.ee_frame == "tcp" and tuple(node_cfg.arm_joints) == JOINT_NAMES[:4]
     assert tuple(node_cfg.gripper_joints) == JOINT_NAMES[4:] and tuple(node_cfg.gripper_scales) == (1.0, -1.0)

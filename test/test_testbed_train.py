@@ -100,6 +100,46 @@ def test_resume_continues_and_refuses_a_different_configuration(tmp_path):
         tr.train(tr.TrainConfig(out_dir=out, steps=4, **{**TINY, "lr": 5e-4}), progress=False, log=lambda m: None)
 
 
+def test_grounding_warm_up_trains_the_probe_then_the_actions(tmp_path, tokenizer):
+    cfg = tr.TrainConfig(out_dir=str(tmp_path / "ckpt"), steps=2, ground_steps=3, **TINY)
+    # the warm-up's loss is the mid-layer probe's alone and touches only the layers up to probe_layer
+    eps = generate(2, seed=6, noise=0.1)
+    batch = tr.Batcher(eps, dataset_statistics(eps), tokenizer).sample(np.random.default_rng(1), 2)
+    model, _ = tr.build_model(cfg)
+    aux = tr.AuxHeads(cfg.llm_hidden, cfg.probe_layer)
+    tr.grounding_loss(model, aux, batch).backward()
+    assert aux.patch_mid.weight.grad.abs().sum() > 0 and aux.patch.weight.grad is None
+    assert model.llm.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+    assert model.llm.layers[1].self_attn.q_proj.weight.grad is None and model.action_head.model.fc2.weight.grad is None
+    # the schedule: warm-up ramp, constant, then the action phase ramps up again
+    long = tr.TrainConfig(steps=200, ground_steps=300, **TINY)  # warm-ups of 30 and 20 steps
+    assert tr.lr_at(0, long) < tr.lr_at(29, long) == tr.lr_at(299, long) == long.lr
+    assert tr.lr_at(300, long) < tr.lr_at(319, long) == long.lr > tr.lr_at(499, long)
+    res = tr.train(cfg, progress=False, log=lambda m: None)
+    assert res.steps_done == 5
+    summary = json.loads((res.out_dir / "train_summary.json").read_text())
+    assert len(summary["ground_ce_every_50"]) == 1 and len(summary["loss_curve_every_50"]) == 1
+    state = torch.load(res.out_dir / tr.WORK_DIR / tr.STATE_FILE, weights_only=True)
+    assert len(state["ground_losses"]) == 3 and len(state["losses"]) == 2
+    with pytest.raises(ValueError, match="ground_steps"):
+        tr.TrainConfig(ground_steps=10, probe_layer=-1)
+
+
+def test_training_attention_matches_the_fused_kernel_and_is_restored(tokenizer):
+    cfg = tr.TrainConfig(**TINY)
+    eps = generate(2, seed=6, noise=0.1)
+    batch = tr.Batcher(eps, dataset_statistics(eps), tokenizer).sample(np.random.default_rng(1), 2)
+    model, _ = tr.build_model(cfg)
+    with torch.no_grad():
+        fused = tr.l1_loss(model, batch)
+        with tr.training_attention(model):
+            assert model.language_model.config._attn_implementation == tr.TRAIN_ATTENTION
+            written_out = tr.l1_loss(model, batch)
+    assert model.language_model.config._attn_implementation != tr.TRAIN_ATTENTION
+    assert all(m.fused_attn for m in model.vision_backbone.modules() if hasattr(m, "fused_attn"))
+    assert torch.allclose(fused, written_out, atol=1e-5)
+
+
 def test_cli_help_and_bad_values(capsys):
     with pytest.raises(SystemExit) as exc:
         tr.main(["--help"])

@@ -2,12 +2,15 @@
 
 1. Policy: the committed test-bed checkpoint (checkpoints/testbed) when present, else a generated tiny
    random checkpoint. One observation through the unpruned and the pruned policy: the chunk and timings.
-2. Closed loop (test-bed checkpoint only): a few episodes of the procedural task, baseline vs pruned.
+2. Closed loop (test-bed checkpoint only): a few held-out episodes of the procedural task, baseline vs pruned.
 3. ROS 2: a generated bag replayed into the running policy node; the chunks it publishes.
+4. ROS 2 closed loop (test-bed checkpoint only): the task bridge and the pruned policy node as two processes,
+   cameras and joint states in, action chunks out, each episode's success reported.
 """
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -89,13 +92,28 @@ def stage_ros(ckpt: Path, out: Path) -> None:
     replay_into_node(ckpt, out)
 
 
+def stage_ros_closed_loop(ckpt: Path, preset: str, episodes: int, out: Path) -> int:
+    from ..rosenv import ros_child_env
+
+    print(f"\n== 4. ROS 2 closed loop on the test-bed task: testbed_sim_node + policy_node ({preset}), {episodes} "
+          "episodes in real time (20 Hz)", flush=True)
+    cmd = [sys.executable, "-m", "specprune_ros.testbed.ros_loop", f"--checkpoint={ckpt}", f"--preset={preset}",
+           f"--episodes={episodes}", f"--log-dir={out / 'ros_loop'}"]
+    code = subprocess.run(cmd, env=ros_child_env()).returncode
+    if code != 0:
+        print(f"{PROG}: the ROS 2 closed loop failed; the nodes' logs are in {out / 'ros_loop'}", file=sys.stderr)
+    return code
+
+
 def main_args(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog=PROG, description="Run the main job on the embedded default checkpoint.")
     p.add_argument("--out", default="demo_out", help="working directory (default: demo_out)")
     p.add_argument("--preset", default="paper", help="pruning preset to show (default: paper)")
-    p.add_argument("--episodes", type=int, default=0,
-                   help="closed-loop test-bed episodes per preset with the committed test-bed policy (default: 0; "
-                   "that policy does not solve the task yet, see docs/testbed.md)")
+    p.add_argument("--episodes", type=int, default=10,
+                   help="closed-loop test-bed episodes per preset (off and --preset) with the committed test-bed policy "
+                   "(default: 10; 0 skips the stage)")
+    p.add_argument("--ros-episodes", type=int, default=3,
+                   help="episodes of the ROS 2 closed loop with the committed test-bed policy (default: 3; 0 skips it)")
     p.add_argument("--skip-ros", action="store_true", help="skip the ROS 2 stage")
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -106,6 +124,8 @@ def main_args(argv: list[str]) -> int:
         stage_closed_loop(ckpt, args.preset, args.episodes)
     if not args.skip_ros:
         stage_ros(ckpt, out)
+        if trained and args.ros_episodes > 0 and stage_ros_closed_loop(ckpt, args.preset, args.ros_episodes, out):
+            return 1
     return 0
 
 

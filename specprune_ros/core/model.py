@@ -284,17 +284,18 @@ class OFTModel(nn.Module):
 
     def run_layers(
         self, hidden: torch.Tensor, position_ids: torch.Tensor, hooks: LayerHooks | None = None,
-        taps: dict[int, torch.Tensor | None] | None = None,
+        taps: dict[int, torch.Tensor | None] | None = None, depth: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-        """Bidirectional pass through every decoder layer.
+        """Bidirectional pass through every decoder layer (or the first ``depth`` of them).
 
         hidden (B, L, D), position_ids (B, L) -> final-normed hidden (B, L', D), surviving position ids (B, L')
         and the sequence length that entered each layer. ``hooks`` may shrink the sequence after any layer.
         ``taps`` (layer index -> None) is filled with the hidden states (B, L, D) leaving those layers, before
-        any pruning (training probes read them).
+        any pruning (training probes read them); ``depth`` stops after that many layers (training probes of
+        the first layers need no more).
         """
         lengths = []
-        for i, layer in enumerate(self.llm.layers):
+        for i, layer in enumerate(self.llm.layers[:depth]):
             lengths.append(hidden.shape[1])
             rows = hooks.score_rows(i, position_ids) if hooks is not None else None
             sink: list = []

@@ -96,11 +96,12 @@ def default_env_script() -> str:
     return str(ENV_SCRIPT) if ENV_SCRIPT.is_file() else ""
 
 
-def _ros_value(value: Any) -> str:
+def ros_value(value: Any) -> str:
+    """A parameter value as ``-p name:=VALUE`` needs it (booleans lower case, lists bracketed, strings quoted)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_ros_value(v) for v in value) + "]"
+        return "[" + ",".join(ros_value(v) for v in value) + "]"
     if isinstance(value, str):
         return "'" + value.replace("'", "") + "'"
     return repr(value)
@@ -140,7 +141,7 @@ def bridge_command(
     cmd += [python, "-m", "specprune_ros.sim.libero_node", "--ros-args", "-r", f"__node:={BRIDGE_NODE_NAME}"]
     cmd += ["-r", f"action_chunk:={POLICY_CHUNK_TOPIC}"]
     for name, value in params.items():
-        cmd += ["-p", f"{name}:={_ros_value(value)}"]
+        cmd += ["-p", f"{name}:={ros_value(value)}"]
     return cmd
 
 

@@ -78,23 +78,31 @@ PARAM_DOC = {
 }
 
 
-def policy_node_parameters(checkpoint: str, preset: str = "paper", device: str = "cpu") -> dict:
+def policy_node_parameters(checkpoint: str, preset: str = "paper", device: str = "cpu", fake_policy: bool = False) -> dict:
     """Parameters of ``policy_node`` (``specprune_policy``) for the test bed: topics, gantry kinematics, proprio.
 
     The proprio is LIBERO's layout from the joint states through the gantry URDF (``tcp`` frame): EE position,
     EE axis-angle, finger positions scaled (1, -1), exactly the task's ``proprio()``. The node only publishes
-    chunks (``dry_run``); the bridge executes them.
+    chunks (``dry_run``); the bridge executes them. The bridge's ``episode_status`` resets the policy's pruning
+    state and the node's chunk at each new episode. The bridge executes whole chunks (it ignores
+    ``ActionChunk.requery_after``), so the node does too (``honor_requery`` false): otherwise its executed-row
+    bookkeeping would disagree with what the bridge ran. ``launch/testbed.launch.py`` and
+    :mod:`~specprune_ros.testbed.ros_loop` start the node with these.
     """
     return {
         "checkpoint": checkpoint,
         "preset": preset,
         "device": device,
         "dtype": "float32",
+        "fake_policy": fake_policy,
+        "autostart": True,
         "camera_views": ["primary", "wrist"],
         "camera_topics": ["/" + CAMERA_TOPICS["primary"], "/" + CAMERA_TOPICS["wrist"]],
         "joint_states_topic": "/joint_states",
         "instruction_topic": "/instruction",
         "robot_description_topic": "/robot_description",
+        "episode_status_topic": "/episode_status",
+        "honor_requery": False,
         "ee_frame": "tcp",
         "arm_joints": list(JOINT_NAMES[:4]),
         "proprio_sources": ["libero"],
@@ -214,7 +222,11 @@ def make_node(config_overrides: dict | None = None, **node_kwargs):
             self._pub_joints = self.create_publisher(JointState, "joint_states", 10)
             self._pub_instruction = self.create_publisher(String, "instruction", latched)
             self._pub_description = self.create_publisher(String, "robot_description", latched)
-            self._pub_status = self.create_publisher(EpisodeStatus, "episode_status", latched)
+            # several statuses can follow each other within a tick or two (an episode's end, the next one's
+            # start): a history of 10 keeps the end of an episode from being overwritten before delivery
+            status_qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
+                                    durability=DurabilityPolicy.TRANSIENT_LOCAL)
+            self._pub_status = self.create_publisher(EpisodeStatus, "episode_status", status_qos)
             self._EpisodeStatus = EpisodeStatus
             self.create_subscription(ActionChunk, self.config.action_chunk_topic, self._on_chunk, 10)
             self.create_service(Trigger, "~/reset", self._on_reset)

@@ -79,6 +79,9 @@ class TrainConfig:
         aux_weight: weight of the training-only grounding probes (:class:`AuxHeads`), 0 = plain L1.
         probe_layer: the patch probe also reads the visual tokens leaving this decoder layer (0-based; -1 =
             final states only), so that the layers after it can route on what the instruction names.
+        ground_steps: steps of the grounding warm-up before the action training (``steps``): only the patch
+            probe at ``probe_layer`` is trained, on the layers up to it, with every object of a scene named
+            equally often (:func:`grounding_loss`); 0 = none.
         fp16: store the exported weights in float16 (halves the size; loads as float32).
         bf16: run the training forward pass under bfloat16 autocast (float32 weights and optimizer; 1.2x
             faster on a CPU with AVX512-BF16).
@@ -108,6 +111,7 @@ class TrainConfig:
     relabel: float = 0.0
     aux_weight: float = 0.5
     probe_layer: int = -1
+    ground_steps: int = 0
     fp16: bool = True
     bf16: bool = True
     threads: int = 1
@@ -133,6 +137,9 @@ class TrainConfig:
                              " (-1: final states only)")
         if not 0 <= self.relabel <= 1:
             raise ValueError(f"relabel={self.relabel} must lie in [0, 1]")
+        if self.ground_steps < 0 or (self.ground_steps and (self.probe_layer < 0 or self.aux_weight == 0)):
+            raise ValueError(f"ground_steps={self.ground_steps} must be >= 0, and > 0 only with a probe_layer >= 0 and "
+                             f"aux_weight > 0 (got probe_layer={self.probe_layer}, aux_weight={self.aux_weight})")
         if self.aux_weight < 0:
             raise ValueError(f"aux_weight={self.aux_weight} must be >= 0")
         if not 0 < self.lr < 1:
@@ -406,18 +413,36 @@ def training_losses(model: OFTModel, aux: AuxHeads | None, batch: dict[str, torc
     if aux is None or aux_weight == 0:
         return l1, l1
     vis = slice(layout.vis_start, layout.vis_start + layout.n_visual)
-    weights = torch.tensor(PATCH_CLASS_WEIGHTS, dtype=torch.float32)
-    labels = batch["patch_labels"].reshape(-1)
-
-    def patch_ce(head: torch.nn.Linear, states: torch.Tensor) -> torch.Tensor:
-        logits = head(states[:, vis]).reshape(-1, len(PATCH_CLASS_WEIGHTS)).float()  # (B*V*256, classes)
-        return torch.nn.functional.cross_entropy(logits, labels, weight=weights)
-
-    ce = patch_ce(aux.patch, final)
+    ce = patch_ce(aux.patch, final[:, vis], batch["patch_labels"])
     if taps is not None:
-        ce = ce + patch_ce(aux.patch_mid, taps[aux.probe_layer])
+        ce = ce + patch_ce(aux.patch_mid, taps[aux.probe_layer][:, vis], batch["patch_labels"])
     where = (aux.where(readout.mean(dim=1)) - batch["where"]).abs().mean()
     return l1 + aux_weight * (ce + where), l1
+
+
+def patch_ce(head: torch.nn.Linear, visual: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Weighted cross-entropy of the patch probe ``head`` on visual token states (B, V*256, D), labels (B, V*256)."""
+    logits = head(visual).reshape(-1, len(PATCH_CLASS_WEIGHTS)).float()  # (B*V*256, classes)
+    return torch.nn.functional.cross_entropy(logits, labels.reshape(-1), weight=torch.tensor(PATCH_CLASS_WEIGHTS))
+
+
+def grounding_loss(model: OFTModel, aux: AuxHeads, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The grounding warm-up's loss: the patch probe at ``aux.probe_layer``, with only the layers up to it run.
+
+    Trained jointly with the action loss from the start, the probes learned where the objects are but not which
+    one the instruction names (after 3300 steps the "named object" probability was the same on the named and the
+    other objects' patches): the early action loss, minimized by input-blind chunks, dominates the shared layers.
+    Trained alone, the same probe tells the named object from the others within 150 steps (0.52 against 0.29)
+    at half the cost per step (3 of 6 layers, no action head).
+    """
+    pixels, prompt_ids = batch["pixel_values"], batch["prompt_ids"]
+    layout = model.layout(pixels.shape[1] // 6, prompt_ids.shape[1] - 1)
+    seq = model.assemble(model.embed_vision(pixels), batch["proprio"], prompt_ids)  # (B, L, D)
+    pos = torch.arange(seq.shape[1])[None].expand(seq.shape[0], -1)  # (B, L)
+    taps = {aux.probe_layer: None}
+    model.run_layers(seq, pos, taps=taps, depth=aux.probe_layer + 1)
+    vis = slice(layout.vis_start, layout.vis_start + layout.n_visual)
+    return patch_ce(aux.patch_mid, taps[aux.probe_layer][:, vis], batch["patch_labels"])
 
 
 #: patch classes of :func:`patch_labels`
@@ -453,6 +478,11 @@ def patch_labels(task: TabletopTask, view: str, preprocess: PreprocessConfig) ->
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate of global step ``step``: the grounding warm-up (linear warm-up, then constant), then the
+    action training (linear warm-up, cosine decay to 10% over ``cfg.steps``)."""
+    if step < cfg.ground_steps:
+        return cfg.lr * min(1.0, (step + 1) / max(1, min(100, cfg.ground_steps // 10)))
+    step -= cfg.ground_steps
     warm = max(1, min(100, cfg.steps // 10))
     if step < warm:
         return cfg.lr * (step + 1) / warm
@@ -498,6 +528,9 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainResult:
         (tok_dir / name).write_text(text)
     tokenizer = PromptTokenizer(tok_dir / "tokenizer.json")
     batcher = Batcher(train_eps, stats[UNNORM_KEY], tokenizer, relabel=cfg.relabel)
+    # the warm-up names each object of a scene equally often (the demonstration's own object 1 time in n)
+    n_obj = 1 + TaskConfig().n_distractors
+    ground_batcher = Batcher(train_eps, stats[UNNORM_KEY], tokenizer, relabel=(n_obj - 1) / n_obj)
     val_batches = []
     if val_eps:
         vb = Batcher(val_eps, stats[UNNORM_KEY], tokenizer)
@@ -507,7 +540,7 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainResult:
     aux = AuxHeads(cfg.llm_hidden, cfg.probe_layer) if cfg.aux_weight > 0 else None
     params = list(model.parameters()) + (list(aux.parameters()) if aux is not None else [])
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
-    start, elapsed_before, losses = 0, 0.0, []
+    start, elapsed_before, losses, ground_losses = 0, 0.0, [], []
     if state_file.exists():
         state = torch.load(state_file, map_location="cpu", weights_only=True)
         saved = {k: v for k, v in json.loads(state["train_config"]).items() if k not in RESUMABLE_CHANGES}
@@ -519,13 +552,14 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainResult:
             aux.load_state_dict(state["aux"])
         opt.load_state_dict(state["optimizer"])
         start, elapsed_before, losses = int(state["step"]), float(state["elapsed_s"]), list(state["losses"])
+        ground_losses = list(state["ground_losses"])
         log(f"resuming from {state_file} at step {start}")
 
     def save_state(step: int, elapsed: float) -> None:
         tmp = state_file.with_suffix(".tmp")
         torch.save({"model": model.state_dict(), "aux": aux.state_dict() if aux is not None else {},
                     "optimizer": opt.state_dict(), "step": step, "elapsed_s": elapsed,
-                    "losses": losses, "train_config": _identity(cfg)}, tmp)
+                    "losses": losses, "ground_losses": ground_losses, "train_config": _identity(cfg)}, tmp)
         tmp.replace(state_file)
 
     model.train()
@@ -536,27 +570,33 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainResult:
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step")
+        bar = tqdm(total=cfg.ground_steps + cfg.steps, initial=start, desc="train", unit="step")
     try:
-        while step < cfg.steps:
+        while step < cfg.ground_steps + cfg.steps:
             elapsed = elapsed_before + time.perf_counter() - t_start
             if cfg.max_minutes and elapsed > 60 * cfg.max_minutes:
                 log(f"time limit of {cfg.max_minutes} min reached at step {step}")
                 break
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, cfg)
-            batch = batcher.sample(np.random.default_rng([cfg.seed, step]), cfg.batch_size)
+            grounding = step < cfg.ground_steps
+            rng = np.random.default_rng([cfg.seed, step])
+            batch = (ground_batcher if grounding else batcher).sample(rng, cfg.batch_size)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16), training_attention(model):
-                loss, l1 = training_losses(model, aux, batch, cfg.aux_weight)
+                if grounding:
+                    loss = grounding_loss(model, aux, batch)
+                else:
+                    loss, l1 = training_losses(model, aux, batch, cfg.aux_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
-            losses.append(l1.item())
+            (ground_losses if grounding else losses).append(loss.item() if grounding else l1.item())
             step += 1
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(l1=f"{np.mean(losses[-50:]):.4f}", lr=f"{lr_at(step, cfg):.1e}")
+                shown = {"ground_ce": f"{np.mean(ground_losses[-50:]):.4f}"} if grounding else {"l1": f"{np.mean(losses[-50:]):.4f}"}
+                bar.set_postfix(**shown, lr=f"{lr_at(step, cfg):.1e}")
             if time.perf_counter() - last_save > 60 * cfg.save_every_min:
                 save_state(step, elapsed_before + time.perf_counter() - t_start)
                 last_save = time.perf_counter()
@@ -583,7 +623,8 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainResult:
             stale.unlink()
     summary = {"train_config": asdict(cfg), "steps_done": step, "train_l1_last50": train_loss, "val_l1": val_loss,
                "minutes": minutes, "train_transitions": stats[UNNORM_KEY]["num_transitions"],
-               "loss_curve_every_50": [float(np.mean(losses[i:i + 50])) for i in range(0, len(losses), 50)]}
+               "loss_curve_every_50": [float(np.mean(losses[i:i + 50])) for i in range(0, len(losses), 50)],
+               "ground_ce_every_50": [float(np.mean(ground_losses[i:i + 50])) for i in range(0, len(ground_losses), 50)]}
     (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
     return TrainResult(out, step, train_loss, val_loss, minutes)
 

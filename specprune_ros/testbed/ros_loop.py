@@ -1,0 +1,185 @@
+"""The test bed's whole ROS 2 path, closed loop, without ``ros2 launch``.
+
+Starts the two nodes of ``launch/testbed.launch.py`` with the same parameters as child processes: the task
+bridge ``testbed_sim_node`` (cameras, joint states, instruction, URDF in; action chunks executed in real
+time) and the policy node (the checkpoint, pruned with a preset), then watches ``/episode_status`` until
+the episodes are over and reports each one: success, steps, the chunks the policy node published for it,
+their latency and visual tokens kept.
+
+    tools/ros_env.sh .venv/bin/python -m specprune_ros.testbed.ros_loop --episodes=3 --preset=paper
+
+Needs rclpy and the generated messages (``tools/ros_env.sh``, or a sourced ROS 2 installation with the
+package built). ``specprune-demo`` runs it as its closed-loop ROS stage.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from ..rosenv import stop_process
+from ..sim.launching import ros_value, write_params_file
+from .ros_bridge import NODE_NAME as BRIDGE_NODE_NAME
+from .ros_bridge import policy_node_parameters
+
+POLICY_NODE_NAME = "specprune_policy"
+CHUNK_TOPIC = f"/{POLICY_NODE_NAME}/action_chunk"
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "testbed"
+ENDED = ("success", "timeout")
+
+
+class LoopError(RuntimeError):
+    """The loop could not run: a node exited, or an episode did not end in time."""
+
+
+def bridge_command(seed: int, episodes: int, max_steps: int) -> list[str]:
+    params = {"seed": seed, "episodes": episodes, "max_steps": max_steps, "reset_delay": 0.5,
+              "action_chunk_topic": CHUNK_TOPIC}
+    cmd = [sys.executable, "-m", "specprune_ros.testbed.ros_bridge", "--ros-args", "-r", f"__node:={BRIDGE_NODE_NAME}"]
+    for name, value in params.items():
+        cmd += ["-p", f"{name}:={ros_value(value)}"]
+    return cmd
+
+
+def policy_command(params_file: Path) -> list[str]:
+    return [sys.executable, "-m", "specprune_ros.ros.policy_node", "--ros-args", "-r", f"__node:={POLICY_NODE_NAME}",
+            "--params-file", str(params_file)]
+
+
+def run_loop(checkpoint: str, preset: str = "paper", seed: int = 10_000, episodes: int = 3, max_steps: int = 240,
+             log_dir: Path | None = None, episode_timeout: float = 120.0, startup_timeout: float = 180.0,
+             progress=None, fake_policy: bool = False) -> list[dict]:
+    """Run ``episodes`` closed-loop episodes over ROS 2; one record per episode (seeds ``seed``, ``seed + 1``, ...).
+
+    ``fake_policy``: the policy node runs its deterministic fake policy instead of the checkpoint (wiring checks).
+    """
+    import rclpy
+    from rclpy.context import Context
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+
+    from specprune_ros.msg import ActionChunk, EpisodeStatus
+
+    log_dir = Path(log_dir if log_dir is not None else tempfile.mkdtemp(prefix="testbed_ros_"))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    params = write_params_file(log_dir / "policy.yaml", policy_node_parameters(checkpoint, preset, fake_policy=fake_policy),
+                               POLICY_NODE_NAME)
+    context = Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node("specprune_testbed_loop", context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    statuses: list = []
+    chunks: list = []  # (episode running when the chunk arrived, chunk)
+
+    def on_chunk(msg) -> None:
+        if statuses and statuses[-1].status == "running":
+            chunks.append((statuses[-1].episode, msg))
+
+    status_qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    node.create_subscription(EpisodeStatus, "/episode_status", statuses.append, status_qos)
+    node.create_subscription(ActionChunk, CHUNK_TOPIC, on_chunk, 50)
+    procs: dict[str, tuple[subprocess.Popen, Path]] = {}
+
+    def start(name: str, cmd: list[str]) -> None:
+        log = log_dir / f"{name}.log"
+        env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+        with open(log, "w") as fh:
+            procs[name] = (subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT), log)
+
+    def spin_until(predicate, timeout: float, what: str) -> None:
+        end = time.monotonic() + timeout
+        while not predicate():
+            for name, (proc, log) in procs.items():
+                if proc.poll() is not None:
+                    raise LoopError(f"the {name} exited with code {proc.returncode}; its log ({log}) ends with:\n"
+                                    f"{log.read_text()[-2000:]}")
+            if time.monotonic() > end:
+                raise LoopError(f"{what} did not happen within {timeout:.0f} s (logs in {log_dir})")
+            executor.spin_once(timeout_sec=0.05)
+
+    records = []
+    try:
+        # the bridge first: its episode waits for chunks, and this node hears the episode's every status only
+        # once discovery has matched it with the bridge (a late joiner may miss a short episode's end)
+        start("task bridge", bridge_command(seed, episodes, max_steps))
+        spin_until(lambda: bool(statuses), startup_timeout, "the task bridge's first episode status")
+        start("policy node", policy_command(params))
+        for k in range(episodes):
+            def ended(k=k) -> bool:
+                return any((s.episode == k and s.status in ENDED) or s.episode > k for s in statuses)
+
+            spin_until(ended, startup_timeout if k == 0 else episode_timeout, f"the end of episode {k}")
+            final = next((s for s in statuses if s.episode == k and s.status in ENDED), None)
+            if final is None:
+                raise LoopError(f"episode {k} was followed by the next one, but its end was not received")
+            mine = [c for episode, c in chunks if episode == k]
+            records.append({
+                "seed": seed + k, "instruction": final.instruction, "status": final.status, "success": bool(final.success),
+                "steps": int(final.step), "chunks": len(mine),
+                "latency_ms": 1e3 * sum(c.inference_latency for c in mine) / len(mine) if mine else None,
+                "tokens_kept": sum(c.tokens_kept for c in mine) / len(mine) if mine else None,
+            })
+            if progress is not None:
+                progress(records[-1])
+    finally:
+        for proc, _ in procs.values():
+            stop_process(proc, sig=signal.SIGINT, timeout=20)
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
+    return records
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m specprune_ros.testbed.ros_loop",
+        description="Closed loop over ROS 2 on the test-bed task: testbed_sim_node + policy_node as child processes "
+        "(the nodes of launch/testbed.launch.py), episodes watched on /episode_status. Needs the ROS environment "
+        "(tools/ros_env.sh).")
+    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="policy checkpoint (default: the committed test-bed one)")
+    p.add_argument("--preset", default="paper", help="pruning preset of the policy node (default paper; off = unpruned)")
+    p.add_argument("--seed", type=int, default=10_000, help="task seed of the first episode (default 10000)")
+    p.add_argument("--episodes", type=int, default=3, help="episodes to run (default 3)")
+    p.add_argument("--max-steps", type=int, default=240, help="control steps before an episode times out (default 240)")
+    p.add_argument("--fake-policy", action="store_true",
+                   help="the policy node runs its deterministic fake policy instead of the checkpoint (wiring check)")
+    p.add_argument("--log-dir", default=None, help="where the nodes' logs go (default: a temporary directory)")
+    p.add_argument("--json", action="store_true", help="print the episode records as JSON")
+    args = p.parse_args(argv)
+    if args.episodes < 1 or args.seed < 0 or args.max_steps < 1:
+        print("error: --episodes and --max-steps must be >= 1 and --seed >= 0", file=sys.stderr)
+        return 2
+    if not args.fake_policy and not (Path(args.checkpoint) / "config.json").is_file():
+        print(f"error: --checkpoint={args.checkpoint} has no config.json", file=sys.stderr)
+        return 2
+
+    def show(rec: dict) -> None:
+        if not args.json:
+            lat = "-" if rec["latency_ms"] is None else f"{rec['latency_ms']:.0f} ms"
+            kept = "-" if rec["tokens_kept"] is None else f"{rec['tokens_kept']:.0f}/512"
+            print(f"  seed {rec['seed']}: {rec['status']:7s} after {rec['steps']:3d} steps, {rec['chunks']} chunks, "
+                  f"latency {lat}, visual tokens kept {kept}  ({rec['instruction']})", flush=True)
+
+    try:
+        records = run_loop(args.checkpoint, args.preset, args.seed, args.episodes, args.max_steps,
+                           Path(args.log_dir) if args.log_dir else None, progress=show, fake_policy=args.fake_policy)
+    except LoopError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    if args.json:
+        print(json.dumps(records, indent=1))
+    else:
+        print(f"  {sum(r['success'] for r in records)}/{len(records)} episodes succeeded ({args.preset})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
