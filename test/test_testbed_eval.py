@@ -74,6 +74,16 @@ def test_variants_and_config_validation():
         ev.EvalConfig(variants=("papr",))
     with pytest.raises(ValueError, match="episodes"):
         ev.EvalConfig(episodes=0)
+    # +matched: controller off, every query gets the preset's average budget (coarse 24/19, fine 40/32)
+    matched = ev.pruning_for("paper+matched", fine_fraction=0.25)
+    assert not matched.controller.enabled and matched.local_k_coarse == matched.local_k_fine == (28, 22)
+    assert ev.pruning_for("paper+matched", fine_fraction=0.0).local_k_coarse == (24, 19)
+    with pytest.raises(ValueError, match="fine-mode fraction"):
+        ev.pruning_for("paper+matched")
+    with pytest.raises(ValueError, match="unknown variant"):
+        ev.pruning_for("paper+nocontroller+matched", fine_fraction=0.5)
+    with pytest.raises(ValueError, match="needs paper evaluated before"):
+        ev.EvalConfig(variants=("off", "paper+matched", "paper"))
 
 
 def test_run_episode_feeds_executed_actions_and_succeeds_with_the_expert():
@@ -119,12 +129,17 @@ def test_run_episode_reports_invalid_actions_as_failure():
 
 def test_evaluate_end_to_end_writes_json_and_plot(tiny_checkpoint, tmp_path, capsys):
     # the tiny checkpoint has random weights: this checks the plumbing, not success
-    code = ev.main([f"--checkpoint={tiny_checkpoint}", "--variants=off,paper", "--episodes=1", "--max-steps=16",
-                    f"--out={tmp_path}", "--no-progress", "--json"])
+    code = ev.main([f"--checkpoint={tiny_checkpoint}", "--variants=off,paper,paper+matched", "--episodes=1",
+                    "--max-steps=16", "--grounding-seeds=1", f"--out={tmp_path}", "--no-progress", "--json"])
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
-    assert [s["variant"] for s in summary] == ["off", "paper"]
+    assert [s["variant"] for s in summary] == ["off", "paper", "paper+matched"]
     res = json.loads((tmp_path / "results.json").read_text())
+    f = res["summary"][1]["fine_fraction"]
+    assert res["summary"][2]["local_k"]["coarse"] == list(ev.pruning_for("paper+matched", f).local_k_coarse)
+    assert res["summary"][2]["fine_fraction"] == 0.0  # no controller
+    assert set(res["instruction_following"]) == {"off", "paper", "paper+matched"}
+    assert all(g["queries"] == len(TabletopTask(60_000).scene.objects) for g in res["instruction_following"].values())
     assert res["summary"][0]["kept_per_view"]["primary"] == 256
     assert res["summary"][1]["kept_per_view"]["primary"] < 256
     assert res["summary"][1]["mean_seq_len"] < res["summary"][0]["mean_seq_len"]

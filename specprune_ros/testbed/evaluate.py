@@ -31,7 +31,7 @@ from ..core.types import MODE_FINE, InputError, Observation, Policy
 from .task import TabletopTask, TaskConfig
 
 NO_CONTROLLER = "+nocontroller"
-DEFAULT_VARIANTS = ("off", "conservative", "paper", "aggressive", "static-only", "paper+nocontroller")
+DEFAULT_VARIANTS = ("off", "conservative", "paper", "aggressive", "static-only", "paper+nocontroller", "paper+matched")
 
 
 def _mean_or_none(values) -> float | None:
@@ -52,15 +52,31 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def pruning_for(variant: str) -> PruningConfig:
-    """The pruning configuration of a variant name (``preset`` or ``preset+nocontroller``)."""
-    base = variant.removesuffix(NO_CONTROLLER)
-    if base not in PRESETS:
+MATCHED = "+matched"
+
+
+def pruning_for(variant: str, fine_fraction: float | None = None) -> PruningConfig:
+    """The pruning configuration of a variant name: ``preset``, ``preset+nocontroller`` or ``preset+matched``.
+
+    ``+nocontroller`` runs the preset with the coarse/fine controller disabled (always the coarse budget).
+    ``+matched`` disables it too but gives every query the preset's average V_local budget instead: the
+    coarse and fine budgets weighted by ``fine_fraction``, the share of the preset's own queries that ran in
+    fine mode. It uses as many tokens on average as the preset with its controller, so the two compare the
+    controller's choice of *when* to keep more tokens at an equal token budget.
+    """
+    base = variant.removesuffix(NO_CONTROLLER).removesuffix(MATCHED)
+    if base not in PRESETS or variant not in (base, base + NO_CONTROLLER, base + MATCHED):
         raise ValueError(f"unknown variant {variant!r}: use a preset ({', '.join(sorted(PRESETS))}), optionally "
-                         f"followed by {NO_CONTROLLER!r}")
+                         f"followed by {NO_CONTROLLER!r} or {MATCHED!r}")
     cfg = PRESETS[base]
-    if variant.endswith(NO_CONTROLLER):
+    if variant.endswith((NO_CONTROLLER, MATCHED)):
         cfg = dataclasses.replace(cfg, controller=dataclasses.replace(cfg.controller, enabled=False))
+    if variant.endswith(MATCHED):
+        if fine_fraction is None or not 0 <= fine_fraction <= 1:
+            raise ValueError(f"{variant}: needs the fine-mode fraction (0..1) of {base}'s own run, got {fine_fraction}")
+        k = tuple(max(1, int(round(fine_fraction * kf + (1 - fine_fraction) * kc)))
+                  for kc, kf in zip(cfg.local_k_coarse, cfg.local_k_fine))
+        cfg = dataclasses.replace(cfg, local_k_coarse=k, local_k_fine=k)
     return cfg
 
 
@@ -98,8 +114,13 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if not self.variants:
             raise ValueError("variants is empty: name at least one preset, e.g. off,paper")
-        for v in self.variants:
-            pruning_for(v)
+        for i, v in enumerate(self.variants):
+            pruning_for(v, fine_fraction=0.0)
+            base = v.removesuffix(MATCHED)
+            if v.endswith(MATCHED) and base not in self.variants[:i]:
+                raise ValueError(f"variant {v} needs {base} evaluated before it (its budget is matched to {base}'s run)")
+            if v.endswith(MATCHED) and self.episodes == 0:
+                raise ValueError(f"variant {v} needs closed-loop episodes (its budget comes from {base}'s episodes)")
         if len(set(self.variants)) != len(self.variants):
             raise ValueError(f"variants repeat: {list(self.variants)}")
         if self.episodes < 0 or (self.episodes == 0 and self.open_loop_seeds == 0 and self.grounding_seeds == 0):
@@ -434,9 +455,17 @@ def evaluate(cfg: EvalConfig, out_dir: str | Path | None = None, progress: bool 
 
         bar = tqdm(total=len(cfg.variants) * len(seeds), desc="episodes", unit="ep")
     t0 = time.perf_counter()
+    fine: dict[str, float] = {}
+
+    def pruning(variant: str) -> PruningConfig:
+        return pruning_for(variant, fine.get(variant.removesuffix(MATCHED)))
+
+    def make_policy(variant: str) -> Policy:
+        base = variant.removesuffix(NO_CONTROLLER).removesuffix(MATCHED)
+        return build_policy(PolicyConfig(checkpoint=cfg.checkpoint, preset=base), pruning(variant))
+
     for variant in cfg.variants if seeds else ():
-        base = variant.removesuffix(NO_CONTROLLER)
-        policy = build_policy(PolicyConfig(checkpoint=cfg.checkpoint, preset=base), pruning_for(variant))
+        policy = make_policy(variant)
         eps = []
         for k, seed in enumerate(seeds):
             overlay = Path(out_dir) / "overlays" / variant if (out_dir is not None and k < cfg.overlay_episodes) else None
@@ -446,11 +475,13 @@ def evaluate(cfg: EvalConfig, out_dir: str | Path | None = None, progress: bool 
                 bar.set_postfix(variant=variant, success=f"{sum(e['success'] for e in eps)}/{len(eps)}")
         results["episodes"][variant] = eps
         results["summary"].append(summarize(variant, eps))
+        fine[variant] = results["summary"][-1]["fine_fraction"]
+        results["summary"][-1]["local_k"] = {"coarse": list(pruning(variant).local_k_coarse),
+                                             "fine": list(pruning(variant).local_k_fine)}
     if bar is not None:
         bar.close()
     if cfg.open_loop_seeds or cfg.grounding_seeds:
-        policies = {v: build_policy(PolicyConfig(checkpoint=cfg.checkpoint, preset=v.removesuffix(NO_CONTROLLER)),
-                                    pruning_for(v)) for v in cfg.variants}
+        policies = {v: make_policy(v) for v in cfg.variants}
     if cfg.open_loop_seeds:
         ol_seeds = list(range(cfg.first_seed + 50_000, cfg.first_seed + 50_000 + cfg.open_loop_seeds))
         results["open_loop"] = open_loop_fidelity(policies, ol_seeds, task_config)
@@ -534,7 +565,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--checkpoint", default=d.checkpoint, help=f"checkpoint directory (default {d.checkpoint})")
     p.add_argument("--variants", default=",".join(d.variants),
-                   help=f"comma-separated presets, '<preset>{NO_CONTROLLER}' disables its controller "
+                   help=f"comma-separated presets; '<preset>{NO_CONTROLLER}' disables its controller, '<preset>{MATCHED}' "
+                   "disables it and gives every query the preset's average budget (list the preset first) "
                    f"(default {','.join(d.variants)}; presets: {', '.join(sorted(PRESETS))})")
     p.add_argument("--episodes", type=int, default=d.episodes, help=f"episodes per variant (default {d.episodes})")
     p.add_argument("--first-seed", type=int, default=d.first_seed, help="first task seed (default 0)")
