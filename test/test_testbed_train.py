@@ -125,6 +125,39 @@ def test_grounding_warm_up_trains_the_probe_then_the_actions(tmp_path, tokenizer
         tr.TrainConfig(ground_steps=10, probe_layer=-1)
 
 
+def test_attention_grounding_loss_rewards_the_object_words_looking_at_the_named_object(tokenizer):
+    cfg = tr.TrainConfig(**{**TINY, "attention_layer": 1})
+    eps = generate(2, seed=6, noise=0.1)
+    batch = tr.Batcher(eps, dataset_statistics(eps), tokenizer).sample(np.random.default_rng(1), 2)
+    words = batch["object_words"]
+    ids = batch["prompt_ids"][:, 1:]
+    assert words.sum(dim=1).tolist() == [2, 2]  # the named object's colour and shape
+    from specprune_ros.testbed.task import OBJECT_COLORS, SHAPES
+
+    for row, mask in zip(ids, words):
+        colour, shape = (tokenizer.tok.id_to_token(int(i)).lstrip("\u2581") for i in row[mask])
+        assert colour in OBJECT_COLORS and shape in SHAPES
+    model, _ = tr.build_model(cfg)
+    layout = model.layout(2, ids.shape[1])
+    B, P, L = 2, ids.shape[1], layout.length
+    named = torch.zeros(B, L, dtype=torch.bool)
+    named[:, 1:513] = batch["patch_labels"] == tr.PATCH_NAMED_OBJECT
+    uniform = torch.full((B, 2, P, L), 1.0 / L)
+    focused = uniform.clone()
+    focused[:, :, :, :] = named[:, None, None, :].float() / named.sum(dim=1)[:, None, None, None]
+    loss_uniform = tr.attention_grounding_loss(uniform, batch, layout)
+    assert tr.attention_grounding_loss(focused, batch, layout) < 1e-4 < loss_uniform
+    # in the model, through the layer loop: a finite loss with a gradient on the layers up to attention_layer
+    aux = tr.AuxHeads(cfg.llm_hidden, cfg.probe_layer, cfg.attention_layer)
+    total, l1 = tr.training_losses(model, aux, batch, 0.5)
+    total.backward()
+    assert torch.isfinite(total) and model.llm.layers[1].self_attn.k_proj.weight.grad.abs().sum() > 0
+    model.zero_grad()
+    tr.grounding_loss(model, tr.AuxHeads(cfg.llm_hidden, -1, 0), batch).backward()
+    assert model.llm.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+    assert model.llm.layers[1].self_attn.q_proj.weight.grad is None
+
+
 def test_training_attention_matches_the_fused_kernel_and_is_restored(tokenizer):
     cfg = tr.TrainConfig(**TINY)
     eps = generate(2, seed=6, noise=0.1)
