@@ -11,6 +11,12 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# child processes are stopped with SIGINT like Ctrl-C: they must not inherit it ignored (a test run started
+# in the background by a shell without job control would), so that disposition is not passed on
+from specprune_ros.cli.common import interruptible  # noqa: E402
+
+interruptible()
+
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:

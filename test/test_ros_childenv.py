@@ -69,6 +69,17 @@ def test_stop_process_interrupts_like_ctrl_c():
     assert proc.returncode == 7  # it ran its KeyboardInterrupt handler
 
 
+def test_a_tool_started_with_sigint_ignored_still_stops_on_it():
+    # what a shell without job control does to `cmd &`; the tools' run() (interruptible) undoes it
+    proc = _child(
+        "import signal, sys, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        "from specprune_ros.cli.common import interruptible\ninterruptible()\n"
+        "try:\n    print('ready', flush=True)\n    time.sleep(600)\nexcept KeyboardInterrupt:\n    sys.exit(7)"
+    )
+    stop_process(proc, timeout=10)
+    assert proc.returncode == 7
+
+
 def test_stop_process_sends_the_signal_asked_for():
     proc = _child(
         "import signal, sys, time\n"

@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import sys
 from typing import Callable, Sequence
 
@@ -76,9 +77,18 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return (ConfigError, CheckpointError, InputError, FileNotFoundError, ValueError)
 
 
+def interruptible() -> None:
+    """Take Ctrl-C (SIGINT) as KeyboardInterrupt even when it was inherited ignored: a shell without job
+    control starts background commands (``cmd &``) with SIGINT ignored, and children inherit that, so the
+    tools and the nodes they start would not stop on the SIGINT ``rosenv.stop_process`` sends."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def run(main: Callable[[list[str]], int | None], argv: Sequence[str] | None, prog: str) -> int:
     """Run ``main`` with Unix conventions: user errors -> one line on stderr and exit 2; Ctrl-C -> 130."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    interruptible()
     argv = join_negative_values(list(sys.argv[1:] if argv is None else argv))
     try:
         return int(main(argv) or 0)
