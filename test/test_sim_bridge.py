@@ -210,6 +210,7 @@ def test_executes_only_chunks_for_the_pending_observation_in_order(bridge):
     assert all(b >= a for a, b in zip(client.clock, client.clock[1:]))
     client.spin_until(lambda: client.status[-1].step == 8, "status step 8")
     assert client.status[-1].status == "running"
+    assert client.status[-1].chunks == 1  # the stale chunk was not counted
     assert len(client.executed) == 8  # the stale chunk executed nothing
 
 
@@ -220,6 +221,7 @@ def test_episode_ends_at_max_steps(bridge):
     client.spin_until(lambda: client.status[-1].status != "running", "the end of the episode")
     st = client.status[-1]
     assert (st.status, st.step, st.success) == ("timeout", MAX_STEPS, False)  # only 4 of the 8 rows fitted
+    assert st.chunks == 2  # the episode's chunks: the previous test's valid one and this one
     client.spin_until(lambda: len(client.executed) >= MAX_STEPS, "the last executed actions")  # other topic
     np.testing.assert_array_equal(np.asarray(client.executed[8:]), np.zeros((MAX_STEPS - 8, 7)))
 

@@ -188,6 +188,7 @@ class LiberoBridge(Node):
         self.pause_ns: int | None = None  # first stamp of the pending observation; None while not waiting
         self._rows_left = 0  # simulator steps left before the next pause (decides when images go out)
         self.dropped_chunks = 0
+        self.episode_chunks = 0  # chunks executed in the current episode
         self.requeries = 0  # chunks cut short by their requery_after
         self.failure = ""
         self.ready = threading.Event()
@@ -288,6 +289,7 @@ class LiberoBridge(Node):
         init_state = self.next_init_state % n_states if n_states else self.next_init_state
         self.next_init_state = init_state + 1
         self.episode_index += 1
+        self.episode_chunks = 0
         self.pause_ns = None
         self._publish_status(status="waiting")
         self._rows_left = self.config.wait_steps
@@ -344,6 +346,7 @@ class LiberoBridge(Node):
         except Exception as exc:
             self._fail(f"episode {self.episode_index}: the simulator failed: {type(exc).__name__}: {exc}")
             return
+        self.episode_chunks += 1
         self._publish_status()
         if ep.running:
             self.pause_ns = self.now_ns
@@ -414,6 +417,7 @@ class LiberoBridge(Node):
         msg.max_steps = self.config.protocol.step_limit
         msg.status = status or (ep.status if ep is not None else "waiting")
         msg.success = bool(ep is not None and ep.success)
+        msg.chunks = self.episode_chunks
         self._pub_status.publish(msg)
 
 

@@ -130,6 +130,7 @@ class TestbedRunner:
         self.rows: list[np.ndarray] = []
         self.dropped = 0
         self.executed = 0
+        self.chunks = 0  # chunks accepted in the current episode
 
     @property
     def status(self) -> str:
@@ -149,6 +150,7 @@ class TestbedRunner:
         self.episode += 1
         self.task = TabletopTask(self.config.seed + self.episode, TaskConfig(max_steps=self.config.max_steps))
         self.rows = []
+        self.chunks = 0
         return self.task
 
     def on_chunk(self, actions: np.ndarray) -> str | None:
@@ -164,6 +166,7 @@ class TestbedRunner:
             self.dropped += 1
             return f"action chunk dropped: no episode is running ({self.status})"
         self.rows = list(a)
+        self.chunks += 1
         return None
 
     def tick(self) -> bool:
@@ -318,6 +321,7 @@ def make_node(config_overrides: dict | None = None, **node_kwargs):
             msg.max_steps = self.config.max_steps
             msg.status = r.status
             msg.success = r.status == "success"
+            msg.chunks = r.chunks
             self._pub_status.publish(msg)
 
     return TestbedBridge()

@@ -119,10 +119,10 @@ def run_loop(checkpoint: str, preset: str = "paper", seed: int = 10_000, episode
             final = next((s for s in statuses if s.episode == k and s.status in ENDED), None)
             if final is None:
                 raise LoopError(f"episode {k} was followed by the next one, but its end was not received")
-            mine = [c for episode, c in chunks if episode == k]
+            mine = [c for episode, c in chunks if episode == k]  # those this process received: latency, tokens
             records.append({
                 "seed": seed + k, "instruction": final.instruction, "status": final.status, "success": bool(final.success),
-                "steps": int(final.step), "chunks": len(mine),
+                "steps": int(final.step), "chunks": int(final.chunks),  # executed, as the bridge counted them
                 "latency_ms": 1e3 * sum(c.inference_latency for c in mine) / len(mine) if mine else None,
                 "tokens_kept": sum(c.tokens_kept for c in mine) / len(mine) if mine else None,
             })
