@@ -60,6 +60,7 @@ EPISODE_STATUS_FIELDS = {
     "max_steps": "uint32",
     "status": "string",
     "success": "boolean",
+    "chunks": "uint32",
 }
 
 

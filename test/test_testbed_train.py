@@ -125,28 +125,44 @@ def test_grounding_warm_up_trains_the_probe_then_the_actions(tmp_path, tokenizer
         tr.TrainConfig(ground_steps=10, probe_layer=-1)
 
 
-def test_attention_grounding_loss_rewards_the_object_words_looking_at_the_named_object(tokenizer):
+def test_attention_grounding_loss_rewards_the_naming_words_looking_at_what_they_name(tokenizer):
     cfg = tr.TrainConfig(**{**TINY, "attention_layer": 1})
     eps = generate(2, seed=6, noise=0.1)
     batch = tr.Batcher(eps, dataset_statistics(eps), tokenizer).sample(np.random.default_rng(1), 2)
-    words = batch["object_words"]
+    words, plate_words = batch["object_words"], batch["plate_words"]
     ids = batch["prompt_ids"][:, 1:]
     assert words.sum(dim=1).tolist() == [2, 2]  # the named object's colour and shape
-    from specprune_ros.testbed.task import OBJECT_COLORS, SHAPES
+    assert plate_words.sum(dim=1).tolist() == [1, 1]  # the named plate's colour
+    from specprune_ros.testbed.task import OBJECT_COLORS, PLATE_COLORS, SHAPES
 
-    for row, mask in zip(ids, words):
+    for row, mask, plate_mask in zip(ids, words, plate_words):
         colour, shape = (tokenizer.tok.id_to_token(int(i)).lstrip("\u2581") for i in row[mask])
         assert colour in OBJECT_COLORS and shape in SHAPES
+        assert tokenizer.tok.id_to_token(int(row[plate_mask][0])).lstrip("\u2581") in PLATE_COLORS
     model, _ = tr.build_model(cfg)
     layout = model.layout(2, ids.shape[1])
     B, P, L = 2, ids.shape[1], layout.length
-    named = torch.zeros(B, L, dtype=torch.bool)
-    named[:, 1:513] = batch["patch_labels"] == tr.PATCH_NAMED_OBJECT
-    uniform = torch.full((B, 2, P, L), 1.0 / L)
-    focused = uniform.clone()
-    focused[:, :, :, :] = named[:, None, None, :].float() / named.sum(dim=1)[:, None, None, None]
-    loss_uniform = tr.attention_grounding_loss(uniform, batch, layout)
-    assert tr.attention_grounding_loss(focused, batch, layout) < 1e-4 < loss_uniform
+
+    def on(cls):  # (B, L) attention spread evenly over the patches of class cls
+        mask = torch.zeros(B, L)
+        mask[:, 1:513] = (batch["patch_labels"] == cls).float()
+        assert (mask.sum(dim=1) > 0).all()
+        return mask / mask.sum(dim=1, keepdim=True)
+
+    def attention(object_rows_on, plate_rows_on):
+        probs = torch.full((B, 2, P, L), 1.0 / L)
+        for b in range(B):
+            probs[b, :, words[b]] = object_rows_on[b]
+            probs[b, :, plate_words[b]] = plate_rows_on[b]
+        return probs
+
+    obj, plate = on(tr.PATCH_NAMED_OBJECT), on(tr.PATCH_NAMED_PLATE)
+    uniform = torch.full((B, L), 1.0 / L)
+    focused = tr.attention_grounding_loss(attention(obj, plate), batch, layout)
+    assert focused < 1e-4 < tr.attention_grounding_loss(attention(uniform, uniform), batch, layout)
+    assert tr.attention_grounding_loss(attention(obj, uniform), batch, layout) > 1.0  # the plate word counts
+    assert tr.attention_grounding_loss(attention(uniform, plate), batch, layout) > 1.0  # and the object words
+    assert tr.attention_grounding_loss(attention(plate, obj), batch, layout) > 1.0  # each on its own thing
     # in the model, through the layer loop: a finite loss with a gradient on the layers up to attention_layer
     aux = tr.AuxHeads(cfg.llm_hidden, cfg.probe_layer, cfg.attention_layer)
     total, l1 = tr.training_losses(model, aux, batch, 0.5)

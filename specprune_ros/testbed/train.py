@@ -245,10 +245,8 @@ class Batcher:
         if not 0 <= relabel <= 1:
             raise ValueError(f"relabel={relabel} must lie in [0, 1]")
         self.relabel_held = relabel_held
-        words = [*OBJECT_COLORS, *SHAPES]
-        self.object_word_ids = sorted({tokenizer.tok.token_to_id("\u2581" + w) for w in words} - {None})
-        if len(self.object_word_ids) != len(words):
-            raise ValueError(f"the tokenizer lacks a single token for some of the object words {words}")
+        self.object_word_ids = _word_ids(tokenizer, [*OBJECT_COLORS, *SHAPES])
+        self.plate_word_ids = _word_ids(tokenizer, list(PLATE_COLORS))
         self.episodes = episodes
         self.stats = stats
         self.tokenizer = tokenizer
@@ -282,7 +280,7 @@ class Batcher:
 
     def make(self, picks: list[tuple[int, int]], relabels: list[tuple[int, bool]] | None = None) -> dict[str, torch.Tensor]:
         """Model inputs for (episode, step) pairs; ``relabels`` gives per pair (object offset, other plate)."""
-        pixels, proprio, ids, target, labels, where, words = [], [], [], [], [], [], []
+        pixels, proprio, ids, target, labels, where, words, plate_words = [], [], [], [], [], [], [], []
         a_stats = self.stats["action"]
         lo, hi = np.asarray(a_stats["q01"]), np.asarray(a_stats["q99"])
         mask = np.asarray(a_stats["mask"], dtype=bool)
@@ -305,6 +303,7 @@ class Batcher:
                 proprio.append(normalize_proprio(ep.proprio[t], self.stats["proprio"]))
                 ids.append(self.tokenizer.encode(instruction)[0])
                 words.append(np.isin(ids[-1][1:], self.object_word_ids))
+                plate_words.append(np.isin(ids[-1][1:], self.plate_word_ids))
                 norm = np.where(mask, 2 * (chunk - lo) / (hi - lo + 1e-8) - 1, chunk)
                 target.append(np.clip(norm, -1.0, 1.0))
                 labels.append(np.concatenate([patch_labels(task, v, self.preprocess) for v in VIEWS]))
@@ -321,7 +320,16 @@ class Batcher:
             "patch_labels": torch.tensor(np.stack(labels), dtype=torch.long),  # (B, V*256)
             "where": torch.tensor(np.stack(where), dtype=torch.float32),  # (B, WHERE_DIM)
             "object_words": torch.tensor(np.stack(words)),  # (B, P) prompt positions of the object's name
+            "plate_words": torch.tensor(np.stack(plate_words)),  # (B, P) prompt position of the plate's colour
         }
+
+
+def _word_ids(tokenizer: PromptTokenizer, words: list[str]) -> list[int]:
+    """Token ids of whole words (``▁word``); every word must be one token of ``tokenizer``."""
+    ids = sorted({tokenizer.tok.token_to_id("\u2581" + w) for w in words} - {None})
+    if len(ids) != len(words):
+        raise ValueError(f"the tokenizer lacks a single token for some of the words {words}")
+    return ids
 
 
 def relabelled_scene(scene: Scene, object_offset: int, other_plate: bool) -> Scene:
@@ -455,23 +463,28 @@ def _grounded_pass(model: OFTModel, aux: AuxHeads | None, batch: dict[str, torch
 
 
 def attention_grounding_loss(probs: torch.Tensor, batch: dict[str, torch.Tensor], layout: SequenceLayout) -> torch.Tensor:
-    """-log of the attention (head average) that the instruction's object words put on the named object's patches.
+    """-log of the attention (head average) that the instruction's naming words put on what they name.
 
     ``probs`` (B, H, P, L): the prompt rows' attention at one layer. Rows are the colour and shape words of the
-    object the instruction names (``batch["object_words"]``); samples where the named object shows in no patch
-    are left out. Only the instruction tells which object that is, so the words must be read and matched with
-    what the patches show. The gradient reaches the named patches' attention logits directly, not diluted over
-    the ~595 tokens as a probe's is (trained through probes alone, 600 steps did not tell the named object from
-    the others; with this loss the words put 55% of their attention on it after 300 steps, chance being ~1%).
+    object the instruction names (``batch["object_words"]``), which should attend to that object's patches,
+    and the plate's colour word (``batch["plate_words"]``), which should attend to that plate's patches;
+    samples where the named thing shows in no patch are left out for it. Only the instruction tells which
+    object and plate are meant, so the words must be read and matched with what the patches show. The
+    gradient reaches the named patches' attention logits directly, not diluted over the ~595 tokens as a
+    probe's is (trained through probes alone, 600 steps did not tell the named object from the others; with
+    this loss the object words put 55% of their attention on it after 300 steps, chance being ~1%).
     """
     vis = slice(layout.vis_start, layout.vis_start + layout.n_visual)
-    named = torch.zeros(probs.shape[0], probs.shape[-1], dtype=torch.bool)
-    named[:, vis] = batch["patch_labels"] == PATCH_NAMED_OBJECT
-    mass = (probs.float().mean(dim=1) * named[:, None, :]).sum(dim=-1)  # (B, P)
-    rows = batch["object_words"] & named.any(dim=1, keepdim=True)
-    if not rows.any():
-        return probs.sum() * 0.0
-    return -(mass[rows] + 1e-6).log().mean()
+    mean = probs.float().mean(dim=1)  # (B, P, L)
+    losses = []
+    for words, cls in (("object_words", PATCH_NAMED_OBJECT), ("plate_words", PATCH_NAMED_PLATE)):
+        named = torch.zeros(probs.shape[0], probs.shape[-1], dtype=torch.bool)
+        named[:, vis] = batch["patch_labels"] == cls
+        rows = batch[words] & named.any(dim=1, keepdim=True)  # (B, P)
+        if rows.any():
+            mass = (mean * named[:, None, :]).sum(dim=-1)  # (B, P)
+            losses.append(-(mass[rows] + 1e-6).log().mean())
+    return torch.stack(losses).sum() if losses else probs.sum() * 0.0
 
 
 def training_losses(model: OFTModel, aux: AuxHeads | None, batch: dict[str, torch.Tensor],
