@@ -21,11 +21,10 @@ from ..core.config import PolicyConfig
 from ..core.policy import build_policy
 from ..core.tiny import make_tiny_checkpoint
 from ..core.types import Observation
+from ..testbed import TESTBED_CHECKPOINT
 from .common import run
 
 PROG = "specprune-demo"
-REPO = Path(__file__).resolve().parents[2]
-TESTBED_CHECKPOINT = REPO / "checkpoints" / "testbed"
 
 
 def default_checkpoint(out: Path) -> tuple[Path, bool]:

@@ -96,12 +96,11 @@ def default_env_script() -> str:
     return str(ENV_SCRIPT) if ENV_SCRIPT.is_file() else ""
 
 
-def ros_value(value: Any) -> str:
-    """A parameter value as ``-p name:=VALUE`` needs it (booleans lower case, lists bracketed, strings quoted)."""
+def _ros_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (list, tuple)):
-        return "[" + ",".join(ros_value(v) for v in value) + "]"
+        return "[" + ",".join(_ros_value(v) for v in value) + "]"
     if isinstance(value, str):
         return "'" + value.replace("'", "") + "'"
     return repr(value)
@@ -140,9 +139,13 @@ def bridge_command(
         cmd = ["env", "-u", "PYTHONPATH", "-u", "LD_LIBRARY_PATH", "-u", "SPECPRUNE_ROS_ISOLATE", f"VENV={venv}", "bash", script]
     cmd += [python, "-m", "specprune_ros.sim.libero_node", "--ros-args", "-r", f"__node:={BRIDGE_NODE_NAME}"]
     cmd += ["-r", f"action_chunk:={POLICY_CHUNK_TOPIC}"]
-    for name, value in params.items():
-        cmd += ["-p", f"{name}:={ros_value(value)}"]
-    return cmd
+    return cmd + ros_param_args(params)
+
+
+def ros_param_args(params: dict[str, Any]) -> list[str]:
+    """``-p name:=VALUE`` arguments (after ``--ros-args``) for ``params``: booleans lower case, lists
+    bracketed, strings quoted."""
+    return [arg for name, value in params.items() for arg in ("-p", f"{name}:={_ros_value(value)}")]
 
 
 def policy_parameters(args: SimLaunchArgs) -> dict[str, Any]:

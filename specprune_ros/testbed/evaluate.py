@@ -55,6 +55,11 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
 MATCHED = "+matched"
 
 
+def variant_preset(variant: str) -> str:
+    """The preset a variant name runs: ``paper`` for ``paper``, ``paper+nocontroller`` and ``paper+matched``."""
+    return variant.removesuffix(NO_CONTROLLER).removesuffix(MATCHED)
+
+
 def pruning_for(variant: str, fine_fraction: float | None = None) -> PruningConfig:
     """The pruning configuration of a variant name: ``preset``, ``preset+nocontroller`` or ``preset+matched``.
 
@@ -64,7 +69,7 @@ def pruning_for(variant: str, fine_fraction: float | None = None) -> PruningConf
     fine mode. It uses as many tokens on average as the preset with its controller, so the two compare the
     controller's choice of *when* to keep more tokens at an equal token budget.
     """
-    base = variant.removesuffix(NO_CONTROLLER).removesuffix(MATCHED)
+    base = variant_preset(variant)
     if base not in PRESETS or variant not in (base, base + NO_CONTROLLER, base + MATCHED):
         raise ValueError(f"unknown variant {variant!r}: use a preset ({', '.join(sorted(PRESETS))}), optionally "
                          f"followed by {NO_CONTROLLER!r} or {MATCHED!r}")
@@ -283,6 +288,11 @@ def open_loop_fidelity(policies: dict[str, Policy], seeds: list[int], task_confi
 SAME_CHUNK_TOL = 0.05
 
 
+def _pairwise_l1(chunks: np.ndarray) -> np.ndarray:
+    """(N, N) mean absolute difference between the chunks (N, T, A)."""
+    return np.abs(chunks[:, None] - chunks[None]).mean(axis=(2, 3))
+
+
 def instruction_following(policies: dict[str, Policy], seeds: list[int], task_config: TaskConfig = TaskConfig()) -> dict[str, dict]:
     """Does the first chunk do what the instruction asks? Per variant, on the first frame of each seed.
 
@@ -309,12 +319,12 @@ def instruction_following(policies: dict[str, Policy], seeds: list[int], task_co
             expert.append(expert_plan(task, 8))
         task.scene = scene
         expert = np.array(expert)  # (N, 8, 7)
-        dist = np.abs(expert[:, None] - expert[None]).mean(axis=(2, 3))  # (N, N)
-        scenes.append((task, frames, named, expert, dist <= SAME_CHUNK_TOL))
+        scenes.append((task, frames, named, expert, _pairwise_l1(expert)))
     out = {}
     for variant, pol in policies.items():
         hits, total, spreads, chance, expert_spreads = 0, 0, [], [], []
-        for task, frames, named, expert, same in scenes:
+        for task, frames, named, expert, dist in scenes:
+            same = dist <= SAME_CHUNK_TOL
             chunks = []
             for k, sc in enumerate(named):
                 pol.reset()
@@ -323,11 +333,10 @@ def instruction_following(policies: dict[str, Policy], seeds: list[int], task_co
                 nearest = int(np.argmin(np.abs(chunks[-1][None] - expert).mean(axis=(1, 2))))
                 hits += bool(same[k, nearest])
                 total += 1
-            chunks = np.array(chunks)
             n = len(chunks)
             pairs = ~np.eye(n, dtype=bool)
-            spreads.append(float(np.abs(chunks[:, None] - chunks[None]).mean(axis=(2, 3))[pairs].mean()) if n > 1 else 0.0)
-            expert_spreads.append(float(np.abs(expert[:, None] - expert[None]).mean(axis=(2, 3))[pairs].mean()) if n > 1 else 0.0)
+            spreads.append(float(_pairwise_l1(np.array(chunks))[pairs].mean()) if n > 1 else 0.0)
+            expert_spreads.append(float(dist[pairs].mean()) if n > 1 else 0.0)
             chance.append(float(same.sum(axis=1).max()) / n)
         out[variant] = {"aligned": hits / total, "queries": total, "chance": float(np.mean(chance)),
                         "spread": float(np.mean(spreads)), "expert_spread": float(np.mean(expert_spreads))}
@@ -461,8 +470,7 @@ def evaluate(cfg: EvalConfig, out_dir: str | Path | None = None, progress: bool 
         return pruning_for(variant, fine.get(variant.removesuffix(MATCHED)))
 
     def make_policy(variant: str) -> Policy:
-        base = variant.removesuffix(NO_CONTROLLER).removesuffix(MATCHED)
-        return build_policy(PolicyConfig(checkpoint=cfg.checkpoint, preset=base), pruning(variant))
+        return build_policy(PolicyConfig(checkpoint=cfg.checkpoint, preset=variant_preset(variant)), pruning(variant))
 
     for variant in cfg.variants if seeds else ():
         policy = make_policy(variant)
@@ -476,8 +484,8 @@ def evaluate(cfg: EvalConfig, out_dir: str | Path | None = None, progress: bool 
         results["episodes"][variant] = eps
         results["summary"].append(summarize(variant, eps))
         fine[variant] = results["summary"][-1]["fine_fraction"]
-        results["summary"][-1]["local_k"] = {"coarse": list(pruning(variant).local_k_coarse),
-                                             "fine": list(pruning(variant).local_k_fine)}
+        used = pruning(variant)
+        results["summary"][-1]["local_k"] = {"coarse": list(used.local_k_coarse), "fine": list(used.local_k_fine)}
     if bar is not None:
         bar.close()
     if cfg.open_loop_seeds or cfg.grounding_seeds:

@@ -24,13 +24,13 @@ import time
 from pathlib import Path
 
 from ..rosenv import stop_process
-from ..sim.launching import ros_value, write_params_file
+from ..sim.launching import ros_param_args, write_params_file
+from . import TESTBED_CHECKPOINT
 from .ros_bridge import NODE_NAME as BRIDGE_NODE_NAME
 from .ros_bridge import policy_node_parameters
 
 POLICY_NODE_NAME = "specprune_policy"
 CHUNK_TOPIC = f"/{POLICY_NODE_NAME}/action_chunk"
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "testbed"
 ENDED = ("success", "timeout")
 
 
@@ -41,10 +41,8 @@ class LoopError(RuntimeError):
 def bridge_command(seed: int, episodes: int, max_steps: int) -> list[str]:
     params = {"seed": seed, "episodes": episodes, "max_steps": max_steps, "reset_delay": 0.5,
               "action_chunk_topic": CHUNK_TOPIC}
-    cmd = [sys.executable, "-m", "specprune_ros.testbed.ros_bridge", "--ros-args", "-r", f"__node:={BRIDGE_NODE_NAME}"]
-    for name, value in params.items():
-        cmd += ["-p", f"{name}:={ros_value(value)}"]
-    return cmd
+    return [sys.executable, "-m", "specprune_ros.testbed.ros_bridge", "--ros-args", "-r", f"__node:={BRIDGE_NODE_NAME}",
+            *ros_param_args(params)]
 
 
 def policy_command(params_file: Path) -> list[str]:
@@ -142,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Closed loop over ROS 2 on the test-bed task: testbed_sim_node + policy_node as child processes "
         "(the nodes of launch/testbed.launch.py), episodes watched on /episode_status. Needs the ROS environment "
         "(tools/ros_env.sh).")
-    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="policy checkpoint (default: the committed test-bed one)")
+    p.add_argument("--checkpoint", default=str(TESTBED_CHECKPOINT), help="policy checkpoint (default: the committed test-bed one)")
     p.add_argument("--preset", default="paper", help="pruning preset of the policy node (default paper; off = unpruned)")
     p.add_argument("--seed", type=int, default=10_000, help="task seed of the first episode (default 10000)")
     p.add_argument("--episodes", type=int, default=3, help="episodes to run (default 3)")

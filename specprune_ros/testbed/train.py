@@ -497,12 +497,21 @@ def training_losses(model: OFTModel, aux: AuxHeads | None, batch: dict[str, torc
         return l1, l1
     vis = slice(layout.vis_start, layout.vis_start + layout.n_visual)
     extra = patch_ce(aux.patch, final[:, vis], batch["patch_labels"])
-    if taps is not None:
-        extra = extra + patch_ce(aux.patch_mid, taps[aux.probe_layer][:, vis], batch["patch_labels"])
-    if attention is not None:
-        extra = extra + attention_grounding_loss(attention.probs, batch, layout)
+    extra = extra + _grounding_terms(aux, layout, taps, attention, batch)
     extra = extra + (aux.where(readout.mean(dim=1)) - batch["where"]).abs().mean()
     return l1 + aux_weight * extra, l1
+
+
+def _grounding_terms(aux: AuxHeads, layout: SequenceLayout, taps: dict | None, attention: _PromptAttention | None,
+                     batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The mid-layer patch probe's cross-entropy and the attention grounding, for those of them in use."""
+    loss = torch.zeros(())
+    if taps is not None:
+        vis = slice(layout.vis_start, layout.vis_start + layout.n_visual)
+        loss = loss + patch_ce(aux.patch_mid, taps[aux.probe_layer][:, vis], batch["patch_labels"])
+    if attention is not None:
+        loss = loss + attention_grounding_loss(attention.probs, batch, layout)
+    return loss
 
 
 def patch_ce(head: torch.nn.Linear, visual: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -516,13 +525,7 @@ def grounding_loss(model: OFTModel, aux: AuxHeads, batch: dict[str, torch.Tensor
     ``aux.attention_layer``, with only the layers up to them run (no action head)."""
     depth = max(aux.probe_layer, aux.attention_layer) + 1
     _, layout, taps, attention = _grounded_pass(model, aux, batch, depth=depth)
-    vis = slice(layout.vis_start, layout.vis_start + layout.n_visual)
-    loss = torch.zeros(())
-    if taps is not None:
-        loss = loss + patch_ce(aux.patch_mid, taps[aux.probe_layer][:, vis], batch["patch_labels"])
-    if attention is not None:
-        loss = loss + attention_grounding_loss(attention.probs, batch, layout)
-    return loss
+    return _grounding_terms(aux, layout, taps, attention, batch)
 
 
 #: patch classes of :func:`patch_labels`
@@ -672,7 +675,10 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainResult:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
-            (ground_losses if grounding else losses).append(loss.item() if grounding else l1.item())
+            if grounding:
+                ground_losses.append(loss.item())
+            else:
+                losses.append(l1.item())
             step += 1
             if bar is not None:
                 bar.update(1)
