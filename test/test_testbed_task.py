@@ -282,6 +282,67 @@ def test_excursions_leave_the_expert_path_and_are_labelled_with_the_way_back():
         generate(1, excursion_rate=0.5)
 
 
+def test_fine_excursions_drift_off_the_object_miss_grasps_and_are_labelled_with_the_recovery():
+    ep = collect_episode(1_000_005, noise=0.0, noise_seed=5, fine_excursion_rate=0.2)
+    task = TabletopTask(ep.seed)
+    missed, drifted = [], []
+    for t in range(len(ep)):
+        task.restore(ep.snapshots[t])
+        s, target = task.state, task.scene.target
+        if s.held >= 0:
+            continue
+        offset = task.state.object_pos[target, :2] - s.ee[:2]
+        if s.finger < FINGER_OPEN - 1e-9 and ep.executed[t, 6] < 0:  # fingers shut on nothing, being reopened
+            missed.append(t)
+        elif 0.008 < np.linalg.norm(offset) < 0.03 and ep.executed[t, 6] < 0:
+            drifted.append((t, offset))
+    assert missed, "no missed grasp in a run with fine excursions"
+    for t in missed:  # the label after a missed grasp: open, and do not go down
+        assert ep.plans[t, 0, 6] == -1.0 and ep.plans[t, 0, 2] >= 0.0
+    back = [float(ep.plans[t, 0, :2] @ off) > 0 for t, off in drifted]  # labels point back at the object
+    assert len(back) >= 5 and np.mean(back) > 0.9
+    calm = collect_episode(1_000_005, noise=0.0, noise_seed=5)
+    assert not any(calm.plans[t, 0, 6] < 0 and calm.executed[t, 6] > 0 for t in range(len(calm)))
+    assert any(ep.plans[t, 0, 6] < 0 and ep.executed[t, 6] > 0 for t in range(len(ep)))  # closings the expert did not want
+    with pytest.raises(ValueError, match="fine_excursion_rate"):
+        generate(1, fine_excursion_rate=0.5)
+
+
+def test_expert_lets_go_low_over_the_plate_even_off_centre_or_too_low_but_not_beside_it():
+    task = TabletopTask(4)
+    plate = task.scene.plate_xy[task.scene.goal_plate]
+    for offset, z_extra, lets_go in ((0.0, 0.0, True), (0.015, 0.0, True), (0.02, -0.01, True),
+                                     (0.0, 0.03, False), (0.035, 0.0, False)):
+        _place_target_in_gripper(task, plate + [offset, 0.0])
+        obj = task.scene.objects[task.scene.target]
+        task.state.ee[2] = PLATE_HEIGHT + 0.5 * obj.height + 0.012 + z_extra  # the expert's placing height + z_extra
+        task.state.object_pos[task.scene.target, 2] = task.state.ee[2] - 0.5 * obj.height
+        a = expert_action(task)
+        assert (a[6] < 0) == lets_go, (offset, z_extra, a)
+        if lets_go:
+            task.step(a)
+            assert task.success
+            task.reset()
+
+
+def test_late_releases_keep_the_gripper_shut_past_the_release_point_labelled_let_go():
+    calm = collect_episode(1_000_007, noise=0.0, noise_seed=7)
+    late = collect_episode(1_000_007, noise=0.0, noise_seed=7, late_release=1.0)
+    assert calm.success and late.success
+
+    def let_go(ep):  # states holding the object whose label is "open now"
+        held = ep.snapshots[:, 5] >= 0
+        return np.flatnonzero(held & (ep.plans[:, 0, 6] < 0))
+
+    assert len(let_go(calm)) == 1
+    rows = let_go(late)
+    assert len(rows) >= 2 and np.all(late.executed[rows[:-1], 6] > 0) and late.executed[rows[-1], 6] < 0
+    z = late.proprio[rows, 2]
+    assert np.all(np.diff(z) <= 0) and z[-1] < z[0]  # going on down while it should have let go
+    with pytest.raises(ValueError, match="late_release"):
+        generate(1, late_release=1.5)
+
+
 def test_generate_and_statistics():
     eps = generate(4, seed=1, noise=0.1)
     assert len(eps) == 4 and all(e.success for e in eps)

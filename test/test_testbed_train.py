@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from specprune_ros.core.checkpoint import inspect_checkpoint, load_model
 from specprune_ros.core.config import PolicyConfig
 from specprune_ros.core.policy import build_policy, normalize_proprio, unnormalize_actions
 from specprune_ros.core.preprocess import normalize, policy_frame
@@ -98,6 +99,30 @@ def test_resume_continues_and_refuses_a_different_configuration(tmp_path):
     assert len(state["losses"]) == 3
     with pytest.raises(ValueError, match="different configuration"):
         tr.train(tr.TrainConfig(out_dir=out, steps=4, **{**TINY, "lr": 5e-4}), progress=False, log=lambda m: None)
+
+
+def test_init_from_starts_from_a_checkpoint_with_its_statistics_and_refuses_another_architecture(tmp_path):
+    first = tr.train(tr.TrainConfig(out_dir=str(tmp_path / "a"), steps=3, **TINY), progress=False, log=lambda m: None)
+    # other demonstrations (fine excursions), a learning rate too small to move the weights: the result is the start
+    cfg = tr.TrainConfig(out_dir=str(tmp_path / "b"), steps=1, init_from=str(first.out_dir), fine_excursion_rate=0.1,
+                         **{**TINY, "lr": 1e-9})
+    second = tr.train(cfg, progress=False, log=lambda m: None)
+    a, b = (load_model(inspect_checkpoint(r.out_dir)).state_dict() for r in (first, second))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6)
+    fresh, _ = tr.build_model(cfg)  # and not what a fresh initialization gives
+    assert any(not torch.allclose(v, b[k]) for k, v in fresh.state_dict().items() if v.is_floating_point())
+    stats = [json.loads((r.out_dir / "dataset_statistics.json").read_text()) for r in (first, second)]
+    assert stats[0] == stats[1]  # the normalization the weights were trained with, not the new data's
+    summary = json.loads((second.out_dir / "train_summary.json").read_text())
+    assert summary["train_transitions"] != stats[1][tr.UNNORM_KEY]["num_transitions"]  # the new data's own count
+    with pytest.raises(ValueError, match="architecture"):
+        tr.train(tr.TrainConfig(out_dir=str(tmp_path / "c"), steps=1, init_from=str(first.out_dir),
+                                **{**TINY, "llm_hidden": 64}), progress=False, log=lambda m: None)
+    with pytest.raises(ValueError, match="checkpoint directory not found"):
+        tr.train(tr.TrainConfig(out_dir=str(tmp_path / "d"), steps=1, init_from=str(tmp_path / "missing"), **TINY),
+                 progress=False, log=lambda m: None)
 
 
 def test_grounding_warm_up_trains_the_probe_then_the_actions(tmp_path, tokenizer):

@@ -5,8 +5,11 @@ camera frames are re-rendered on demand: storing 2 x 224 x 224 x 3 bytes per ste
 a training set, re-rendering takes about a millisecond), the 8-D proprio, the expert's plan from that state
 (its next 8 actions if it were left in control: the training target), and the action actually executed.
 The executed action is the expert's plus injected noise, and now and then an *excursion*: a few steps of a
-random full-speed translation. Both make the demonstrations visit off-nominal states, and the labels there
-are the expert's way back. ``frames()`` returns the rendered images as arrays.
+random full-speed translation while transporting, or, while aligning over the object, a few steps of a slow
+sideways drift that now and then also closes the gripper on nothing (a missed grasp); and the release may come
+late (the gripper kept shut a few more steps, going on down). They make the demonstrations visit off-nominal
+states, and the labels there are the expert's way back (or its "let go now"). ``frames()`` returns
+the rendered images as arrays.
 
 Training samples are (frames at t, proprio at t, instruction, plan at t): OFT's action chunks of 8.
 """
@@ -20,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .expert import FINE_SPEED, expert_action, expert_plan
-from .task import VIEWS, TabletopTask, TaskConfig
+from .task import FINGER_OPEN, VIEWS, TabletopTask, TaskConfig
 
 CHUNK_LEN = 8
 ACTION_DIM = 7
@@ -73,29 +76,56 @@ class Episode:
         return {v: np.stack(imgs) for v, imgs in out.items()}
 
 
+#: probability that a fine excursion (``collect_episode``) also closes the gripper: a missed grasp
+MISSED_GRASP_SHARE = 0.4
+
+
 def collect_episode(seed: int, noise: float, noise_seed: int, task_config: TaskConfig = TaskConfig(),
-                    excursion_rate: float = 0.0) -> Episode:
+                    excursion_rate: float = 0.0, fine_excursion_rate: float = 0.0, late_release: float = 0.0) -> Episode:
     """Run the expert on task ``seed`` and record every visited state with the expert's plan from it.
 
     Executed actions get N(0, ``noise``) (action units) on the translation and yaw. With ``excursion_rate``
     > 0, each transport step (the expert moving faster than its fine-phase speed) starts with that
     probability an excursion: 3 to 10 steps of full-speed translation in a random direction (gripper and yaw
-    still the expert's), after which the expert takes over again.
+    still the expert's), after which the expert takes over again. With ``fine_excursion_rate`` > 0, each
+    step of aligning over (or descending onto) the object with open fingers starts with that probability a
+    fine excursion: 3 to 8 steps of sideways drift at 0.3 to 0.6 action units in a random direction (height
+    and yaw still the expert's), 6 to 48 mm off, which in ``MISSED_GRASP_SHARE`` of the cases also closes
+    the gripper: the expert then shows how to get back over the object, and how to reopen and rise after a
+    missed grasp (states a policy reaches when its alignment is off, and an expert alone never visits). With
+    probability ``late_release`` the demonstration's release comes 1 to 6 steps late: where the expert first
+    lets go, the gripper stays shut while the tool point goes on down at fine speed, drifting sideways at up
+    to 0.2 action units; each of those states is labelled with the expert's release. (A single state per
+    demonstration would otherwise carry the "open" label, the episode ends with it.)
     """
     rng = np.random.default_rng(noise_seed)
     task = TabletopTask(seed, task_config)
     snaps, props, plans, executed = [], [], [], []
-    excursion_left, direction = 0, np.zeros(3)
+    excursion_left, direction, close = 0, np.zeros(3), False
+    release_delay = int(rng.integers(1, 7)) if late_release > 0 and rng.random() < late_release else 0
     while not task.done:
         plan = expert_plan(task, CHUNK_LEN)
         e = plan[0].copy()
         coarse = float(np.linalg.norm(plan[0, 0:3])) > FINE_SPEED  # transport, not align / grasp / place
+        aligning = not coarse and task.state.held < 0 and plan[0, 6] < 0 and task.state.finger >= FINGER_OPEN - 1e-9
         if excursion_left == 0 and coarse and excursion_rate > 0 and rng.random() < excursion_rate:
             excursion_left = int(rng.integers(3, 11))
             v = rng.normal(size=3) * [1.0, 1.0, 0.5]
-            direction = v / np.linalg.norm(v)
+            direction, close = v / np.linalg.norm(v), False
+        elif excursion_left == 0 and aligning and fine_excursion_rate > 0 and rng.random() < fine_excursion_rate:
+            excursion_left = int(rng.integers(3, 9))
+            angle = rng.uniform(0.0, 2 * np.pi)
+            direction = np.array([np.cos(angle), np.sin(angle), np.nan]) * rng.uniform(0.3, 0.6)
+            close = bool(rng.random() < MISSED_GRASP_SHARE)
+        if release_delay > 0 and task.state.held >= 0 and plan[0, 6] < 0:  # the expert lets go: not yet
+            if excursion_left == 0:
+                excursion_left = release_delay
+                direction, close = np.array([*rng.uniform(-0.2, 0.2, size=2), -FINE_SPEED]), True
+            release_delay = 0
         if excursion_left > 0:
-            e[0:3] = direction
+            e[0:3] = np.where(np.isnan(direction), e[0:3], direction)  # nan: that axis stays the expert's
+            if close:
+                e[6] = 1.0
             excursion_left -= 1
         elif noise > 0:
             idx = [0, 1, 2, 5]  # translation and yaw
@@ -111,7 +141,7 @@ def collect_episode(seed: int, noise: float, noise_seed: int, task_config: TaskC
 
 def generate(n_episodes: int, seed: int = 0, noise: float = 0.15, noise_free_fraction: float = 0.25,
              task_config: TaskConfig = TaskConfig(), progress: bool = False,
-             excursion_rate: float = 0.0) -> list[Episode]:
+             excursion_rate: float = 0.0, fine_excursion_rate: float = 0.0, late_release: float = 0.0) -> list[Episode]:
     """``n_episodes`` successful demonstrations on task seeds drawn from ``seed`` (failed ones are skipped).
 
     Task seeds are ``1_000_000 + seed * 100_000 + i``: disjoint from the evaluation seeds (0 .. 99_999).
@@ -121,8 +151,11 @@ def generate(n_episodes: int, seed: int = 0, noise: float = 0.15, noise_free_fra
         raise ValueError(f"n_episodes={n_episodes} must be >= 1")
     if not 0 <= noise <= 1:
         raise ValueError(f"noise={noise} must lie in [0, 1] (action units)")
-    if not 0 <= excursion_rate <= 0.2:
-        raise ValueError(f"excursion_rate={excursion_rate} must lie in [0, 0.2] (probability per step)")
+    for name, rate in (("excursion_rate", excursion_rate), ("fine_excursion_rate", fine_excursion_rate)):
+        if not 0 <= rate <= 0.2:
+            raise ValueError(f"{name}={rate} must lie in [0, 0.2] (probability per step)")
+    if not 0 <= late_release <= 1:
+        raise ValueError(f"late_release={late_release} must lie in [0, 1] (probability per demonstration)")
     if not 0 <= seed < 1000:
         raise ValueError(f"seed={seed} must lie in [0, 1000)")
     episodes: list[Episode] = []
@@ -137,7 +170,9 @@ def generate(n_episodes: int, seed: int = 0, noise: float = 0.15, noise_free_fra
         task_seed = 1_000_000 + seed * 100_000 + i
         clean = len(episodes) < n_clean
         ep = collect_episode(task_seed, 0.0 if clean else noise, noise_seed=task_seed, task_config=task_config,
-                             excursion_rate=0.0 if clean else excursion_rate)
+                             excursion_rate=0.0 if clean else excursion_rate,
+                             fine_excursion_rate=0.0 if clean else fine_excursion_rate,
+                             late_release=0.0 if clean else late_release)
         i += 1
         if ep.success:
             episodes.append(ep)
@@ -210,10 +245,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--noise", type=float, default=0.15, help="std of the translation and yaw noise injected into executed actions")
     parser.add_argument("--excursion-rate", type=float, default=0.0,
                         help="probability per transport step of starting a random full-speed excursion (default 0)")
+    parser.add_argument("--fine-excursion-rate", type=float, default=0.0,
+                        help="probability per aligning step of starting a slow sideways drift, sometimes with a missed "
+                        "grasp (default 0)")
+    parser.add_argument("--late-release", type=float, default=0.0,
+                        help="probability per demonstration that the release comes 1-6 steps late (default 0)")
     parser.add_argument("--out", required=True, help="output .npz path")
     args = parser.parse_args(argv)
     try:
-        eps = generate(args.episodes, args.seed, args.noise, progress=True, excursion_rate=args.excursion_rate)
+        eps = generate(args.episodes, args.seed, args.noise, progress=True, excursion_rate=args.excursion_rate,
+                       fine_excursion_rate=args.fine_excursion_rate, late_release=args.late_release)
     except (ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -4,7 +4,8 @@ The expert is a pure function of the task state (no hidden phase), so it recover
 can label any visited state; that is what data collection with injected noise relies on.
 
 Phases, all derived from the state: hover over the target at carry height (coarse, fast), align and descend
-(fine, slow: a proportional controller), close, lift, carry to the named plate (coarse), descend, open.
+(fine, slow: a proportional controller), close, lift, carry to the named plate (coarse), descend, open (as
+soon as the object is low over the plate, wherever it came down within ``RELEASE_TOL``).
 """
 from __future__ import annotations
 
@@ -22,6 +23,9 @@ ALIGN_TOL = 0.004
 APPROACH_TOL = 0.03
 #: horizontal error (m) to the plate centre below which the expert descends to place
 PLACE_TOL = 0.012
+#: horizontal distance (m) of the held object from the plate centre within which the expert lets go once low
+#: enough (at or below its placing height), also when it came down off centre or too low
+RELEASE_TOL = 0.025
 #: largest action norm in the fine phases (below SpecPrune's fine-mode threshold of 0.35)
 FINE_SPEED = 0.3
 
@@ -64,6 +68,9 @@ def expert_action(task: TabletopTask) -> np.ndarray:
     err_xy = plate - s.ee[:2]
     d = float(np.linalg.norm(err_xy))
     place_z = PLATE_HEIGHT + 0.5 * obj.height + 0.012
+    if d <= RELEASE_TOL and s.ee[2] < place_z + 0.006:  # low over the plate: let go
+        a[6] = -1.0
+        return a
     if d > PLACE_TOL:
         if s.ee[2] < CARRY_Z - 0.03 and d > APPROACH_TOL:  # lift before moving
             a[2] = 1.0
@@ -72,7 +79,7 @@ def expert_action(task: TabletopTask) -> np.ndarray:
         a[6] = 1.0
         return a
     a[0:3] = _limit(np.array([err_xy[0], err_xy[1], place_z - s.ee[2]]) * GAIN, FINE_SPEED)
-    a[6] = -1.0 if abs(s.ee[2] - place_z) < 0.006 else 1.0
+    a[6] = 1.0
     return a
 
 

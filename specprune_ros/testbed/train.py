@@ -34,7 +34,7 @@ import torch
 
 from transformers.modeling_utils import AttentionInterface
 
-from ..core.checkpoint import write_checkpoint
+from ..core.checkpoint import inspect_checkpoint, load_model, write_checkpoint
 from ..core.config import PreprocessConfig
 from ..core.model import ModelSpec, OFTModel, SequenceLayout
 from ..core.policy import normalize_proprio
@@ -64,6 +64,10 @@ class TrainConfig:
         noise: std of the noise injected into executed demonstration actions (action units).
         excursion_rate: per transport step, probability of a random full-speed excursion in the
             demonstrations (``data.collect_episode``), so they show the way back from off-course states.
+        fine_excursion_rate: per aligning step, probability of a slow sideways drift over the object, in some
+            cases with a missed grasp (``data.collect_episode``): the way back to the object, and reopening.
+        late_release: per demonstration, probability that the release comes 1-6 steps late
+            (``data.collect_episode``): states past the release point, labelled "let go".
         seed: model initialization and batch order.
         steps: optimizer steps.
         batch_size: samples per step (one prompt length per batch).
@@ -87,6 +91,10 @@ class TrainConfig:
             grounding losses (the patch probe at ``probe_layer``, the attention at ``attention_layer``) are
             trained, on the layers up to them, with every object of a scene named equally often
             (:func:`grounding_loss`); 0 = none.
+        init_from: a checkpoint directory of the same architecture (released layout, e.g. an earlier run's
+            output) to start from instead of a fresh initialization: its weights and its dataset statistics
+            (the action and proprio normalization it learned with) are taken, the optimizer, the grounding
+            probes and the schedule start anew. "" = fresh initialization.
         fp16: store the exported weights in float16 (halves the size; loads as float32).
         bf16: run the training forward pass under bfloat16 autocast (float32 weights and optimizer; 1.2x
             faster on a CPU with AVX512-BF16).
@@ -98,6 +106,8 @@ class TrainConfig:
     data_seed: int = 0
     noise: float = 0.15
     excursion_rate: float = 0.04
+    fine_excursion_rate: float = 0.0
+    late_release: float = 0.0
     seed: int = 0
     steps: int = 2400
     batch_size: int = 8
@@ -118,6 +128,7 @@ class TrainConfig:
     probe_layer: int = -1
     attention_layer: int = -1
     ground_steps: int = 0
+    init_from: str = ""
     fp16: bool = True
     bf16: bool = True
     threads: int = 1
@@ -136,8 +147,11 @@ class TrainConfig:
             raise ValueError(f"llm_hidden={self.llm_hidden} must be divisible by llm_heads={self.llm_heads}")
         if self.llm_layers < 2:
             raise ValueError(f"llm_layers={self.llm_layers} must be >= 2 (pruning scores layers 0 and 1)")
-        if not 0 <= self.excursion_rate <= 0.2:
-            raise ValueError(f"excursion_rate={self.excursion_rate} must lie in [0, 0.2] (probability per step)")
+        for name in ("excursion_rate", "fine_excursion_rate"):
+            if not 0 <= getattr(self, name) <= 0.2:
+                raise ValueError(f"{name}={getattr(self, name)} must lie in [0, 0.2] (probability per step)")
+        if not 0 <= self.late_release <= 1:
+            raise ValueError(f"late_release={self.late_release} must lie in [0, 1] (probability per demonstration)")
         if not -1 <= self.probe_layer < self.llm_layers - 1:
             raise ValueError(f"probe_layer={self.probe_layer} must lie in [-1, llm_layers - 2 = {self.llm_layers - 2}]"
                              " (-1: final states only)")
@@ -600,10 +614,13 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainResult:
     work.mkdir(exist_ok=True)
     state_file = work / STATE_FILE
 
+    init = inspect_checkpoint(cfg.init_from) if cfg.init_from else None  # fails early on a bad directory
     episodes = generate(cfg.episodes + cfg.val_episodes, seed=cfg.data_seed, noise=cfg.noise, progress=progress,
-                        excursion_rate=cfg.excursion_rate)
+                        excursion_rate=cfg.excursion_rate, fine_excursion_rate=cfg.fine_excursion_rate,
+                        late_release=cfg.late_release)
     val_eps, train_eps = episodes[: cfg.val_episodes], episodes[cfg.val_episodes:]
-    stats = {UNNORM_KEY: dataset_statistics(train_eps)}
+    data_stats = dataset_statistics(train_eps)
+    stats = {UNNORM_KEY: init.stats[init.resolve_unnorm_key(UNNORM_KEY)] if init is not None else data_stats}
     tok_files = make_tiny_tokenizer_files(task_words(), vocab_size=VOCAB)
     tok_dir = work / "tokenizer"
     tok_dir.mkdir(exist_ok=True)
@@ -621,6 +638,12 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainResult:
         val_batches = [vb.sample(np.random.default_rng([cfg.seed, 10**9 + k]), cfg.batch_size) for k in range(4)]
 
     model, config = build_model(cfg)
+    if init is not None:
+        try:
+            model.load_state_dict(load_model(init).state_dict())
+        except RuntimeError as err:
+            raise ValueError(f"--init-from={cfg.init_from} does not have this run's architecture (vit_*, llm_* "
+                             f"flags): {str(err).splitlines()[1] if len(str(err).splitlines()) > 1 else err}") from None
     aux = AuxHeads(cfg.llm_hidden, cfg.probe_layer, cfg.attention_layer) if cfg.aux_weight > 0 else None
     params = list(model.parameters()) + (list(aux.parameters()) if aux is not None else [])
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
@@ -709,7 +732,7 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainResult:
         if not stale.name.endswith(f"--{step}_checkpoint.pt"):
             stale.unlink()
     summary = {"train_config": asdict(cfg), "steps_done": step, "train_l1_last50": train_loss, "val_l1": val_loss,
-               "minutes": minutes, "train_transitions": stats[UNNORM_KEY]["num_transitions"],
+               "minutes": minutes, "train_transitions": data_stats["num_transitions"],
                "loss_curve_every_50": [float(np.mean(losses[i:i + 50])) for i in range(0, len(losses), 50)],
                "ground_ce_every_50": [float(np.mean(ground_losses[i:i + 50])) for i in range(0, len(ground_losses), 50)]}
     (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
