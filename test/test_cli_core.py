@@ -118,3 +118,14 @@ def test_demo_policy_stage(tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "[off] 8x7 actions" in out and "[paper] 8x7 actions" in out and "median latency" in out
     assert (tmp_path / "out" / "tiny-checkpoint" / "config.json").is_file()
+
+
+def test_demo_refuses_unknown_presets_before_doing_anything(tmp_path, capsys):
+    from specprune_ros.cli import demo
+
+    for flag in ("--preset", "--ros-preset"):
+        with pytest.raises(SystemExit) as exc:
+            demo.main_args([f"--out={tmp_path / 'out'}", f"{flag}=papr"])
+        assert exc.value.code == 2
+        assert f"{flag}='papr' is not a preset (did you mean 'paper'?)" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
