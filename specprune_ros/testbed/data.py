@@ -139,6 +139,15 @@ def collect_episode(seed: int, noise: float, noise_seed: int, task_config: TaskC
                    task.success)
 
 
+def check_perturbations(excursion_rate: float, fine_excursion_rate: float, late_release: float) -> None:
+    """Raise ValueError unless the perturbation rates of :func:`collect_episode` are in range."""
+    for name, rate in (("excursion_rate", excursion_rate), ("fine_excursion_rate", fine_excursion_rate)):
+        if not 0 <= rate <= 0.2:
+            raise ValueError(f"{name}={rate} must lie in [0, 0.2] (probability per step)")
+    if not 0 <= late_release <= 1:
+        raise ValueError(f"late_release={late_release} must lie in [0, 1] (probability per demonstration)")
+
+
 def generate(n_episodes: int, seed: int = 0, noise: float = 0.15, noise_free_fraction: float = 0.25,
              task_config: TaskConfig = TaskConfig(), progress: bool = False,
              excursion_rate: float = 0.0, fine_excursion_rate: float = 0.0, late_release: float = 0.0) -> list[Episode]:
@@ -151,11 +160,7 @@ def generate(n_episodes: int, seed: int = 0, noise: float = 0.15, noise_free_fra
         raise ValueError(f"n_episodes={n_episodes} must be >= 1")
     if not 0 <= noise <= 1:
         raise ValueError(f"noise={noise} must lie in [0, 1] (action units)")
-    for name, rate in (("excursion_rate", excursion_rate), ("fine_excursion_rate", fine_excursion_rate)):
-        if not 0 <= rate <= 0.2:
-            raise ValueError(f"{name}={rate} must lie in [0, 0.2] (probability per step)")
-    if not 0 <= late_release <= 1:
-        raise ValueError(f"late_release={late_release} must lie in [0, 1] (probability per demonstration)")
+    check_perturbations(excursion_rate, fine_excursion_rate, late_release)
     if not 0 <= seed < 1000:
         raise ValueError(f"seed={seed} must lie in [0, 1000)")
     episodes: list[Episode] = []

@@ -41,7 +41,7 @@ from ..core.policy import normalize_proprio
 from ..core.preprocess import normalize, policy_frame
 from ..core.prompt import PROMPT_TEMPLATE, PromptTokenizer, make_tiny_tokenizer_files
 from ..core.tiny import VOCAB, make_checkpoint_config
-from .data import CHUNK_LEN, Episode, dataset_statistics, generate
+from .data import CHUNK_LEN, Episode, check_perturbations, dataset_statistics, generate
 from .expert import expert_plan
 from .task import OBJECT_COLORS, PLATE_COLORS, SHAPES, TEMPLATES, VIEWS, Scene, TabletopTask, TaskConfig
 
@@ -147,11 +147,7 @@ class TrainConfig:
             raise ValueError(f"llm_hidden={self.llm_hidden} must be divisible by llm_heads={self.llm_heads}")
         if self.llm_layers < 2:
             raise ValueError(f"llm_layers={self.llm_layers} must be >= 2 (pruning scores layers 0 and 1)")
-        for name in ("excursion_rate", "fine_excursion_rate"):
-            if not 0 <= getattr(self, name) <= 0.2:
-                raise ValueError(f"{name}={getattr(self, name)} must lie in [0, 0.2] (probability per step)")
-        if not 0 <= self.late_release <= 1:
-            raise ValueError(f"late_release={self.late_release} must lie in [0, 1] (probability per demonstration)")
+        check_perturbations(self.excursion_rate, self.fine_excursion_rate, self.late_release)
         if not -1 <= self.probe_layer < self.llm_layers - 1:
             raise ValueError(f"probe_layer={self.probe_layer} must lie in [-1, llm_layers - 2 = {self.llm_layers - 2}]"
                              " (-1: final states only)")
