@@ -11,6 +11,7 @@ from specprune_ros.core.model import SequenceLayout
 from specprune_ros.core.policy import build_policy
 from specprune_ros.core.presets import PRESETS, ControllerConfig, PruningConfig
 from specprune_ros.core.pruning import (
+    RandomSelection,
     SpecPruner,
     changed_patches,
     importance,
@@ -166,6 +167,52 @@ def test_dynamic_pruning_floor_and_score_first():
     assert n_vis[0] == 200
     assert n_vis[1:] == [150]  # half would be 100: the floor stops it; later prunes have nothing to drop
     assert int((pos >= 513).sum()) == LAYOUT.length - 513  # non-visual all there
+
+
+def test_random_selection_keeps_the_methods_counts_per_view_but_not_its_tokens():
+    fav0 = {V0 + 10: 9.0, V0 + 20: 8.0, V0 + 30: 7.0, V0 + 40: 6.0, V1 + 3: 9.0, V1 + 4: 8.0}
+    fav1 = {V0 + 30: 9.0, V0 + 40: 8.5, V1 + 4: 9.0}
+    method, kept = run_static(CFG, fav0, fav1)
+    draws = []
+    for seed in range(6):
+        pruner = RandomSelection(CFG, 32, ("primary", "wrist"), seed=seed)
+        pruner.begin(LAYOUT, [np.zeros((224, 224, 3), np.uint8)] * 2, PREFIX, None, None, chunk_len=8)
+        pos = torch.arange(LAYOUT.length)[None]
+        keep0 = pruner.after_layer(0, text_probs(pos[0], fav0, pruner.score_rows(0, pos).numel()), pos)
+        pos = pos[:, keep0]
+        # after layer 0: the method's count (top-2K per view), other patches
+        assert [int(((pos >= a) & (pos < a + 256)).sum()) for a in (V0, V1)] == [4, 2]
+        keep1 = pruner.after_layer(1, text_probs(pos[0], fav1, pruner.score_rows(1, pos).numel()), pos)
+        random_kept = pos[0, keep1]
+        # after layer 1: |layer 0's top-K ∪ layer 1's top-K among the survivors|, between K and 2K per view
+        assert 2 <= pruner.record.kept_per_view["primary"] <= 4 and pruner.record.kept_per_view["wrist"] in (1, 2)
+        assert len(pruner.record.kept_patches["primary"]) == pruner.record.kept_per_view["primary"]
+        nonvisual = random_kept[(random_kept < 1) | (random_kept >= 513)]
+        assert nonvisual.tolist() == [0] + list(range(513, LAYOUT.length)) and (random_kept.diff() > 0).all()
+        draws.append(pruner.record.kept_patches["primary"])
+    assert method.record.kept_patches["primary"] == [10, 20, 30, 40]
+    assert len({tuple(d) for d in draws}) > 1 and any(d != [10, 20, 30, 40] for d in draws)
+    again = RandomSelection(CFG, 32, ("primary", "wrist"), seed=0)
+    run_static(CFG, fav0, fav1, pruner=again)
+    assert again.record.kept_patches["primary"] == draws[0]  # seeded
+    # the dynamic prunes: the method's rule (drop int(n * fraction), not below the floor) on the control's n
+    cfg = CFG.replace(local_k_coarse=(100, 100), dynamic=True, score_layers=(4,), prune_layers=(10, 20), prune_fraction=0.3,
+                      min_visual_tokens=60)
+    pruner = RandomSelection(cfg, 32, ("primary", "wrist"), seed=3)
+    _, kept = run_static(cfg, {}, {}, pruner=pruner)
+    pos = kept[None]
+    for layer in range(2, 32):
+        rows = pruner.score_rows(layer, pos)
+        probs = None
+        if rows is not None:
+            probs = torch.rand(1, H, rows.numel(), pos.shape[1], generator=torch.Generator().manual_seed(layer)).softmax(-1)
+        n = [int(((pos >= a) & (pos < a + 256)).sum()) for a in (V0, V1)]
+        keep = pruner.after_layer(layer, probs, pos)
+        if keep is not None:
+            pos = pos[:, keep]
+            after = [int(((pos >= a) & (pos < a + 256)).sum()) for a in (V0, V1)]
+            assert sum(after) == sum(n) - min(int(sum(n) * 0.3), sum(n) - 60)
+            assert int((pos >= 513).sum()) == LAYOUT.length - 513
 
 
 def test_no_prune_without_a_score():

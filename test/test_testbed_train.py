@@ -183,11 +183,12 @@ def test_attention_grounding_loss_rewards_the_naming_words_looking_at_what_they_
 
     obj, plate = on(tr.PATCH_NAMED_OBJECT), on(tr.PATCH_NAMED_PLATE)
     uniform = torch.full((B, L), 1.0 / L)
-    focused = tr.attention_grounding_loss(attention(obj, plate), batch, layout)
-    assert focused < 1e-4 < tr.attention_grounding_loss(attention(uniform, uniform), batch, layout)
-    assert tr.attention_grounding_loss(attention(obj, uniform), batch, layout) > 1.0  # the plate word counts
-    assert tr.attention_grounding_loss(attention(uniform, plate), batch, layout) > 1.0  # and the object words
-    assert tr.attention_grounding_loss(attention(plate, obj), batch, layout) > 1.0  # each on its own thing
+    keys = tr.labels_at(batch, layout, torch.arange(L)[None].expand(B, -1))
+    focused = tr.attention_grounding_loss(attention(obj, plate), batch, keys)
+    assert focused < 1e-4 < tr.attention_grounding_loss(attention(uniform, uniform), batch, keys)
+    assert tr.attention_grounding_loss(attention(obj, uniform), batch, keys) > 1.0  # the plate word counts
+    assert tr.attention_grounding_loss(attention(uniform, plate), batch, keys) > 1.0  # and the object words
+    assert tr.attention_grounding_loss(attention(plate, obj), batch, keys) > 1.0  # each on its own thing
     # in the model, through the layer loop: a finite loss with a gradient on the layers up to attention_layer
     aux = tr.AuxHeads(cfg.llm_hidden, cfg.probe_layer, cfg.attention_layer)
     total, l1 = tr.training_losses(model, aux, batch, 0.5)
@@ -318,3 +319,64 @@ def test_relabelled_samples_name_another_object_and_carry_the_experts_plan_for_i
     cached = batcher.tasks[ep.seed].scene  # the cached task is left with its own scene
     assert (cached.target, cached.goal_plate, cached.instruction) == (scene.target, scene.goal_plate, ep.instruction)
     np.testing.assert_allclose(plain["actions"][0].numpy(), normalized(ep.action_chunk(free)), atol=1e-6)
+
+
+def test_token_drop_runs_the_pass_on_each_samples_own_patch_subset(tokenizer):
+    cfg = tr.TrainConfig(**{**TINY, "llm_layers": 3, "attention_layer": 2, "probe_layer": 1})
+    eps = generate(2, seed=6, noise=0.1)
+    batch = tr.Batcher(eps, dataset_statistics(eps), tokenizer).sample(np.random.default_rng(1), 2)
+    model, _ = tr.build_model(cfg)
+    model.eval()
+    layout = model.layout(2, batch["prompt_ids"].shape[1] - 1)
+    keep = tr.token_drop_positions(np.random.default_rng(3), layout, 2, min_keep=20)
+    # every non-visual token, as many patches of each view in every sample, different ones, in sequence order
+    non_visual = [0, *range(layout.vis_start + layout.n_visual, layout.length)]
+    view = (keep - layout.vis_start).div(256, rounding_mode="floor")
+    for row, v in zip(keep, view):
+        assert set(non_visual) <= set(row.tolist()) and (row.diff() > 0).all()
+    assert (view == 0).sum(dim=1).tolist()[0] == (view == 0).sum(dim=1).tolist()[1] >= 20
+    assert (view == 1).sum(dim=1).tolist()[0] == (view == 1).sum(dim=1).tolist()[1] >= 20
+    assert not torch.equal(keep[0], keep[1])
+    # a per-sample (B, L') keep is what the 1-D keep of each sample's own row gives
+    seq = model.assemble(model.embed_vision(batch["pixel_values"]), batch["proprio"], batch["prompt_ids"])
+    pos = torch.arange(seq.shape[1])[None].expand(2, -1)
+
+    class Drop:
+        def __init__(self, k):
+            self.k = k
+
+        def score_rows(self, layer, position_ids):
+            return None
+
+        def after_layer(self, layer, probs, position_ids):
+            return self.k if layer == 0 else None
+
+    with torch.no_grad():
+        both, both_pos, _ = model.run_layers(seq, pos, hooks=Drop(keep))
+        for b in range(2):
+            one, one_pos, _ = model.run_layers(seq[b:b + 1], pos[b:b + 1], hooks=Drop(keep[b]))
+            torch.testing.assert_close(both[b:b + 1], one, atol=1e-5, rtol=1e-5)
+            assert torch.equal(both_pos[b], one_pos[0]) and torch.equal(both_pos[b], keep[b])
+    # the training losses on the dropped pass: labels follow the kept patches, all terms finite, gradients flow
+    aux = tr.AuxHeads(cfg.llm_hidden, cfg.probe_layer, cfg.attention_layer)
+    full, _ = tr.training_losses(model, aux, batch, 0.5, drop_layer=0)
+    dropped, l1 = tr.training_losses(model, aux, {**batch, "keep": keep}, 0.5, drop_layer=0)
+    assert torch.isfinite(dropped) and not torch.isclose(full, dropped)
+    dropped.backward()
+    assert aux.patch_mid.weight.grad.abs().sum() > 0 and model.llm.layers[2].self_attn.q_proj.weight.grad.abs().sum() > 0
+    labels = tr.labels_at(batch, layout, keep)
+    assert (labels[:, 0] == -1).all() and (labels[:, -1] == -1).all()
+    vis = keep[0, 1:1 + (view[0] < 2).sum() - 1]
+    assert torch.equal(labels[0, 1:1 + len(vis)], batch["patch_labels"][0, vis - 1])
+    with pytest.raises(ValueError, match="token_drop="):
+        tr.TrainConfig(**{**TINY, "token_drop": 1.5})
+    with pytest.raises(ValueError, match="token_drop_layer="):
+        tr.TrainConfig(**{**TINY, "token_drop": 0.5, "token_drop_layer": 1})
+
+
+def test_training_with_token_drop_writes_a_loadable_checkpoint(tmp_path):
+    cfg = tr.TrainConfig(**{**TINY, "out_dir": str(tmp_path / "ck"), "steps": 4, "token_drop": 1.0, "token_drop_min": 8})
+    res = tr.train(cfg, progress=False, log=lambda m: None)
+    assert res.steps_done == 4 and np.isfinite(res.train_loss)
+    assert json.loads((tmp_path / "ck" / "train_summary.json").read_text())["train_config"]["token_drop"] == 1.0
+    load_model(inspect_checkpoint(tmp_path / "ck"))

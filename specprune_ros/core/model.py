@@ -192,7 +192,10 @@ class LayerHooks(Protocol):
         """
 
     def after_layer(self, layer: int, probs: torch.Tensor | None, position_ids: torch.Tensor) -> torch.Tensor | None:
-        """Given ``layer``'s (B, H, R, L') probabilities, return current positions to keep (1-D), or None."""
+        """Given ``layer``'s (B, H, R, L') probabilities, return current positions to keep, or None.
+
+        Positions are 1-D (the same for every sample) or (B, L'') (one row per sample, as many in each).
+        """
 
 
 @dataclass
@@ -312,7 +315,10 @@ class OFTModel(nn.Module):
                 taps[i] = hidden
             if hooks is not None:
                 keep = hooks.after_layer(i, sink[0] if sink else None, position_ids)
-                if keep is not None:
+                if keep is not None and keep.dim() == 2:  # per sample (B, L'): training's token dropout
+                    hidden = hidden.gather(1, keep[..., None].expand(-1, -1, hidden.shape[-1]))
+                    position_ids = position_ids.gather(1, keep)
+                elif keep is not None:
                     hidden = hidden[:, keep]  # (B, L', D)
                     position_ids = position_ids[:, keep]
         return self.llm.norm(hidden), position_ids, lengths

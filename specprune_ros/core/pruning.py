@@ -282,3 +282,46 @@ class SpecPruner:
     def _commit_global(self) -> None:
         if self.cfg.use_global:
             self.global_sets = {v: np.array(sorted(s), dtype=int) for v, s in self._next_global.items()}
+
+
+class RandomSelection(SpecPruner):
+    """A preset's pruning with each choice of *which* visual tokens to keep made at random: wherever the preset
+    drops visual tokens (after the V_local layers, at the dynamic prune layers), each view keeps as many as the
+    preset keeps there, drawn uniformly from that view's tokens still in the pass. Budgets, the controller and
+    the layers where the sequence shrinks are the preset's: the control for its selection at an equal budget.
+
+    After the second V_local layer the preset keeps its protected set ∪ its first layer's top-K ∪ its second
+    layer's top-K among the survivors. Its count in its own pass is not observable here (the survivors differ),
+    so the control keeps that union's size with the first two sets counted whole, as they are in the preset's
+    own pass, and the second layer's top-K taken among the random survivors: at most the first layer's count.
+    After the first V_local layer and at the dynamic prunes the counts are the preset's rule exactly. Seeded;
+    the draws continue across episodes (the same sequence on every run).
+    """
+
+    def __init__(self, cfg: PruningConfig, n_layers: int, views: tuple[str, ...], seed: int = 0) -> None:
+        super().__init__(cfg, n_layers, views)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def after_layer(self, layer: int, probs: torch.Tensor | None, position_ids: torch.Tensor) -> torch.Tensor | None:
+        keep = super().after_layer(layer, probs, position_ids)
+        if keep is None:
+            return None
+        pos = position_ids.squeeze(0)
+        layout = self.layout
+        is_vis = (pos >= layout.vis_start) & (pos < layout.vis_start + layout.n_visual)
+        view_of = torch.where(is_vis, layout.view_of(pos), torch.full_like(pos, -1))
+        kept = torch.zeros_like(is_vis)
+        kept[keep] = True
+        chosen = kept & ~is_vis
+        for v in range(len(self.views)):
+            cand = torch.nonzero(view_of == v).squeeze(1)
+            n = int((kept & (view_of == v)).sum())
+            if layer == self.l1 and probs is not None:
+                base = layout.vis_start + v * PATCHES_PER_VIEW
+                whole = torch.nonzero(self._protected[base:base + PATCHES_PER_VIEW]).squeeze(1) + base
+                whole = torch.cat([whole, self._local0.get(v, whole[:0]).to(whole.device)])
+                n = min(cand.numel(), n + int((~torch.isin(whole.unique(), pos)).sum()))
+            chosen[cand[torch.randperm(cand.numel(), generator=self.generator)[:n]]] = True
+        if layer == self.l1:
+            self._record_static(pos, chosen, view_of)
+        return torch.nonzero(chosen).squeeze(1)

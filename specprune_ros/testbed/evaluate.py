@@ -1,7 +1,8 @@
 """``specprune-testbed-eval``: closed-loop success of a policy on the test-bed task, per pruning preset.
 
 For each variant (a preset name such as ``off`` or ``paper``, optionally suffixed ``+nocontroller`` to run it
-with the coarse/fine controller disabled), N seeded episodes are run closed loop exactly as a robot would:
+with the coarse/fine controller disabled, ``+matched`` to run it without the controller at its own average
+budget, or ``+random`` to keep as many tokens as it does, chosen at random), N seeded episodes are run closed loop exactly as a robot would:
 render both cameras, build the observation (proprio, instruction, the actions executed since the last query),
 ``policy.infer``, execute the chunk's rows open loop at the control rate (dropping the rest of a chunk when the
 controller asks for a re-query on entering fine mode). Reported per variant: success rate with a 95% Wilson
@@ -31,7 +32,8 @@ from ..core.types import MODE_FINE, InputError, Observation, Policy
 from .task import TabletopTask, TaskConfig
 
 NO_CONTROLLER = "+nocontroller"
-DEFAULT_VARIANTS = ("off", "conservative", "paper", "aggressive", "static-only", "paper+nocontroller", "paper+matched")
+DEFAULT_VARIANTS = ("off", "conservative", "paper", "aggressive", "static-only", "paper+nocontroller", "paper+matched",
+                    "paper+random")
 
 
 def _mean_or_none(values) -> float | None:
@@ -53,15 +55,18 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
 
 
 MATCHED = "+matched"
+RANDOM = "+random"
 
 
 def variant_preset(variant: str) -> str:
-    """The preset a variant name runs: ``paper`` for ``paper``, ``paper+nocontroller`` and ``paper+matched``."""
-    return variant.removesuffix(NO_CONTROLLER).removesuffix(MATCHED)
+    """The preset a variant name runs: ``paper`` for ``paper``, ``paper+nocontroller``, ``paper+matched`` and
+    ``paper+random``."""
+    return variant.removesuffix(NO_CONTROLLER).removesuffix(MATCHED).removesuffix(RANDOM)
 
 
 def pruning_for(variant: str, fine_fraction: float | None = None) -> PruningConfig:
-    """The pruning configuration of a variant name: ``preset``, ``preset+nocontroller`` or ``preset+matched``.
+    """The pruning configuration of a variant name: ``preset``, ``preset+nocontroller``, ``preset+matched`` or
+    ``preset+random`` (the preset's own; :class:`~specprune_ros.core.pruning.RandomSelection` replaces its choice).
 
     ``+nocontroller`` runs the preset with the coarse/fine controller disabled (always the coarse budget).
     ``+matched`` disables it too but gives every query the preset's average V_local budget instead: the
@@ -70,9 +75,11 @@ def pruning_for(variant: str, fine_fraction: float | None = None) -> PruningConf
     controller's choice of *when* to keep more tokens at an equal token budget.
     """
     base = variant_preset(variant)
-    if base not in PRESETS or variant not in (base, base + NO_CONTROLLER, base + MATCHED):
+    if base not in PRESETS or variant not in (base, base + NO_CONTROLLER, base + MATCHED, base + RANDOM):
         raise ValueError(f"unknown variant {variant!r}: use a preset ({', '.join(sorted(PRESETS))}), optionally "
-                         f"followed by {NO_CONTROLLER!r} or {MATCHED!r}")
+                         f"followed by {NO_CONTROLLER!r}, {MATCHED!r} or {RANDOM!r}")
+    if variant.endswith(RANDOM) and not PRESETS[base].enabled:
+        raise ValueError(f"{variant}: {base} prunes nothing, there is no selection to replace")
     cfg = PRESETS[base]
     if variant.endswith((NO_CONTROLLER, MATCHED)):
         cfg = dataclasses.replace(cfg, controller=dataclasses.replace(cfg.controller, enabled=False))
@@ -92,7 +99,8 @@ class EvalConfig:
     Attributes:
         checkpoint: checkpoint directory (released layout), e.g. the committed ``checkpoints/testbed``.
         variants: presets to compare (``off`` is the unpruned baseline); ``<preset>+nocontroller`` disables the
-            coarse/fine controller of that preset.
+            coarse/fine controller of that preset, ``<preset>+matched`` too but at its average budget (see
+            :func:`pruning_for`), ``<preset>+random`` keeps as many tokens as the preset, chosen at random.
         episodes: episodes per variant (seeds first_seed .. first_seed + episodes - 1, the same for every variant).
         first_seed: first task seed.
         max_steps: control steps before an episode counts as failed.
@@ -470,7 +478,12 @@ def evaluate(cfg: EvalConfig, out_dir: str | Path | None = None, progress: bool 
         return pruning_for(variant, fine.get(variant.removesuffix(MATCHED)))
 
     def make_policy(variant: str) -> Policy:
-        return build_policy(PolicyConfig(checkpoint=cfg.checkpoint, preset=variant_preset(variant)), pruning(variant))
+        policy = build_policy(PolicyConfig(checkpoint=cfg.checkpoint, preset=variant_preset(variant)), pruning(variant))
+        if variant.endswith(RANDOM):
+            from ..core.pruning import RandomSelection
+
+            policy.pruner = RandomSelection(policy.pruning, policy.pruner.n_layers, policy.pruner.views)
+        return policy
 
     for variant in cfg.variants if seeds else ():
         policy = make_policy(variant)
@@ -574,7 +587,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", default=d.checkpoint, help=f"checkpoint directory (default {d.checkpoint})")
     p.add_argument("--variants", default=",".join(d.variants),
                    help=f"comma-separated presets; '<preset>{NO_CONTROLLER}' disables its controller, '<preset>{MATCHED}' "
-                   "disables it and gives every query the preset's average budget (list the preset first) "
+                   "disables it and gives every query the preset's average budget (list the preset first), "
+                   f"'<preset>{RANDOM}' keeps as many tokens as the preset, chosen at random "
                    f"(default {','.join(d.variants)}; presets: {', '.join(sorted(PRESETS))})")
     p.add_argument("--episodes", type=int, default=d.episodes, help=f"episodes per variant (default {d.episodes})")
     p.add_argument("--first-seed", type=int, default=d.first_seed, help="first task seed (default 0)")

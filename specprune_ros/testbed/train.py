@@ -36,7 +36,7 @@ from transformers.modeling_utils import AttentionInterface
 
 from ..core.checkpoint import inspect_checkpoint, load_model, write_checkpoint
 from ..core.config import PreprocessConfig
-from ..core.model import ModelSpec, OFTModel, SequenceLayout
+from ..core.model import PATCHES_PER_VIEW, ModelSpec, OFTModel, SequenceLayout
 from ..core.policy import normalize_proprio
 from ..core.preprocess import normalize, policy_frame
 from ..core.prompt import PROMPT_TEMPLATE, PromptTokenizer, make_tiny_tokenizer_files
@@ -91,6 +91,14 @@ class TrainConfig:
             grounding losses (the patch probe at ``probe_layer``, the attention at ``attention_layer``) are
             trained, on the layers up to them, with every object of a scene named equally often
             (:func:`grounding_loss`); 0 = none.
+        token_drop: probability that an action-training step runs on a random subset of the visual tokens
+            (:func:`token_drop_positions`): each view keeps between ``token_drop_min`` and 256 of its patches
+            (one count per view and step, uniform; which ones, uniform per sample), dropped after decoder layer
+            ``token_drop_layer`` as the pruning drops them, survivors keeping their position ids. A network
+            trained from scratch on full sequences only has never seen a thinned one, while a large pretrained
+            one tolerates it; the random choice teaches tolerance without telling which tokens matter. 0 = off.
+        token_drop_min: fewest patches per view a token-drop step keeps.
+        token_drop_layer: decoder layer (0-based) after which a token-drop step drops the patches.
         init_from: a checkpoint directory of the same architecture (released layout, e.g. an earlier run's
             output) to start from instead of a fresh initialization: its weights and its dataset statistics
             (the action and proprio normalization it learned with) are taken, the optimizer, the grounding
@@ -128,6 +136,9 @@ class TrainConfig:
     probe_layer: int = -1
     attention_layer: int = -1
     ground_steps: int = 0
+    token_drop: float = 0.0
+    token_drop_min: int = 16
+    token_drop_layer: int = 0
     init_from: str = ""
     fp16: bool = True
     bf16: bool = True
@@ -160,6 +171,13 @@ class TrainConfig:
             raise ValueError(f"ground_steps={self.ground_steps} must be >= 0, and > 0 only with a probe_layer or "
                              f"attention_layer >= 0 and aux_weight > 0 (got probe_layer={self.probe_layer}, "
                              f"attention_layer={self.attention_layer}, aux_weight={self.aux_weight})")
+        if not 0 <= self.token_drop <= 1:
+            raise ValueError(f"token_drop={self.token_drop} must lie in [0, 1]")
+        if not 1 <= self.token_drop_min <= PATCHES_PER_VIEW:
+            raise ValueError(f"token_drop_min={self.token_drop_min} must lie in [1, {PATCHES_PER_VIEW}]")
+        if not 0 <= self.token_drop_layer < self.llm_layers - 1:
+            raise ValueError(f"token_drop_layer={self.token_drop_layer} must lie in [0, llm_layers - 2 = "
+                             f"{self.llm_layers - 2}]")
         if self.aux_weight < 0:
             raise ValueError(f"aux_weight={self.aux_weight} must be >= 0")
         if not 0 < self.lr < 1:
@@ -441,55 +459,86 @@ class AuxHeads(torch.nn.Module):
         self.where = torch.nn.Linear(hidden, WHERE_DIM)
 
 
-class _PromptAttention:
-    """Layer hooks that ask the layer loop for the prompt rows' attention probabilities at one layer.
+class _TrainHooks:
+    """Layer hooks of the training pass: the prompt rows' attention probabilities at ``attention_layer`` (kept
+    with their gradient; -1 = none) and the token drop after ``drop_layer`` (``keep``: (B, L') positions, or
+    None). ``positions[i]``: the original positions of the tokens leaving layer ``i``, before any drop."""
 
-    Prunes nothing; ``probs`` (B, H, P, L) is kept with its gradient.
-    """
-
-    def __init__(self, layer: int, rows: torch.Tensor) -> None:
-        self.layer, self.rows, self.probs = layer, rows, None
+    def __init__(self, layout: SequenceLayout, attention_layer: int = -1, drop_layer: int = -1,
+                 keep: torch.Tensor | None = None) -> None:
+        self.prompt = (layout.prompt_start, layout.prompt_start + layout.prompt_len)
+        self.attention_layer, self.drop_layer, self.keep = attention_layer, drop_layer, keep
+        self.probs: torch.Tensor | None = None
+        self.positions: dict[int, torch.Tensor] = {}
 
     def score_rows(self, layer: int, position_ids: torch.Tensor) -> torch.Tensor | None:
-        return self.rows if layer == self.layer else None
+        if layer != self.attention_layer:
+            return None
+        first = position_ids[0]  # every sample keeps as many tokens of each group: the prompt sits alike
+        return torch.nonzero((first >= self.prompt[0]) & (first < self.prompt[1])).squeeze(1)
 
-    def after_layer(self, layer: int, probs: torch.Tensor | None, position_ids: torch.Tensor) -> None:
+    def after_layer(self, layer: int, probs: torch.Tensor | None, position_ids: torch.Tensor) -> torch.Tensor | None:
+        self.positions[layer] = position_ids
         if probs is not None:
             self.probs = probs
+        return self.keep if layer == self.drop_layer else None
 
 
-def _grounded_pass(model: OFTModel, aux: AuxHeads | None, batch: dict[str, torch.Tensor], depth: int | None = None):
-    """The training forward pass up to ``depth`` layers: (final states, layout, mid-layer taps, prompt attention)."""
+def token_drop_positions(rng: np.random.Generator, layout: SequenceLayout, batch: int, min_keep: int) -> torch.Tensor:
+    """(B, L') positions kept by a token-drop step: all non-visual tokens and, per view, a random subset of the
+    patches (one count per view for the whole batch, drawn uniformly from ``min_keep`` .. 256; the patches drawn
+    per sample), in sequence order."""
+    rows = []
+    counts = [int(rng.integers(min_keep, PATCHES_PER_VIEW + 1)) for _ in range(layout.n_views)]
+    for _ in range(batch):
+        parts = [np.arange(layout.vis_start)]
+        for v, n in enumerate(counts):
+            start = layout.vis_start + v * PATCHES_PER_VIEW
+            parts.append(start + np.sort(rng.choice(PATCHES_PER_VIEW, size=n, replace=False)))
+        parts.append(np.arange(layout.vis_start + layout.n_visual, layout.length))
+        rows.append(np.concatenate(parts))
+    return torch.from_numpy(np.stack(rows)).long()
+
+
+def labels_at(batch: dict[str, torch.Tensor], layout: SequenceLayout, positions: torch.Tensor) -> torch.Tensor:
+    """Patch classes (:func:`patch_labels`) of the tokens at ``positions`` (B, L'); -1 where not a patch."""
+    index = positions - layout.vis_start
+    visual = (index >= 0) & (index < layout.n_visual)
+    labels = batch["patch_labels"].gather(1, index.clamp(0, layout.n_visual - 1))
+    return torch.where(visual, labels, torch.full_like(labels, -1))
+
+
+def _grounded_pass(model: OFTModel, aux: AuxHeads | None, batch: dict[str, torch.Tensor], depth: int | None = None,
+                   drop_layer: int = -1):
+    """The training forward pass up to ``depth`` layers, with the token drop of ``batch["keep"]`` (if any) after
+    ``drop_layer``: (final states, their positions, layout, mid-layer taps, hooks)."""
     pixels, prompt_ids = batch["pixel_values"], batch["prompt_ids"]
     layout = model.layout(pixels.shape[1] // 6, prompt_ids.shape[1] - 1)
     seq = model.assemble(model.embed_vision(pixels), batch["proprio"], prompt_ids)  # (B, L, D)
     pos = torch.arange(seq.shape[1])[None].expand(seq.shape[0], -1)  # (B, L)
     taps = {aux.probe_layer: None} if aux is not None and aux.patch_mid is not None else None
-    attention = None
-    if aux is not None and aux.attention_layer >= 0:
-        attention = _PromptAttention(aux.attention_layer, torch.arange(layout.prompt_start, layout.prompt_start + layout.prompt_len))
-    final, _, _ = model.run_layers(seq, pos, hooks=attention, taps=taps, depth=depth)  # (B, L, D)
-    return final, layout, taps, attention
+    hooks = _TrainHooks(layout, aux.attention_layer if aux is not None else -1, drop_layer, batch.get("keep"))
+    final, final_pos, _ = model.run_layers(seq, pos, hooks=hooks, taps=taps, depth=depth)  # (B, L', D)
+    return final, final_pos, layout, taps, hooks
 
 
-def attention_grounding_loss(probs: torch.Tensor, batch: dict[str, torch.Tensor], layout: SequenceLayout) -> torch.Tensor:
+def attention_grounding_loss(probs: torch.Tensor, batch: dict[str, torch.Tensor], key_labels: torch.Tensor) -> torch.Tensor:
     """-log of the attention (head average) that the instruction's naming words put on what they name.
 
-    ``probs`` (B, H, P, L): the prompt rows' attention at one layer. Rows are the colour and shape words of the
-    object the instruction names (``batch["object_words"]``), which should attend to that object's patches,
-    and the plate's colour word (``batch["plate_words"]``), which should attend to that plate's patches;
-    samples where the named thing shows in no patch are left out for it. Only the instruction tells which
+    ``probs`` (B, H, P, L): the prompt rows' attention at one layer over its L keys, whose patch classes
+    (:func:`labels_at`, -1 for the other tokens) are ``key_labels`` (B, L). Rows are the colour and shape words
+    of the object the instruction names (``batch["object_words"]``), which should attend to that object's
+    patches, and the plate's colour word (``batch["plate_words"]``), which should attend to that plate's patches;
+    samples where the named thing shows in no key are left out for it. Only the instruction tells which
     object and plate are meant, so the words must be read and matched with what the patches show. The
     gradient reaches the named patches' attention logits directly, not diluted over the ~595 tokens as a
     probe's is (trained through probes alone, 600 steps did not tell the named object from the others; with
     this loss the object words put 55% of their attention on it after 300 steps, chance being ~1%).
     """
-    vis = slice(layout.vis_start, layout.vis_start + layout.n_visual)
     mean = probs.float().mean(dim=1)  # (B, P, L)
     losses = []
     for words, cls in (("object_words", PATCH_NAMED_OBJECT), ("plate_words", PATCH_NAMED_PLATE)):
-        named = torch.zeros(probs.shape[0], probs.shape[-1], dtype=torch.bool)
-        named[:, vis] = batch["patch_labels"] == cls
+        named = key_labels == cls  # (B, L)
         rows = batch[words] & named.any(dim=1, keepdim=True)  # (B, P)
         if rows.any():
             mass = (mean * named[:, None, :]).sum(dim=-1)  # (B, P)
@@ -498,44 +547,47 @@ def attention_grounding_loss(probs: torch.Tensor, batch: dict[str, torch.Tensor]
 
 
 def training_losses(model: OFTModel, aux: AuxHeads | None, batch: dict[str, torch.Tensor],
-                    aux_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(total loss, action L1). Same forward pass as ``OFTModel.forward``, plus the auxiliary losses."""
-    final, layout, taps, attention = _grounded_pass(model, aux if aux_weight else None, batch)
+                    aux_weight: float, drop_layer: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
+    """(total loss, action L1). Same forward pass as ``OFTModel.forward``, plus the auxiliary losses; with
+    ``batch["keep"]``, the visual tokens not in it are dropped after ``drop_layer``."""
+    final, final_pos, layout, taps, hooks = _grounded_pass(model, aux if aux_weight else None, batch,
+                                                           drop_layer=drop_layer)
     readout = model.readout(final, layout)  # (B, T*A, D)
     l1 = (model.action_head(readout) - batch["actions"]).abs().mean()
     if aux is None or aux_weight == 0:
         return l1, l1
-    vis = slice(layout.vis_start, layout.vis_start + layout.n_visual)
-    extra = patch_ce(aux.patch, final[:, vis], batch["patch_labels"])
-    extra = extra + _grounding_terms(aux, layout, taps, attention, batch)
+    extra = patch_ce(aux.patch, final, labels_at(batch, layout, final_pos))
+    extra = extra + _grounding_terms(aux, layout, taps, hooks, batch)
     extra = extra + (aux.where(readout.mean(dim=1)) - batch["where"]).abs().mean()
     return l1 + aux_weight * extra, l1
 
 
-def _grounding_terms(aux: AuxHeads, layout: SequenceLayout, taps: dict | None, attention: _PromptAttention | None,
+def _grounding_terms(aux: AuxHeads, layout: SequenceLayout, taps: dict | None, hooks: _TrainHooks,
                      batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The mid-layer patch probe's cross-entropy and the attention grounding, for those of them in use."""
     loss = torch.zeros(())
     if taps is not None:
-        vis = slice(layout.vis_start, layout.vis_start + layout.n_visual)
-        loss = loss + patch_ce(aux.patch_mid, taps[aux.probe_layer][:, vis], batch["patch_labels"])
-    if attention is not None:
-        loss = loss + attention_grounding_loss(attention.probs, batch, layout)
+        labels = labels_at(batch, layout, hooks.positions[aux.probe_layer])
+        loss = loss + patch_ce(aux.patch_mid, taps[aux.probe_layer], labels)
+    if hooks.probs is not None:
+        loss = loss + attention_grounding_loss(hooks.probs, batch, labels_at(batch, layout, hooks.positions[aux.attention_layer]))
     return loss
 
 
-def patch_ce(head: torch.nn.Linear, visual: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Weighted cross-entropy of the patch probe ``head`` on visual token states (B, V*256, D), labels (B, V*256)."""
-    logits = head(visual).reshape(-1, len(PATCH_CLASS_WEIGHTS)).float()  # (B*V*256, classes)
-    return torch.nn.functional.cross_entropy(logits, labels.reshape(-1), weight=torch.tensor(PATCH_CLASS_WEIGHTS))
+def patch_ce(head: torch.nn.Linear, states: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Weighted cross-entropy of the patch probe ``head`` on token states (B, L, D) with patch classes (B, L)
+    (-1: not a patch, left out)."""
+    logits = head(states).reshape(-1, len(PATCH_CLASS_WEIGHTS)).float()  # (B*L, classes)
+    return torch.nn.functional.cross_entropy(logits, labels.reshape(-1), weight=torch.tensor(PATCH_CLASS_WEIGHTS),
+                                             ignore_index=-1)
 
 
 def grounding_loss(model: OFTModel, aux: AuxHeads, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The grounding warm-up's loss: the patch probe at ``aux.probe_layer`` and the attention grounding at
     ``aux.attention_layer``, with only the layers up to them run (no action head)."""
     depth = max(aux.probe_layer, aux.attention_layer) + 1
-    _, layout, taps, attention = _grounded_pass(model, aux, batch, depth=depth)
-    return _grounding_terms(aux, layout, taps, attention, batch)
+    _, _, layout, taps, hooks = _grounded_pass(model, aux, batch, depth=depth)
+    return _grounding_terms(aux, layout, taps, hooks, batch)
 
 
 #: patch classes of :func:`patch_labels`
@@ -685,11 +737,14 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainResult:
             grounding = step < cfg.ground_steps
             rng = np.random.default_rng([cfg.seed, step])
             batch = (ground_batcher if grounding else batcher).sample(rng, cfg.batch_size)
+            if not grounding and cfg.token_drop and rng.random() < cfg.token_drop:
+                layout = model.layout(batch["pixel_values"].shape[1] // 6, batch["prompt_ids"].shape[1] - 1)
+                batch["keep"] = token_drop_positions(rng, layout, cfg.batch_size, cfg.token_drop_min)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16), training_attention(model):
                 if grounding:
                     loss = grounding_loss(model, aux, batch)
                 else:
-                    loss, l1 = training_losses(model, aux, batch, cfg.aux_weight)
+                    loss, l1 = training_losses(model, aux, batch, cfg.aux_weight, drop_layer=cfg.token_drop_layer)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
