@@ -213,3 +213,22 @@ def test_write_reproduce_records_what_the_checkpoint_does(tiny_checkpoint, tmp_p
         assert steps == ev.run_episode(policy, seed, TaskConfig(max_steps=16))["steps"]
     assert ev.main([f"--checkpoint={ckpt}", "--write-reproduce=-1"]) == 2
     assert "non-negative" in capsys.readouterr().err
+
+
+def test_attention_agreement_measures_the_premise_of_v_local(tiny_checkpoint):
+    from specprune_ros.core.config import PolicyConfig
+    from specprune_ros.core.policy import build_policy
+
+    pol = build_policy(PolicyConfig(checkpoint=str(tiny_checkpoint), preset="off"))
+    a = ev.attention_agreement(pol, [70_000], TaskConfig(max_steps=40), every=16)
+    assert a["frames"] == 3 and a["chance"] == 20 / 256 and a["top"] == 20
+    shares = [v for k, v in a.items() if k.startswith("text_")]
+    assert len(shares) == 5 and all(0 <= v <= 1 for v in shares)
+    # every token of a view: every set is the whole view, the shares are 1; one token: the argmax, which differs
+    whole = ev.attention_agreement(pol, [70_000], TaskConfig(max_steps=20), every=16, top=256)
+    assert all(v == 1.0 for k, v in whole.items() if k.startswith("text_"))
+    one = ev.attention_agreement(pol, [70_000], TaskConfig(max_steps=20), every=16, top=1)
+    assert any(v < 1.0 for k, v in one.items() if k.startswith("text_"))
+    with pytest.raises(ValueError, match="agreement_seeds"):
+        ev.EvalConfig(agreement_seeds=-1)
+    assert ev.EvalConfig(variants=("off",), episodes=0, agreement_seeds=2).agreement_seeds == 2

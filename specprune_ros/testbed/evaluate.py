@@ -110,6 +110,8 @@ class EvalConfig:
         overlay_episodes: save kept-token overlays (PNG) of the first queries of this many episodes per variant.
         grounding_seeds: scenes (seeds first_seed + 60000 ...) on which :func:`instruction_following` checks that the
             first chunk heads for the named object, each object named in turn; 0 = skip.
+        agreement_seeds: expert trajectories (seeds first_seed + 70000 ...) on which :func:`attention_agreement`
+            checks the method's premise on the unpruned policy; 0 = skip.
         threads: torch CPU threads.
     """
 
@@ -122,6 +124,7 @@ class EvalConfig:
     open_loop_seeds: int = 0
     overlay_episodes: int = 0
     grounding_seeds: int = 0
+    agreement_seeds: int = 0
     threads: int = 1
 
     def __post_init__(self) -> None:
@@ -136,11 +139,13 @@ class EvalConfig:
                 raise ValueError(f"variant {v} needs closed-loop episodes (its budget comes from {base}'s episodes)")
         if len(set(self.variants)) != len(self.variants):
             raise ValueError(f"variants repeat: {list(self.variants)}")
-        if self.episodes < 0 or (self.episodes == 0 and self.open_loop_seeds == 0 and self.grounding_seeds == 0):
-            raise ValueError(f"episodes={self.episodes} must be >= 1 (or 0 with open_loop_seeds or grounding_seeds > 0)")
-        if self.open_loop_seeds < 0 or self.grounding_seeds < 0:
-            raise ValueError(f"open_loop_seeds={self.open_loop_seeds} and grounding_seeds={self.grounding_seeds} "
-                             "must be >= 0")
+        extra = (self.open_loop_seeds, self.grounding_seeds, self.agreement_seeds)
+        if self.episodes < 0 or (self.episodes == 0 and not any(extra)):
+            raise ValueError(f"episodes={self.episodes} must be >= 1 (or 0 with open_loop_seeds, grounding_seeds or "
+                             "agreement_seeds > 0)")
+        if min(extra) < 0:
+            raise ValueError(f"open_loop_seeds={self.open_loop_seeds}, grounding_seeds={self.grounding_seeds} and "
+                             f"agreement_seeds={self.agreement_seeds} must be >= 0")
         if self.first_seed < 0:
             raise ValueError(f"first_seed={self.first_seed} must be >= 0")
         if self.max_steps < 1:
@@ -351,6 +356,89 @@ def instruction_following(policies: dict[str, Policy], seeds: list[int], task_co
     return out
 
 
+#: visual tokens per view compared by :func:`attention_agreement` (the paper's top-20)
+AGREEMENT_TOP = 20
+
+
+class _MeanAttention:
+    """Layer hooks that keep, at every layer, the head-averaged attention of the task words (the prompt after its
+    fixed prefix) and of the action placeholders, each averaged over its rows: (L,) per layer. Prune nothing."""
+
+    def __init__(self, layout, prefix_len: int) -> None:
+        import torch
+
+        self.text = torch.arange(layout.prompt_start + prefix_len, layout.prompt_start + layout.prompt_len)
+        self.action = torch.arange(layout.action_start, layout.action_start + layout.n_action_tokens)
+        self.layers: list[tuple] = []
+
+    def score_rows(self, layer: int, position_ids):
+        import torch
+
+        return torch.cat([self.text, self.action])
+
+    def after_layer(self, layer: int, probs, position_ids) -> None:
+        p = probs.mean(dim=1)[0]  # (R, L)
+        self.layers.append((p[: len(self.text)].mean(dim=0), p[len(self.text):].mean(dim=0)))
+
+
+def attention_agreement(policy: Policy, seeds: list[int], task_config: TaskConfig = TaskConfig(), every: int = 16,
+                        top: int = AGREEMENT_TOP) -> dict:
+    """Does the method's premise hold for this policy? V_local keeps the visual tokens the task words attend to in
+    decoder layers 0 and 1, on the grounds that these are the ones the last layers attend to (the paper: 85-95%
+    of the top-20 of the first two layers reappear in the last layer's top-20 on OpenVLA-OFT).
+
+    On the expert's trajectories of ``seeds`` (a frame every ``every`` steps), the unpruned pass of ``policy``
+    (an :class:`~specprune_ros.core.policy.OFTPolicy`), per view: the share of the ``top`` visual tokens by the
+    task words' attention at layer 0, at layer 1 and by the sum of both (what V_local ranks by, in effect) that
+    are also among the last layer's ``top``; the same for the action placeholders' attention at the last layer
+    (what the action read-out attends to); and the share of the last layer's text top-``top`` among its action
+    top-``top``. ``chance``: the expected share for a random set, top / 256.
+    """
+    import torch
+
+    from ..core.policy import normalize_proprio
+    from ..core.preprocess import normalize, policy_frame
+    from .expert import expert_action
+
+    model, spec = policy.model, policy.checkpoint.spec
+    pairs = {"text_l0_in_last": [], "text_l1_in_last": [], "text_l01_in_last": [], "text_l01_in_action_last": [],
+             "text_last_in_action_last": []}
+    frames_seen = 0
+    for seed in seeds:
+        task = TabletopTask(seed, task_config)
+        while not task.done:
+            if task.state.step % every == 0:
+                images = task.render()
+                frames = [policy_frame(np.asarray(images[v]), policy.config.preprocess) for v in policy.views]
+                proprio = torch.as_tensor(normalize_proprio(task.proprio(), policy.proprio_stats, spec.action_normalization),
+                                          dtype=torch.float32)[None]
+                ids, prefix = policy.tokenizer.encode(task.instruction)
+                layout = model.layout(len(policy.views), len(ids) - 1)
+                hooks = _MeanAttention(layout, prefix)
+                with torch.inference_mode():
+                    pixels = normalize(frames, spec.use_fused_vision_backbone).to(torch.float32)
+                    seq = model.assemble(model.embed_vision(pixels), proprio, torch.tensor([ids]))
+                    model.run_layers(seq, torch.arange(seq.shape[1])[None], hooks)
+                (t0, _), (t1, _), (tl, al) = hooks.layers[0], hooks.layers[1], hooks.layers[-1]
+                for v in range(len(policy.views)):
+                    lo = layout.vis_start + v * 256
+
+                    def best(scores):
+                        return set(torch.topk(scores[lo:lo + 256].float(), top).indices.tolist())
+
+                    last, action, l01 = best(tl), best(al), best(t0 + t1)
+                    pairs["text_l0_in_last"].append(len(best(t0) & last) / top)
+                    pairs["text_l1_in_last"].append(len(best(t1) & last) / top)
+                    pairs["text_l01_in_last"].append(len(l01 & last) / top)
+                    pairs["text_l01_in_action_last"].append(len(l01 & action) / top)
+                    pairs["text_last_in_action_last"].append(len(last & action) / top)
+                frames_seen += 1
+            task.step(expert_action(task))
+    out = {k: float(np.mean(v)) for k, v in pairs.items()}
+    out.update({"chance": top / 256, "top": top, "frames": frames_seen})
+    return out
+
+
 def _save_overlay(task: TabletopTask, obs: Observation, stats, path: Path) -> None:
     import cv2
 
@@ -509,6 +597,10 @@ def evaluate(cfg: EvalConfig, out_dir: str | Path | None = None, progress: bool 
     if cfg.grounding_seeds:
         g_seeds = list(range(cfg.first_seed + 60_000, cfg.first_seed + 60_000 + cfg.grounding_seeds))
         results["instruction_following"] = instruction_following(policies, g_seeds, task_config)
+    if cfg.agreement_seeds:
+        a_seeds = list(range(cfg.first_seed + 70_000, cfg.first_seed + 70_000 + cfg.agreement_seeds))
+        unpruned = build_policy(PolicyConfig(checkpoint=cfg.checkpoint, preset="off"))
+        results["attention_agreement"] = attention_agreement(unpruned, a_seeds, task_config)
     results["wall_s"] = time.perf_counter() - t0
     if out_dir is not None:
         out = Path(out_dir)
@@ -573,6 +665,14 @@ def table(results: dict) -> str:
         for v, g in results["instruction_following"].items():
             lines.append(f"| {v} | {100 * g['aligned']:.0f} ({100 * g['chance']:.0f}) "
                          f"| {g['spread']:.3f} ({g['expert_spread']:.3f}) |")
+    if results.get("attention_agreement"):
+        a = results["attention_agreement"]
+        lines += ["", f"Premise of V_local (unpruned, {a['frames']} frames, each view): of the top-{a['top']} visual tokens by "
+                      "task-word attention, found again in the last layer's top (chance "
+                      f"{100 * a['chance']:.0f}%): layer 0 {100 * a['text_l0_in_last']:.0f}%, layer 1 "
+                      f"{100 * a['text_l1_in_last']:.0f}%, layers 0+1 {100 * a['text_l01_in_last']:.0f}%; layers 0+1 in the "
+                      f"last layer's action-query top {100 * a['text_l01_in_action_last']:.0f}%, last layer's text top "
+                      f"there {100 * a['text_last_in_action_last']:.0f}%"]
     return "\n".join(lines)
 
 
@@ -601,6 +701,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--grounding-seeds", type=int, default=0,
                    help="also check on this many scenes, naming each object in turn, that the first chunk heads for "
                    "the named object (instruction following)")
+    p.add_argument("--agreement-seeds", type=int, default=0,
+                   help="also check on this many expert trajectories whether the unpruned policy's layers 0-1 text "
+                   "attention picks the tokens its last layer attends to (the premise of V_local)")
     p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (default 1)")
     p.add_argument("--out", default="testbed_eval", help="output directory (default testbed_eval)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
@@ -628,7 +731,7 @@ def main(argv: list[str] | None = None) -> int:
                          episodes=args.episodes, first_seed=args.first_seed, max_steps=args.max_steps,
                          measured_speed=args.measured_speed, open_loop_seeds=args.open_loop_seeds,
                          overlay_episodes=args.overlays, grounding_seeds=args.grounding_seeds,
-                         threads=args.threads)
+                         agreement_seeds=args.agreement_seeds, threads=args.threads)
         res = evaluate(cfg, args.out, progress=not args.no_progress)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
