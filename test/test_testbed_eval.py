@@ -178,6 +178,7 @@ def test_instruction_following_tells_a_reader_from_a_policy_that_ignores_the_nam
     assert ignores["spread"] == 0.0 < ignores["expert_spread"] == reads["expert_spread"] == pytest.approx(reads["spread"])
     table = ev.table({"summary": [], "instruction_following": out})
     assert f"| reads | 100 ({100 * reads['chance']:.0f}) |" in table
+    assert "success %" not in table  # no closed-loop episodes: no empty success table
 
 
 def test_open_loop_fidelity_zero_for_the_expert_and_off_against_itself():

@@ -639,7 +639,7 @@ def reproduce_record(checkpoint: str | Path, seeds: list[int], preset: str = "of
 def table(results: dict) -> str:
     lines = ["| variant | success % (95% CI) | grasped % | wrong object % | closest mm | steps | latency ms "
              "| kept primary/wrist | named object kept % primary/wrist | mean seq len | fine % |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|"] if results["summary"] else []
     for s in results["summary"]:
         kept = "/".join(f"{s['kept_per_view'].get(v, float('nan')):.0f}" for v in ("primary", "wrist"))
         nk = s.get("named_kept", {})
