@@ -8,7 +8,7 @@ import torch
 
 from .checkpoint import Checkpoint, inspect_checkpoint, load_model
 from .config import PolicyConfig
-from .model import OFTModel
+from .model import OFTModel, SequenceLayout
 from .preprocess import normalize, policy_frame
 from .presets import PRESETS, PruningConfig
 from .prompt import PromptTokenizer
@@ -80,11 +80,12 @@ class OFTPolicy:
         if self.pruner is not None:
             self.pruner.reset()
 
-    def infer(self, obs: Observation) -> ActionChunk:
+    def model_inputs(self, obs: Observation) -> tuple[list[np.ndarray], torch.Tensor, torch.Tensor | None, torch.Tensor, int, SequenceLayout]:
+        """What the network takes for ``obs`` (validated): the policy-ready frames (each (224, 224, 3)), pixels
+        (1, V*6, 224, 224), normalized proprio (1, P) or None, prompt ids (1, 1+P), the fixed prefix's length in
+        prompt tokens, and the sequence layout."""
         obs.validate(self.views, self.proprio_dim)
-        timings: dict[str, float] = {}
-        t0 = time.perf_counter()
-        frames = [policy_frame(obs.images[v], self.config.preprocess) for v in self.views]  # each (224, 224, 3)
+        frames = [policy_frame(obs.images[v], self.config.preprocess) for v in self.views]
         pixels = normalize(frames, self.checkpoint.spec.use_fused_vision_backbone).to(self.device, self.dtype)
         proprio = None
         if self.proprio_dim is not None:
@@ -92,7 +93,12 @@ class OFTPolicy:
             proprio = torch.as_tensor(p, dtype=self.dtype, device=self.device)[None]  # (1, P)
         ids, prefix_len = self.tokenizer.encode(obs.instruction)
         prompt_ids = torch.tensor([ids], dtype=torch.long, device=self.device)  # (1, 1+P)
-        layout = self.model.layout(len(self.views), len(ids) - 1)
+        return frames, pixels, proprio, prompt_ids, prefix_len, self.model.layout(len(self.views), len(ids) - 1)
+
+    def infer(self, obs: Observation) -> ActionChunk:
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        frames, pixels, proprio, prompt_ids, prefix_len, layout = self.model_inputs(obs)
         timings["preprocess"] = self._ms_since(t0)
 
         with torch.inference_mode():

@@ -396,11 +396,9 @@ def attention_agreement(policy: Policy, seeds: list[int], task_config: TaskConfi
     """
     import torch
 
-    from ..core.policy import normalize_proprio
-    from ..core.preprocess import normalize, policy_frame
     from .expert import expert_action
 
-    model, spec = policy.model, policy.checkpoint.spec
+    model = policy.model
     pairs = {"text_l0_in_last": [], "text_l1_in_last": [], "text_l01_in_last": [], "text_l01_in_action_last": [],
              "text_last_in_action_last": []}
     frames_seen = 0
@@ -408,17 +406,12 @@ def attention_agreement(policy: Policy, seeds: list[int], task_config: TaskConfi
         task = TabletopTask(seed, task_config)
         while not task.done:
             if task.state.step % every == 0:
-                images = task.render()
-                frames = [policy_frame(np.asarray(images[v]), policy.config.preprocess) for v in policy.views]
-                proprio = torch.as_tensor(normalize_proprio(task.proprio(), policy.proprio_stats, spec.action_normalization),
-                                          dtype=torch.float32)[None]
-                ids, prefix = policy.tokenizer.encode(task.instruction)
-                layout = model.layout(len(policy.views), len(ids) - 1)
+                obs = Observation(images=task.render(), proprio=task.proprio(), instruction=task.instruction, stamp=0.0)
+                _, pixels, proprio, prompt_ids, prefix, layout = policy.model_inputs(obs)
                 hooks = _MeanAttention(layout, prefix)
                 with torch.inference_mode():
-                    pixels = normalize(frames, spec.use_fused_vision_backbone).to(torch.float32)
-                    seq = model.assemble(model.embed_vision(pixels), proprio, torch.tensor([ids]))
-                    model.run_layers(seq, torch.arange(seq.shape[1])[None], hooks)
+                    seq = model.assemble(model.embed_vision(pixels), proprio, prompt_ids)
+                    model.run_layers(seq, torch.arange(seq.shape[1], device=seq.device)[None], hooks)
                 (t0, _), (t1, _), (tl, al) = hooks.layers[0], hooks.layers[1], hooks.layers[-1]
                 for v in range(len(policy.views)):
                     lo = layout.vis_start + v * 256
