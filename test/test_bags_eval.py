@@ -117,6 +117,46 @@ def test_tiny_checkpoint_real_loader(episode, tiny_checkpoint, tmp_path, capsys)
         assert {"preprocess", "vision", "llm", "head", "total"} <= set(s["latency_ms"])
 
 
+def test_premise_check_on_the_bags_observations(episode, tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "report"
+    code, _, err = run_eval(capsys, episode, f"--checkpoint={tiny_checkpoint}", "--presets=paper", "--out", out,
+                            "--max-steps=2", "--premise", "--no-plots")
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    premise = summary["premise"]
+    assert premise["frames"] == summary["counts"]["observations"] == 2
+    assert premise["top"] == 20 and premise["chance"] == 20 / 256
+    assert all(0.0 <= premise[k] <= 1.0 for k in ("text_l0_in_last", "text_l1_in_last", "text_l01_in_last"))
+    assert "Premise of the first-layer selection" in (out / "index.html").read_text()
+    # without the flag: no premise entry, nothing in the page
+    code, _, err = run_eval(capsys, episode, f"--checkpoint={tiny_checkpoint}", "--presets=paper", "--out", out,
+                            "--max-steps=1", "--no-plots")
+    assert code == 0 and "premise" not in json.loads((out / "summary.json").read_text())
+    assert "Premise" not in (out / "index.html").read_text()
+    code, _, err = run_eval(capsys, episode, "--fake-policy", "--premise", "--out", out)
+    assert code == 2 and "--premise needs --checkpoint" in err
+
+
+def test_premise_meter_counts_the_agreement(tiny_checkpoint):
+    from specprune_ros.core.config import PolicyConfig
+    from specprune_ros.core.policy import build_policy
+    from specprune_ros.core.premise import PremiseMeter
+    from conftest import make_observation
+
+    pol = build_policy(PolicyConfig(checkpoint=str(tiny_checkpoint), preset="paper"))
+    whole, one = PremiseMeter(top=256), PremiseMeter(top=1)
+    with pytest.raises(ValueError, match="no observation"):
+        whole.result()
+    for seed in range(2):
+        whole.add(pol, make_observation(seed=seed))
+        one.add(pol, make_observation(seed=seed))
+    assert all(whole.result()[k] == 1.0 for k in whole.shares)  # the whole view agrees with itself
+    assert one.result()["frames"] == 2 and any(one.result()[k] < 1.0 for k in one.shares)
+    assert pol.pruner.queries == 0  # measured unpruned: the policy's pruning state is untouched
+    with pytest.raises(ValueError, match="top="):
+        PremiseMeter(top=0)
+
+
 def test_compressed_cameras_and_topic_mapping(tmp_path, capsys):
     views = {"primary": "/cams/front/compressed", "wrist": "/cams/hand/compressed"}
     bag = write_episode_bag(

@@ -286,8 +286,11 @@ def _infer(run: RunRecord, obs: Observation) -> ActionChunk | None:
 
 
 def evaluate(bag: Bag, inputs: EvalInputs, runs: list[RunRecord], *, dt: float, instruction: str | None,
-             max_steps: int | None = None, progress: bool = True) -> dict:  # fmt: skip
-    """Replay the node's schedule over ``bag`` and run every policy of ``runs`` on each observation."""
+             max_steps: int | None = None, progress: bool = True, premise=None) -> dict:  # fmt: skip
+    """Replay the node's schedule over ``bag`` and run every policy of ``runs`` on each observation.
+
+    ``premise``: a :class:`~specprune_ros.core.premise.PremiseMeter` that also measures each observation with the
+    baseline policy (an extra unpruned pass, not timed), or None."""
     sync = Synchronizer(inputs.sync, ProprioBuilder(inputs.proprio, None))
     sync.set_instruction(instruction if instruction is not None else inputs.instruction)
     feeder = BagFeeder(bag, inputs, sync, instruction)
@@ -332,6 +335,8 @@ def evaluate(bag: Bag, inputs: EvalInputs, runs: list[RunRecord], *, dt: float, 
                         for run in runs:
                             run.policy.reset()
                     chunks = [_infer(run, obs) for run in runs]  # interleaved: same observation for all
+                    if premise is not None and chunks[0] is not None:
+                        premise.add(runs[0].policy, obs)
                     rows = next((c.actions.shape[0] for c in chunks if c is not None), 1)
                     limit = min(inputs.execute_steps or rows, rows)
                     for run, chunk in zip(runs, chunks):
@@ -532,6 +537,10 @@ def build_parser() -> argparse.ArgumentParser:
         "-p device:=cuda -p dtype:=bfloat16 -p execute_steps:=2 -p unnorm_key:=libero_spatial_no_noops",
     )  # fmt: skip
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many observations")
+    p.add_argument("--premise", action="store_true",
+                   help="also check the method's premise on these observations: of the top-20 visual tokens by "
+                   "task-word attention in decoder layers 0-1, how many are among the last layer's (the paper: "
+                   "85-95%%; chance 8%%); needs --checkpoint")
     p.add_argument("--no-plots", action="store_true", help="write summary.json and index.html without PNG plots")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.add_argument("--json", action="store_true", help="print summary.json (without per-step data) on stdout")
@@ -606,6 +615,8 @@ def run_evaluation(args: argparse.Namespace) -> tuple[dict, dict[str, Path]]:
             raise ValueError(f"--presets repeats a name: {presets}")
         if args.max_steps is not None and args.max_steps < 1:
             raise ValueError(f"--max-steps must be >= 1, got {args.max_steps}")
+        if args.premise and args.fake_policy:
+            raise ValueError("--premise needs --checkpoint: the fake policy has no attention to measure")
         node_cfg, policy_kw = _node_config(args)
         inputs = inputs_from_node_config(node_cfg, _parse_views(args.camera_topics))
     except (ValueError, OSError) as err:
@@ -620,8 +631,13 @@ def run_evaluation(args: argparse.Namespace) -> tuple[dict, dict[str, Path]]:
                 raise EvalError(f"cannot build the policy: {' '.join(str(err).split())}") from None
             dt = float(getattr(runs[0].policy, "dt", None) or policy_kw.get("control_dt") or 0.05)
             started = time.perf_counter()
+            meter = None
+            if args.premise:
+                from ..core.premise import PremiseMeter
+
+                meter = PremiseMeter()
             trace = evaluate(bag, inputs, runs, dt=dt, instruction=args.instruction, max_steps=args.max_steps,
-                             progress=not args.no_progress)  # fmt: skip
+                             progress=not args.no_progress, premise=meter)  # fmt: skip
             meta = {
                 "policy": "fake" if args.fake_policy else str(args.checkpoint),
                 "presets_requested": presets,
@@ -629,6 +645,8 @@ def run_evaluation(args: argparse.Namespace) -> tuple[dict, dict[str, Path]]:
                 "eval_seconds": round(time.perf_counter() - started, 3),
             }
             summary = summarize(bag, inputs, runs, trace, meta)
+            if meter is not None:
+                summary["premise"] = meter.result() if meter.frames else None
     except BagError as err:
         raise EvalError(str(err)) from None
     from .report import write_report
@@ -653,6 +671,7 @@ def evaluate_bag(
     max_steps: int | None = None,
     plots: bool = True,
     progress: bool = False,
+    premise: bool = False,
 ) -> dict:
     """Python entry point of ``specprune-eval`` (e.g. for the demo): returns the summary dict, writes the report.
 
@@ -672,6 +691,8 @@ def evaluate_bag(
         argv.append(f"--max-steps={max_steps}")
     if not plots:
         argv.append("--no-plots")
+    if premise:
+        argv.append("--premise")
     if not progress:
         argv.append("--no-progress")
     summary, _ = run_evaluation(build_parser().parse_args(argv))

@@ -116,6 +116,18 @@ def _fmt(value, digits: int = 3) -> str:
     return html.escape(str(value))
 
 
+def _premise_html(premise: dict | None) -> str:
+    """The premise check's paragraph (``--premise``), or nothing."""
+    if not premise:
+        return ""
+    pct = {k: f"{100 * v:.0f}%" for k, v in premise.items() if isinstance(v, float)}
+    return (f"<h2>Premise of the first-layer selection</h2><p>Of the top-{premise['top']} visual tokens by task-word "
+            f"attention (unpruned, {premise['frames']} observations, each view), found again in the last layer's top: "
+            f"layer 0 {pct['text_l0_in_last']}, layer 1 {pct['text_l1_in_last']}, layers 0+1 {pct['text_l01_in_last']} "
+            f"(the paper: 85-95% on OpenVLA-OFT; chance {pct['chance']}); layers 0+1 among the last layer's "
+            f"action-query top: {pct['text_l01_in_action_last']}.</p>\n")
+
+
 def write_index(summary: dict, out: Path, plots: dict[str, str]) -> Path:
     """index.html: the table of runs, counts, and the plots."""
     rows = []
@@ -163,7 +175,7 @@ img {{ max-width: 100%; border: 1px solid #eee; }} code {{ background: #f4f4f4; 
 {''.join(rows)}</table>
 <h2>Latency per stage (median / p90, ms)</h2>
 <table><tr><th>run</th>{''.join(f'<th>{html.escape(s)}</th>' for s in stages)}</tr>{''.join(stage_rows)}</table>
-<h2>Inputs</h2>
+{_premise_html(summary.get('premise'))}<h2>Inputs</h2>
 <p>Frames per view: {html.escape(json.dumps(counts['frames']))}; refused query ticks by reason:
 {html.escape(json.dumps(counts['refusals']))}; reference frames not used: {counts['unused_reference_frames']};
 input errors: {html.escape(json.dumps(counts['input_errors']))}.</p>

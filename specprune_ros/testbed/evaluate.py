@@ -356,80 +356,25 @@ def instruction_following(policies: dict[str, Policy], seeds: list[int], task_co
     return out
 
 
-#: visual tokens per view compared by :func:`attention_agreement` (the paper's top-20)
-AGREEMENT_TOP = 20
-
-
-class _MeanAttention:
-    """Layer hooks that keep, at every layer, the head-averaged attention of the task words (the prompt after its
-    fixed prefix) and of the action placeholders, each averaged over its rows: (L,) per layer. Prune nothing."""
-
-    def __init__(self, layout, prefix_len: int) -> None:
-        import torch
-
-        self.text = torch.arange(layout.prompt_start + prefix_len, layout.prompt_start + layout.prompt_len)
-        self.action = torch.arange(layout.action_start, layout.action_start + layout.n_action_tokens)
-        self.layers: list[tuple] = []
-
-    def score_rows(self, layer: int, position_ids):
-        import torch
-
-        return torch.cat([self.text, self.action])
-
-    def after_layer(self, layer: int, probs, position_ids) -> None:
-        p = probs.mean(dim=1)[0]  # (R, L)
-        self.layers.append((p[: len(self.text)].mean(dim=0), p[len(self.text):].mean(dim=0)))
-
-
 def attention_agreement(policy: Policy, seeds: list[int], task_config: TaskConfig = TaskConfig(), every: int = 16,
-                        top: int = AGREEMENT_TOP) -> dict:
-    """Does the method's premise hold for this policy? V_local keeps the visual tokens the task words attend to in
-    decoder layers 0 and 1, on the grounds that these are the ones the last layers attend to (the paper: 85-95%
-    of the top-20 of the first two layers reappear in the last layer's top-20 on OpenVLA-OFT).
-
-    On the expert's trajectories of ``seeds`` (a frame every ``every`` steps), the unpruned pass of ``policy``
-    (an :class:`~specprune_ros.core.policy.OFTPolicy`), per view: the share of the ``top`` visual tokens by the
-    task words' attention at layer 0, at layer 1 and by the sum of both (what V_local ranks by, in effect) that
-    are also among the last layer's ``top``; the same for the action placeholders' attention at the last layer
-    (what the action read-out attends to); and the share of the last layer's text top-``top`` among its action
-    top-``top``. ``chance``: the expected share for a random set, top / 256.
-    """
-    import torch
-
+                        top: int = 20) -> dict:
+    """Does the method's premise hold for this policy? :class:`~specprune_ros.core.premise.PremiseMeter` on the
+    expert's trajectories of ``seeds``, a frame every ``every`` steps (unpruned passes of ``policy``, an
+    :class:`~specprune_ros.core.policy.OFTPolicy`). V_local keeps the visual tokens the task words attend to in
+    decoder layers 0 and 1 on the grounds that they are the last layer's favourites (the paper: 85-95% of the
+    top-20 on OpenVLA-OFT)."""
+    from ..core.premise import PremiseMeter
     from .expert import expert_action
 
-    model = policy.model
-    pairs = {"text_l0_in_last": [], "text_l1_in_last": [], "text_l01_in_last": [], "text_l01_in_action_last": [],
-             "text_last_in_action_last": []}
-    frames_seen = 0
+    meter = PremiseMeter(top)
     for seed in seeds:
         task = TabletopTask(seed, task_config)
         while not task.done:
             if task.state.step % every == 0:
-                obs = Observation(images=task.render(), proprio=task.proprio(), instruction=task.instruction, stamp=0.0)
-                _, pixels, proprio, prompt_ids, prefix, layout = policy.model_inputs(obs)
-                hooks = _MeanAttention(layout, prefix)
-                with torch.inference_mode():
-                    seq = model.assemble(model.embed_vision(pixels), proprio, prompt_ids)
-                    model.run_layers(seq, torch.arange(seq.shape[1], device=seq.device)[None], hooks)
-                (t0, _), (t1, _), (tl, al) = hooks.layers[0], hooks.layers[1], hooks.layers[-1]
-                for v in range(len(policy.views)):
-                    lo = layout.vis_start + v * 256
-
-                    def best(scores):
-                        return set(torch.topk(scores[lo:lo + 256].float(), top).indices.tolist())
-
-                    last, action, l01 = best(tl), best(al), best(t0 + t1)
-                    pairs["text_l0_in_last"].append(len(best(t0) & last) / top)
-                    pairs["text_l1_in_last"].append(len(best(t1) & last) / top)
-                    pairs["text_l01_in_last"].append(len(l01 & last) / top)
-                    pairs["text_l01_in_action_last"].append(len(l01 & action) / top)
-                    pairs["text_last_in_action_last"].append(len(last & action) / top)
-                frames_seen += 1
+                meter.add(policy, Observation(images=task.render(), proprio=task.proprio(), instruction=task.instruction,
+                                              stamp=0.0))
             task.step(expert_action(task))
-    out = {k: float(np.mean(v)) for k, v in pairs.items()}
-    out.update({"chance": top / 256, "top": top, "frames": frames_seen})
-    return out
+    return meter.result()
 
 
 def _save_overlay(task: TabletopTask, obs: Observation, stats, path: Path) -> None:
