@@ -236,6 +236,11 @@ class SequenceLayout:
         """View index of visual positions (full-sequence indices)."""
         return (position - self.vis_start) // PATCHES_PER_VIEW
 
+    def visual_view(self, position: torch.Tensor) -> torch.Tensor:
+        """View index of each position (full-sequence indices), -1 where the token is not a patch."""
+        visual = (position >= self.vis_start) & (position < self.vis_start + self.n_visual)
+        return torch.where(visual, self.view_of(position), torch.full_like(position, -1))
+
 
 class OFTModel(nn.Module):
     """Module names match the released checkpoint keys (after mapping LayerScale names)."""

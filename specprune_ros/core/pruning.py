@@ -214,8 +214,8 @@ class SpecPruner:
         cfg, layout = self.cfg, self.layout
         pos = position_ids.squeeze(0)  # (L',) original positions
         device = pos.device
-        is_vis = (pos >= layout.vis_start) & (pos < layout.vis_start + layout.n_visual)
-        view_of = torch.where(is_vis, layout.view_of(pos), torch.full_like(pos, -1))
+        view_of = layout.visual_view(pos)
+        is_vis = view_of >= 0
         keep: torch.Tensor | None = None
         text_scores = act_rows = None
         if probs is not None:
@@ -308,11 +308,10 @@ class RandomSelection(SpecPruner):
             return None
         pos = position_ids.squeeze(0)
         layout = self.layout
-        is_vis = (pos >= layout.vis_start) & (pos < layout.vis_start + layout.n_visual)
-        view_of = torch.where(is_vis, layout.view_of(pos), torch.full_like(pos, -1))
-        kept = torch.zeros_like(is_vis)
+        view_of = layout.visual_view(pos)
+        kept = torch.zeros_like(pos, dtype=torch.bool)
         kept[keep] = True
-        chosen = kept & ~is_vis
+        chosen = kept & (view_of < 0)
         for v in range(len(self.views)):
             cand = torch.nonzero(view_of == v).squeeze(1)
             n = int((kept & (view_of == v)).sum())

@@ -357,16 +357,16 @@ def instruction_following(policies: dict[str, Policy], seeds: list[int], task_co
 
 
 def attention_agreement(policy: Policy, seeds: list[int], task_config: TaskConfig = TaskConfig(), every: int = 16,
-                        top: int = 20) -> dict:
+                        top: int | None = None) -> dict:
     """Does the method's premise hold for this policy? :class:`~specprune_ros.core.premise.PremiseMeter` on the
     expert's trajectories of ``seeds``, a frame every ``every`` steps (unpruned passes of ``policy``, an
     :class:`~specprune_ros.core.policy.OFTPolicy`). V_local keeps the visual tokens the task words attend to in
     decoder layers 0 and 1 on the grounds that they are the last layer's favourites (the paper: 85-95% of the
-    top-20 on OpenVLA-OFT)."""
+    top-20 on OpenVLA-OFT). ``top``: tokens per view compared (None: the meter's default, the paper's 20)."""
     from ..core.premise import PremiseMeter
     from .expert import expert_action
 
-    meter = PremiseMeter(top)
+    meter = PremiseMeter() if top is None else PremiseMeter(top)
     for seed in seeds:
         task = TabletopTask(seed, task_config)
         while not task.done:
