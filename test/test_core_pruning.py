@@ -11,6 +11,7 @@ from specprune_ros.core.model import SequenceLayout
 from specprune_ros.core.policy import build_policy
 from specprune_ros.core.presets import PRESETS, ControllerConfig, PruningConfig
 from specprune_ros.core.pruning import (
+    OracleSelection,
     RandomSelection,
     SpecPruner,
     changed_patches,
@@ -213,6 +214,25 @@ def test_random_selection_keeps_the_methods_counts_per_view_but_not_its_tokens()
             after = [int(((pos >= a) & (pos < a + 256)).sum()) for a in (V0, V1)]
             assert sum(after) == sum(n) - min(int(sum(n) * 0.3), sum(n) - 60)
             assert int((pos >= 513).sum()) == LAYOUT.length - 513
+
+
+def test_oracle_selection_keeps_the_best_scored_tokens_at_the_methods_counts():
+    fav0 = {V0 + 10: 9.0, V0 + 20: 8.0, V0 + 30: 7.0, V0 + 40: 6.0, V1 + 3: 9.0, V1 + 4: 8.0}
+    fav1 = {V0 + 30: 9.0, V0 + 40: 8.5, V1 + 4: 9.0}
+    pruner = OracleSelection(CFG, 32, ("primary", "wrist"))
+    with pytest.raises(RuntimeError, match="scores must be set"):
+        run_static(CFG, fav0, fav1, pruner=pruner)
+    scores = torch.zeros(LAYOUT.length)
+    best = [V0 + 200, V0 + 201, V0 + 202, V0 + 203, V0 + 204, V1 + 100, V1 + 101]
+    scores[best] = torch.arange(len(best), 0, -1, dtype=torch.float32)  # V0+200 best, then in order
+    pruner = OracleSelection(CFG, 32, ("primary", "wrist"))
+    pruner.scores = scores
+    _, kept = run_static(CFG, fav0, fav1, pruner=pruner)
+    # layer 0: the method's counts (4, 2) of the oracle's best; layer 1: |protected ∪ top-2K ∪ top-K| counted whole
+    # (4, here all of layer 0's survivors) -- the oracle's best four primary patches and two wrist ones
+    assert pruner.record.kept_patches["primary"] == [200, 201, 202, 203]
+    assert pruner.record.kept_patches["wrist"] == [100, 101]
+    assert kept[(kept < 1) | (kept >= 513)].tolist() == [0] + list(range(513, LAYOUT.length))
 
 
 def test_no_prune_without_a_score():

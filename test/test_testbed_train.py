@@ -1,6 +1,7 @@
 """specprune-train on a tiny configuration: tokenizer, loss decreases, checkpoint round trip, resume, CLI."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -227,6 +228,22 @@ def test_cli_help_and_bad_values(capsys):
         tr.TrainConfig(llm_layers=6, probe_layer=5)
     with pytest.raises(ValueError, match="excursion_rate"):
         tr.TrainConfig(excursion_rate=0.5)
+
+
+def test_every_training_option_is_explained_in_help():
+    helps = {a.dest: a.help for a in tr._parser()._actions}
+    for field in dataclasses.fields(tr.TrainConfig):
+        text = helps[field.name]
+        assert not text.startswith("(default") and len(text) > 25, (field.name, text)  # more than the default
+        assert "``" not in text and ":class:" not in text and text.endswith(")"), (field.name, text)
+    assert helps["init_from"].startswith("a checkpoint directory of the same architecture (released layout, e.g. an")
+    assert helps["llm_layers"].split(" (default")[0] == helps["llm_hidden"].split(" (default")[0]  # one entry, several
+    doc = """Attributes:
+            a: first. Second.
+            b, c: shared text
+                continued. More.
+        Rest."""
+    assert tr.attribute_help(doc) == {"a": "first.", "b": "shared text continued.", "c": "shared text continued."}
 
 
 def test_patch_labels_mark_named_and_other_objects_and_plates():

@@ -28,6 +28,7 @@ class MeanAttention:
     def __init__(self, layout: SequenceLayout, prefix_len: int) -> None:
         self.text = torch.arange(layout.prompt_start + prefix_len, layout.prompt_start + layout.prompt_len)
         self.action = torch.arange(layout.action_start, layout.action_start + layout.n_action_tokens)
+        self.layout = layout
         self.layers: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def score_rows(self, layer: int, position_ids: torch.Tensor) -> torch.Tensor:
@@ -36,6 +37,18 @@ class MeanAttention:
     def after_layer(self, layer: int, probs: torch.Tensor, position_ids: torch.Tensor) -> None:
         p = probs.mean(dim=1)[0].float()  # (R, L)
         self.layers.append((p[: len(self.text)].mean(dim=0), p[len(self.text):].mean(dim=0)))
+
+
+def unpruned_attention(policy, obs: Observation) -> MeanAttention:
+    """One unpruned pass of ``policy`` (an :class:`~specprune_ros.core.policy.OFTPolicy`, any preset: its pruner is
+    not used) on ``obs``; the hooks hold every layer's mean task-word and action-placeholder attention."""
+    model = policy.model
+    _, pixels, proprio, prompt_ids, prefix, layout = policy.model_inputs(obs)
+    hooks = MeanAttention(layout, prefix)
+    with torch.inference_mode():
+        seq = model.assemble(model.embed_vision(pixels), proprio, prompt_ids)
+        model.run_layers(seq, torch.arange(seq.shape[1], device=seq.device)[None], hooks)
+    return hooks
 
 
 class PremiseMeter:
@@ -54,14 +67,9 @@ class PremiseMeter:
         self.frames = 0
 
     def add(self, policy, obs: Observation) -> None:
-        """One unpruned pass of ``policy`` (an :class:`~specprune_ros.core.policy.OFTPolicy`, any preset: its
-        pruner is not used) on ``obs``."""
-        model = policy.model
-        _, pixels, proprio, prompt_ids, prefix, layout = policy.model_inputs(obs)
-        hooks = MeanAttention(layout, prefix)
-        with torch.inference_mode():
-            seq = model.assemble(model.embed_vision(pixels), proprio, prompt_ids)
-            model.run_layers(seq, torch.arange(seq.shape[1], device=seq.device)[None], hooks)
+        """One unpruned pass of ``policy`` (:func:`unpruned_attention`) on ``obs``."""
+        hooks = unpruned_attention(policy, obs)
+        layout = hooks.layout
         (t0, _), (t1, _), (tl, al) = hooks.layers[0], hooks.layers[1], hooks.layers[-1]
         for v in range(layout.n_views):
             lo = layout.vis_start + v * PATCHES_PER_VIEW

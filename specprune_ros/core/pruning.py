@@ -284,23 +284,23 @@ class SpecPruner:
             self.global_sets = {v: np.array(sorted(s), dtype=int) for v, s in self._next_global.items()}
 
 
-class RandomSelection(SpecPruner):
-    """A preset's pruning with each choice of *which* visual tokens to keep made at random: wherever the preset
-    drops visual tokens (after the V_local layers, at the dynamic prune layers), each view keeps as many as the
-    preset keeps there, drawn uniformly from that view's tokens still in the pass. Budgets, the controller and
-    the layers where the sequence shrinks are the preset's: the control for its selection at an equal budget.
+class MatchedSelection(SpecPruner):
+    """A preset's pruning with each choice of *which* visual tokens to keep replaced by :meth:`choose`: wherever
+    the preset drops visual tokens (after the V_local layers, at the dynamic prune layers), each view keeps as many
+    as the preset keeps there, chosen among that view's tokens still in the pass. Budgets, the controller and the
+    layers where the sequence shrinks are the preset's: a control for its selection at an equal budget.
 
     After the second V_local layer the preset keeps its protected set ∪ its first layer's top-K ∪ its second
     layer's top-K among the survivors. Its count in its own pass is not observable here (the survivors differ),
     so the control keeps that union's size with the first two sets counted whole, as they are in the preset's
-    own pass, and the second layer's top-K taken among the random survivors: at most the first layer's count.
-    After the first V_local layer and at the dynamic prunes the counts are the preset's rule exactly. Seeded;
-    the draws continue across episodes (the same sequence on every run).
+    own pass, and the second layer's top-K taken among the control's survivors: at most the first layer's count.
+    After the first V_local layer and at the dynamic prunes the counts are the preset's rule exactly.
     """
 
-    def __init__(self, cfg: PruningConfig, n_layers: int, views: tuple[str, ...], seed: int = 0) -> None:
-        super().__init__(cfg, n_layers, views)
-        self.generator = torch.Generator().manual_seed(seed)
+    def choose(self, candidates: torch.Tensor, positions: torch.Tensor, n: int) -> torch.Tensor:
+        """``n`` of ``candidates`` (indices into the pass, one view's tokens; ``positions`` their original
+        positions) to keep."""
+        raise NotImplementedError
 
     def after_layer(self, layer: int, probs: torch.Tensor | None, position_ids: torch.Tensor) -> torch.Tensor | None:
         keep = super().after_layer(layer, probs, position_ids)
@@ -320,7 +320,36 @@ class RandomSelection(SpecPruner):
                 whole = torch.nonzero(self._protected[base:base + PATCHES_PER_VIEW]).squeeze(1) + base
                 whole = torch.cat([whole, self._local0.get(v, whole[:0]).to(whole.device)])
                 n = min(cand.numel(), n + int((~torch.isin(whole.unique(), pos)).sum()))
-            chosen[cand[torch.randperm(cand.numel(), generator=self.generator)[:n]]] = True
+            chosen[self.choose(cand, pos[cand], n)] = True
         if layer == self.l1:
             self._record_static(pos, chosen, view_of)
         return torch.nonzero(chosen).squeeze(1)
+
+
+class RandomSelection(MatchedSelection):
+    """:class:`MatchedSelection` drawing the kept tokens uniformly at random. Seeded; the draws continue across
+    episodes (the same sequence on every run)."""
+
+    def __init__(self, cfg: PruningConfig, n_layers: int, views: tuple[str, ...], seed: int = 0) -> None:
+        super().__init__(cfg, n_layers, views)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def choose(self, candidates: torch.Tensor, positions: torch.Tensor, n: int) -> torch.Tensor:
+        return candidates[torch.randperm(candidates.numel(), generator=self.generator)[:n]]
+
+
+class OracleSelection(MatchedSelection):
+    """:class:`MatchedSelection` keeping the tokens with the highest ``scores`` (over original positions), which
+    the caller sets before each pass from what it knows about the observation, e.g. the attention the action
+    placeholders pay each visual token in an unpruned pass of the same observation: the best an attention-ranked
+    choice made before the pass could do at the preset's budget. Not a pruning method (it needs the full pass)."""
+
+    def __init__(self, cfg: PruningConfig, n_layers: int, views: tuple[str, ...]) -> None:
+        super().__init__(cfg, n_layers, views)
+        self.scores: torch.Tensor | None = None
+
+    def choose(self, candidates: torch.Tensor, positions: torch.Tensor, n: int) -> torch.Tensor:
+        if self.scores is None:
+            raise RuntimeError("OracleSelection.scores must be set before each pass")
+        scores = self.scores.to(positions.device)[positions]  # (C,)
+        return candidates[top_indices(scores, torch.arange(candidates.numel(), device=positions.device), n)]

@@ -56,17 +56,24 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
 
 MATCHED = "+matched"
 RANDOM = "+random"
+ORACLE = "+oracle"
+#: variant suffixes that replace the preset's choice of tokens, keeping its counts
+CONTROLS = (RANDOM, ORACLE)
 
 
 def variant_preset(variant: str) -> str:
-    """The preset a variant name runs: ``paper`` for ``paper``, ``paper+nocontroller``, ``paper+matched`` and
-    ``paper+random``."""
-    return variant.removesuffix(NO_CONTROLLER).removesuffix(MATCHED).removesuffix(RANDOM)
+    """The preset a variant name runs: ``paper`` for ``paper``, ``paper+nocontroller``, ``paper+matched``,
+    ``paper+random`` and ``paper+oracle``."""
+    for suffix in (NO_CONTROLLER, MATCHED, *CONTROLS):
+        variant = variant.removesuffix(suffix)
+    return variant
 
 
 def pruning_for(variant: str, fine_fraction: float | None = None) -> PruningConfig:
-    """The pruning configuration of a variant name: ``preset``, ``preset+nocontroller``, ``preset+matched`` or
-    ``preset+random`` (the preset's own; :class:`~specprune_ros.core.pruning.RandomSelection` replaces its choice).
+    """The pruning configuration of a variant name: ``preset``, ``preset+nocontroller``, ``preset+matched``,
+    ``preset+random`` or ``preset+oracle`` (these two: the preset's own;
+    :class:`~specprune_ros.core.pruning.RandomSelection` or :class:`~specprune_ros.core.pruning.OracleSelection`
+    replaces its choice at run time).
 
     ``+nocontroller`` runs the preset with the coarse/fine controller disabled (always the coarse budget).
     ``+matched`` disables it too but gives every query the preset's average V_local budget instead: the
@@ -75,10 +82,10 @@ def pruning_for(variant: str, fine_fraction: float | None = None) -> PruningConf
     controller's choice of *when* to keep more tokens at an equal token budget.
     """
     base = variant_preset(variant)
-    if base not in PRESETS or variant not in (base, base + NO_CONTROLLER, base + MATCHED, base + RANDOM):
+    if base not in PRESETS or variant not in (base, base + NO_CONTROLLER, base + MATCHED, *(base + c for c in CONTROLS)):
         raise ValueError(f"unknown variant {variant!r}: use a preset ({', '.join(sorted(PRESETS))}), optionally "
-                         f"followed by {NO_CONTROLLER!r}, {MATCHED!r} or {RANDOM!r}")
-    if variant.endswith(RANDOM) and not PRESETS[base].enabled:
+                         f"followed by {NO_CONTROLLER!r}, {MATCHED!r}, {RANDOM!r} or {ORACLE!r}")
+    if variant.endswith(CONTROLS) and not PRESETS[base].enabled:
         raise ValueError(f"{variant}: {base} prunes nothing, there is no selection to replace")
     cfg = PRESETS[base]
     if variant.endswith((NO_CONTROLLER, MATCHED)):
@@ -92,6 +99,32 @@ def pruning_for(variant: str, fine_fraction: float | None = None) -> PruningConf
     return cfg
 
 
+class OraclePolicy:
+    """A policy whose preset's choice of tokens is made by :class:`~specprune_ros.core.pruning.OracleSelection`:
+    before each query an unpruned pass of the same observation ranks the visual tokens by the attention the action
+    placeholders pay them, averaged over every layer (what the action read-out gathers), and the pruned pass keeps
+    the preset's counts of the best. An evaluation instrument: the best an attention-ranked selection could do at
+    the preset's budget, to set beside the preset's own choice and a random one. Its latency is the pruned pass's."""
+
+    def __init__(self, policy: Policy) -> None:
+        from ..core.pruning import OracleSelection
+
+        self.policy = policy
+        policy.pruner = OracleSelection(policy.pruning, policy.pruner.n_layers, policy.pruner.views)
+
+    def __getattr__(self, name: str):
+        return getattr(self.policy, name)
+
+    def infer(self, obs: Observation):
+        import torch
+
+        from ..core.premise import unpruned_attention
+
+        hooks = unpruned_attention(self.policy, obs)
+        self.policy.pruner.scores = torch.stack([action for _, action in hooks.layers]).mean(dim=0)
+        return self.policy.infer(obs)
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     """Evaluation parameters.
@@ -100,7 +133,9 @@ class EvalConfig:
         checkpoint: checkpoint directory (released layout), e.g. the committed ``checkpoints/testbed``.
         variants: presets to compare (``off`` is the unpruned baseline); ``<preset>+nocontroller`` disables the
             coarse/fine controller of that preset, ``<preset>+matched`` too but at its average budget (see
-            :func:`pruning_for`), ``<preset>+random`` keeps as many tokens as the preset, chosen at random.
+            :func:`pruning_for`), ``<preset>+random`` keeps as many tokens as the preset, chosen at random,
+            ``<preset>+oracle`` as many, those the action placeholders attend to most in an unpruned pass of the
+            same observation (:class:`OraclePolicy`).
         episodes: episodes per variant (seeds first_seed .. first_seed + episodes - 1, the same for every variant).
         first_seed: first task seed.
         max_steps: control steps before an episode counts as failed.
@@ -509,6 +544,8 @@ def evaluate(cfg: EvalConfig, out_dir: str | Path | None = None, progress: bool 
             from ..core.pruning import RandomSelection
 
             policy.pruner = RandomSelection(policy.pruning, policy.pruner.n_layers, policy.pruner.views)
+        if variant.endswith(ORACLE):
+            return OraclePolicy(policy)
         return policy
 
     for variant in cfg.variants if seeds else ():
@@ -626,7 +663,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", default=",".join(d.variants),
                    help=f"comma-separated presets; '<preset>{NO_CONTROLLER}' disables its controller, '<preset>{MATCHED}' "
                    "disables it and gives every query the preset's average budget (list the preset first), "
-                   f"'<preset>{RANDOM}' keeps as many tokens as the preset, chosen at random "
+                   f"'<preset>{RANDOM}' keeps as many tokens as the preset, chosen at random, '<preset>{ORACLE}' as "
+                   "many, those the action placeholders attend to most in an unpruned pass of the same observation "
                    f"(default {','.join(d.variants)}; presets: {', '.join(sorted(PRESETS))})")
     p.add_argument("--episodes", type=int, default=d.episodes, help=f"episodes per variant (default {d.episodes})")
     p.add_argument("--first-seed", type=int, default=d.first_seed, help="first task seed (default 0)")

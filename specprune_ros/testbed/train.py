@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -790,6 +791,36 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainResult:
     return TrainResult(out, step, train_loss, val_loss, minutes)
 
 
+def attribute_help(doc: str) -> dict[str, str]:
+    """Per attribute, the first sentence of its entry in a Google-style ``Attributes:`` section (``name: text`` or
+    ``a, b, c: text`` for several, continued on more deeply indented lines), for ``--help``."""
+    entries: dict[str, str] = {}
+    names: list[str] = []
+    section = doc.split("Attributes:", 1)[1] if "Attributes:" in doc else ""
+    indent = None
+    for line in section.splitlines():
+        if not line.strip():
+            continue
+        depth = len(line) - len(line.lstrip())
+        indent = depth if indent is None else indent
+        if depth < indent:
+            break
+        head, sep, text = line.strip().partition(": ")
+        if depth == indent and sep and all(n.strip().isidentifier() for n in head.split(",")):
+            names = [n.strip() for n in head.split(",")]
+            for n in names:
+                entries[n] = text
+        else:
+            for n in names:
+                entries[n] += " " + line.strip()
+    first = {}
+    for name, text in entries.items():
+        text = re.sub(r":\w+:`~?([^`]+)`", r"\1", text).replace("``", "")  # reST roles and literals
+        end = re.search(r"(?<!e\.g)(?<!i\.e)\.\s", text)
+        first[name] = text if end is None else text[: end.start() + 1]
+    return first
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="specprune-train",
@@ -798,12 +829,14 @@ def _parser() -> argparse.ArgumentParser:
         f"from <out-dir>/{WORK_DIR}/{STATE_FILE}.",
     )
     defaults = TrainConfig()
+    helps = attribute_help(TrainConfig.__doc__ or "")
     for name, value in asdict(defaults).items():
         flag = "--" + name.replace("_", "-")
+        text = f"{helps.get(name, '')} (default {value})".lstrip().replace("%", "%%")
         if isinstance(value, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=value, help=f"(default {value})")
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=value, help=text)
         else:
-            p.add_argument(flag, type=type(value), default=value, help=f"(default {value})")
+            p.add_argument(flag, type=type(value), default=value, help=text)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the result summary as JSON")
     return p
