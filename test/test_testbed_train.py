@@ -397,3 +397,91 @@ def test_training_with_token_drop_writes_a_loadable_checkpoint(tmp_path):
     assert res.steps_done == 4 and np.isfinite(res.train_loss)
     assert json.loads((tmp_path / "ck" / "train_summary.json").read_text())["train_config"]["token_drop"] == 1.0
     load_model(inspect_checkpoint(tmp_path / "ck"))
+
+
+def _hooks_with(layout, n_layers, text, action, prefix_len):
+    """Hand-made training hooks: every layer sees the full sequence; layers 0-1 hold the task words' attention
+    ``text`` (L,), the later ones the action placeholders' ``action`` (L,), the same for every row and head."""
+    rows = tr._wanted_rows(layout, n_layers, -1, prefix_len, premise=True, sparse=True)
+    hooks = tr._TrainHooks(rows)
+    pos = torch.arange(layout.length)[None]
+    for layer in range(n_layers):
+        scores = text if layer in tr.LOCAL_LAYERS else action
+        probs = scores.expand(1, 2, rows[layer].numel(), layout.length)
+        hooks.after_layer(layer, probs, pos)
+    return hooks
+
+
+def test_premise_loss_is_zero_when_the_first_layers_predict_the_readouts_attention_and_trains_only_them():
+    from specprune_ros.core.model import SequenceLayout
+
+    layout = SequenceLayout(n_views=2, has_proprio=True, prompt_len=12, n_action_tokens=56)
+    n_layers, prefix = 4, 5
+    rng = torch.Generator().manual_seed(0)
+    action = torch.rand(layout.length, generator=rng)
+    action = action / action.sum()
+    same = tr.premise_loss(_hooks_with(layout, n_layers, action.clone(), action, prefix), layout, n_layers, prefix)
+    assert float(same) == pytest.approx(0.0, abs=1e-6)
+    # only the patches count, per view: non-visual attention and a per-view scale change nothing
+    text = action.clone()
+    text[: layout.vis_start] = 5.0
+    text[layout.vis_start + 256: layout.vis_start + 512] *= 3.0
+    assert float(tr.premise_loss(_hooks_with(layout, n_layers, text, action, prefix), layout, n_layers, prefix)) \
+        == pytest.approx(0.0, abs=1e-6)
+    # attention on other patches than the read-out's costs, and the gradient reaches the prediction only
+    text = action.flip(0).clone().requires_grad_(True)
+    target = action.clone().requires_grad_(True)
+    loss = tr.premise_loss(_hooks_with(layout, n_layers, text, target, prefix), layout, n_layers, prefix)
+    assert loss.item() > 0.05
+    loss.backward()
+    assert text.grad.abs().sum() > 0 and target.grad is None
+    # the rows read are the task words (after the prefix) at layers 0-1 and the placeholders after them
+    rows = tr._wanted_rows(layout, n_layers, -1, prefix, premise=True, sparse=False)
+    assert rows[0].tolist() == list(range(layout.prompt_start + prefix, layout.prompt_start + layout.prompt_len))
+    assert rows[3].tolist() == list(range(layout.action_start, layout.action_start + layout.n_action_tokens))
+    # a grounding layer among them adds the whole prompt's rows; each reads back its own
+    both = tr._wanted_rows(layout, n_layers, 1, prefix, premise=True, sparse=False)
+    assert both[1].tolist() == list(range(layout.prompt_start, layout.prompt_start + layout.prompt_len))
+    assert both[0].tolist() == rows[0].tolist() and both[2].tolist() == rows[2].tolist()
+
+
+def test_readout_entropy_loss_is_one_for_uniform_and_zero_for_one_hot_rows():
+    from specprune_ros.core.model import SequenceLayout
+
+    layout = SequenceLayout(n_views=2, has_proprio=True, prompt_len=12, n_action_tokens=56)
+    uniform = torch.full((layout.length,), 1.0 / layout.length)
+    assert float(tr.readout_entropy_loss(_hooks_with(layout, 4, uniform, uniform, 5), layout, 4)) == pytest.approx(1.0)
+    one_hot = torch.zeros(layout.length)
+    one_hot[0] = 1.0
+    assert float(tr.readout_entropy_loss(_hooks_with(layout, 4, uniform, one_hot, 5), layout, 4)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_training_with_the_premise_and_sparsity_losses_moves_them_and_writes_a_loadable_checkpoint(tmp_path, tokenizer):
+    cfg = tr.TrainConfig(**{**TINY, "llm_layers": 4, "attention_layer": 2, "premise_weight": 1.0, "sparse_weight": 1.0})
+    eps = generate(2, seed=6, noise=0.1)
+    batch = tr.Batcher(eps, dataset_statistics(eps), tokenizer).sample(np.random.default_rng(1), 2)
+    assert int(batch["prefix_len"]) == tokenizer.encode(eps[0].instruction)[1] > 0
+    model, _ = tr.build_model(cfg)
+    layout = model.layout(2, batch["prompt_ids"].shape[1] - 1)
+    batch["keep"] = tr.token_drop_positions(np.random.default_rng(3), layout, 2, min_keep=20)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    entropies = []
+    for _ in range(12):
+        with tr.training_attention(model):
+            _, _, layout, _, hooks = tr._grounded_pass(model, None, batch, drop_layer=0, premise=True, sparse=True)
+            entropy = tr.readout_entropy_loss(hooks, layout, model.n_layers)
+            loss = entropy + tr.premise_loss(hooks, layout, model.n_layers, int(batch["prefix_len"]))
+        entropies.append(entropy.item())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert entropies[-1] < entropies[0] - 0.01
+    run = tr.TrainConfig(**{**TINY, "out_dir": str(tmp_path / "ck"), "steps": 3, "llm_layers": 3, "token_drop": 0.5,
+                            "premise_weight": 0.5, "sparse_weight": 0.1})
+    res = tr.train(run, progress=False, log=lambda m: None)
+    assert res.steps_done == 3 and np.isfinite(res.train_loss)
+    load_model(inspect_checkpoint(tmp_path / "ck"))
+    with pytest.raises(ValueError, match="llm_layers >= 3"):
+        tr.TrainConfig(**{**TINY, "premise_weight": 0.5})
+    with pytest.raises(ValueError, match="sparse_weight"):
+        tr.TrainConfig(**{**TINY, "llm_layers": 3, "sparse_weight": -1.0})

@@ -100,6 +100,14 @@ class TrainConfig:
             one tolerates it; the random choice teaches tolerance without telling which tokens matter. 0 = off.
         token_drop_min: fewest patches per view a token-drop step keeps.
         token_drop_layer: decoder layer (0-based) after which a token-drop step drops the patches.
+        premise_weight: weight of :func:`premise_loss`: the task words' attention over each view's patches at
+            decoder layers 0 and 1 (what V_local ranks by) is taught to match the attention the action placeholders
+            pay those patches in the layers after them (the target detached), so that the first two layers tell
+            which tokens the read-out uses, as the method assumes of released checkpoints. 0 = off.
+        sparse_weight: weight of :func:`readout_entropy_loss`: the normalized entropy of each head's attention row of
+            the action placeholders in the layers after the first two, so that the read-out gathers from few tokens
+            (any: a sink token or a few patches that collected their neighbours' content in layers 0-1) instead
+            of averaging over hundreds of patches, which no subset but a uniform one preserves. 0 = off.
         init_from: a checkpoint directory of the same architecture (released layout, e.g. an earlier run's
             output) to start from instead of a fresh initialization: its weights and its dataset statistics
             (the action and proprio normalization it learned with) are taken, the optimizer, the grounding
@@ -140,6 +148,8 @@ class TrainConfig:
     token_drop: float = 0.0
     token_drop_min: int = 16
     token_drop_layer: int = 0
+    premise_weight: float = 0.0
+    sparse_weight: float = 0.0
     init_from: str = ""
     fp16: bool = True
     bf16: bool = True
@@ -179,8 +189,12 @@ class TrainConfig:
         if not 0 <= self.token_drop_layer < self.llm_layers - 1:
             raise ValueError(f"token_drop_layer={self.token_drop_layer} must lie in [0, llm_layers - 2 = "
                              f"{self.llm_layers - 2}]")
-        if self.aux_weight < 0:
-            raise ValueError(f"aux_weight={self.aux_weight} must be >= 0")
+        for name in ("aux_weight", "premise_weight", "sparse_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
+        if (self.premise_weight or self.sparse_weight) and self.llm_layers < 3:
+            raise ValueError(f"premise_weight and sparse_weight need llm_layers >= 3 (layers after the first two), "
+                             f"got {self.llm_layers}")
         if not 0 < self.lr < 1:
             raise ValueError(f"lr={self.lr} must lie in (0, 1)")
         if self.val_episodes < 0 or self.max_minutes < 0 or self.save_every_min <= 0:
@@ -331,6 +345,7 @@ class Batcher:
                 pixels.append(normalize([policy_frame(frames[v], self.preprocess) for v in VIEWS]))  # (1, 12, 224, 224)
                 proprio.append(normalize_proprio(ep.proprio[t], self.stats["proprio"]))
                 ids.append(self.tokenizer.encode(instruction)[0])
+                prefix_len = self.tokenizer.encode(instruction)[1]
                 words.append(np.isin(ids[-1][1:], self.object_word_ids))
                 plate_words.append(np.isin(ids[-1][1:], self.plate_word_ids))
                 norm = np.where(mask, 2 * (chunk - lo) / (hi - lo + 1e-8) - 1, chunk)
@@ -350,6 +365,7 @@ class Batcher:
             "where": torch.tensor(np.stack(where), dtype=torch.float32),  # (B, WHERE_DIM)
             "object_words": torch.tensor(np.stack(words)),  # (B, P) prompt positions of the object's name
             "plate_words": torch.tensor(np.stack(plate_words)),  # (B, P) prompt position of the plate's colour
+            "prefix_len": torch.tensor(prefix_len),  # prompt tokens of the fixed prefix (the template's, all alike)
         }
 
 
@@ -460,29 +476,64 @@ class AuxHeads(torch.nn.Module):
         self.where = torch.nn.Linear(hidden, WHERE_DIM)
 
 
-class _TrainHooks:
-    """Layer hooks of the training pass: the prompt rows' attention probabilities at ``attention_layer`` (kept
-    with their gradient; -1 = none) and the token drop after ``drop_layer`` (``keep``: (B, L') positions, or
-    None). ``positions[i]``: the original positions of the tokens leaving layer ``i``, before any drop."""
+#: decoder layers whose task-word attention V_local ranks by
+LOCAL_LAYERS = (0, 1)
 
-    def __init__(self, layout: SequenceLayout, attention_layer: int = -1, drop_layer: int = -1,
+
+class _TrainHooks:
+    """Layer hooks of the training pass: attention probabilities of chosen query rows (kept with their gradient)
+    and the token drop after ``drop_layer`` (``keep``: (B, L') positions, or None).
+
+    ``rows[layer]``: original positions of the query tokens whose attention rows layer ``layer`` keeps (sorted,
+    unique; non-visual tokens, which every sample keeps alike); :meth:`attention` reads them back as (B, H, R, L').
+    ``positions[i]``: the original positions of the tokens leaving layer ``i``, before any drop."""
+
+    def __init__(self, rows: dict[int, torch.Tensor] | None = None, drop_layer: int = -1,
                  keep: torch.Tensor | None = None) -> None:
-        self.prompt = (layout.prompt_start, layout.prompt_start + layout.prompt_len)
-        self.attention_layer, self.drop_layer, self.keep = attention_layer, drop_layer, keep
-        self.probs: torch.Tensor | None = None
+        self.rows = rows or {}
+        self.drop_layer, self.keep = drop_layer, keep
+        self.probs: dict[int, torch.Tensor] = {}
         self.positions: dict[int, torch.Tensor] = {}
 
     def score_rows(self, layer: int, position_ids: torch.Tensor) -> torch.Tensor | None:
-        if layer != self.attention_layer:
+        if layer not in self.rows:
             return None
-        first = position_ids[0]  # every sample keeps as many tokens of each group: the prompt sits alike
-        return torch.nonzero((first >= self.prompt[0]) & (first < self.prompt[1])).squeeze(1)
+        first = position_ids[0]  # every sample keeps as many tokens of each group: non-visual tokens sit alike
+        return torch.searchsorted(first, self.rows[layer])
 
     def after_layer(self, layer: int, probs: torch.Tensor | None, position_ids: torch.Tensor) -> torch.Tensor | None:
         self.positions[layer] = position_ids
         if probs is not None:
-            self.probs = probs
+            self.probs[layer] = probs
         return self.keep if layer == self.drop_layer else None
+
+    def attention(self, layer: int, positions: torch.Tensor) -> torch.Tensor:
+        """(B, H, R, L') attention rows of the query tokens at original ``positions`` (R,) in layer ``layer``."""
+        return self.probs[layer][:, :, torch.searchsorted(self.rows[layer], positions)]
+
+
+def _wanted_rows(layout: SequenceLayout, n_layers: int, attention_layer: int, prefix_len: int,
+                 premise: bool, sparse: bool) -> dict[int, torch.Tensor]:
+    """Per layer, the query positions whose attention the training losses read (see :class:`_TrainHooks`)."""
+    rows: dict[int, list[torch.Tensor]] = {}
+    if attention_layer >= 0:
+        rows.setdefault(attention_layer, []).append(_prompt_positions(layout))
+    if premise:
+        for layer in LOCAL_LAYERS:
+            rows.setdefault(layer, []).append(_prompt_positions(layout, prefix_len))
+    if premise or sparse:
+        for layer in range(len(LOCAL_LAYERS), n_layers):
+            rows.setdefault(layer, []).append(_action_positions(layout))
+    return {layer: torch.unique(torch.cat(r)) for layer, r in rows.items()}
+
+
+def _prompt_positions(layout: SequenceLayout, prefix_len: int = 0) -> torch.Tensor:
+    """Original positions of the prompt after its first ``prefix_len`` tokens (0: the whole prompt)."""
+    return torch.arange(layout.prompt_start + prefix_len, layout.prompt_start + layout.prompt_len)
+
+
+def _action_positions(layout: SequenceLayout) -> torch.Tensor:
+    return torch.arange(layout.action_start, layout.action_start + layout.n_action_tokens)
 
 
 def token_drop_positions(rng: np.random.Generator, layout: SequenceLayout, batch: int, min_keep: int) -> torch.Tensor:
@@ -510,15 +561,19 @@ def labels_at(batch: dict[str, torch.Tensor], layout: SequenceLayout, positions:
 
 
 def _grounded_pass(model: OFTModel, aux: AuxHeads | None, batch: dict[str, torch.Tensor], depth: int | None = None,
-                   drop_layer: int = -1):
+                   drop_layer: int = -1, premise: bool = False, sparse: bool = False):
     """The training forward pass up to ``depth`` layers, with the token drop of ``batch["keep"]`` (if any) after
-    ``drop_layer``: (final states, their positions, layout, mid-layer taps, hooks)."""
+    ``drop_layer``, keeping the attention rows the losses in use read (``aux``'s attention grounding, ``premise``:
+    :func:`premise_loss`, ``sparse``: :func:`readout_entropy_loss`): (final states, their positions, layout,
+    mid-layer taps, hooks)."""
     pixels, prompt_ids = batch["pixel_values"], batch["prompt_ids"]
     layout = model.layout(pixels.shape[1] // 6, prompt_ids.shape[1] - 1)
     seq = model.assemble(model.embed_vision(pixels), batch["proprio"], prompt_ids)  # (B, L, D)
     pos = torch.arange(seq.shape[1])[None].expand(seq.shape[0], -1)  # (B, L)
     taps = {aux.probe_layer: None} if aux is not None and aux.patch_mid is not None else None
-    hooks = _TrainHooks(layout, aux.attention_layer if aux is not None else -1, drop_layer, batch.get("keep"))
+    rows = _wanted_rows(layout, model.n_layers, aux.attention_layer if aux is not None else -1,
+                        int(batch.get("prefix_len", 0)), premise, sparse)
+    hooks = _TrainHooks(rows, drop_layer, batch.get("keep"))
     final, final_pos, _ = model.run_layers(seq, pos, hooks=hooks, taps=taps, depth=depth)  # (B, L', D)
     return final, final_pos, layout, taps, hooks
 
@@ -548,19 +603,71 @@ def attention_grounding_loss(probs: torch.Tensor, batch: dict[str, torch.Tensor]
 
 
 def training_losses(model: OFTModel, aux: AuxHeads | None, batch: dict[str, torch.Tensor],
-                    aux_weight: float, drop_layer: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
+                    aux_weight: float, drop_layer: int = -1, premise_weight: float = 0.0,
+                    sparse_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """(total loss, action L1). Same forward pass as ``OFTModel.forward``, plus the auxiliary losses; with
     ``batch["keep"]``, the visual tokens not in it are dropped after ``drop_layer``."""
     final, final_pos, layout, taps, hooks = _grounded_pass(model, aux if aux_weight else None, batch,
-                                                           drop_layer=drop_layer)
+                                                           drop_layer=drop_layer, premise=premise_weight > 0,
+                                                           sparse=sparse_weight > 0)
     readout = model.readout(final, layout)  # (B, T*A, D)
     l1 = (model.action_head(readout) - batch["actions"]).abs().mean()
+    loss = l1
+    if premise_weight:
+        loss = loss + premise_weight * premise_loss(hooks, layout, model.n_layers, int(batch["prefix_len"]))
+    if sparse_weight:
+        loss = loss + sparse_weight * readout_entropy_loss(hooks, layout, model.n_layers)
     if aux is None or aux_weight == 0:
-        return l1, l1
+        return loss, l1
     extra = patch_ce(aux.patch, final, labels_at(batch, layout, final_pos))
     extra = extra + _grounding_terms(aux, layout, taps, hooks, batch)
     extra = extra + (aux.where(readout.mean(dim=1)) - batch["where"]).abs().mean()
-    return l1 + aux_weight * extra, l1
+    return loss + aux_weight * extra, l1
+
+
+def _over_positions(attention: torch.Tensor, positions: torch.Tensor, length: int) -> torch.Tensor:
+    """(B, L') attention over the keys at original ``positions`` (B, L') -> (B, length), zero where absent."""
+    return torch.zeros(attention.shape[0], length, dtype=attention.dtype).scatter(1, positions, attention)
+
+
+def premise_loss(hooks: _TrainHooks, layout: SequenceLayout, n_layers: int, prefix_len: int) -> torch.Tensor:
+    """KL(target || prediction) per view and V_local layer, averaged: the prediction is the task words' attention
+    (head and row mean) over the view's patches at layer 0 or 1, the target the action placeholders' attention
+    over them averaged over the layers after those two (detached), both renormalized over the view's patches that
+    reach the last layer (a token-drop step's survivors). The task words are the prompt after its fixed
+    ``prefix_len`` tokens, as the pruning takes them."""
+    first = len(LOCAL_LAYERS)
+    survivors = hooks.positions[n_layers - 1]  # (B, L')
+    present = torch.zeros(survivors.shape[0], layout.length, dtype=torch.bool).scatter(1, survivors, True)
+    view_of = layout.visual_view(torch.arange(layout.length))  # (L,)
+    action = _action_positions(layout)
+    with torch.no_grad():
+        target = torch.stack([_over_positions(hooks.attention(layer, action).float().mean(dim=(1, 2)),
+                                              hooks.positions[layer], layout.length)
+                              for layer in range(first, n_layers)]).mean(dim=0)  # (B, L)
+    losses = []
+    for layer in LOCAL_LAYERS:
+        pred = _over_positions(hooks.attention(layer, _prompt_positions(layout, prefix_len)).float().mean(dim=(1, 2)), hooks.positions[layer], layout.length)
+        for v in range(layout.n_views):
+            mask = present & (view_of == v)[None]  # (B, L)
+            t = torch.where(mask, target, 0.0)
+            t = t / t.sum(dim=1, keepdim=True).clamp_min(1e-12)
+            q = torch.where(mask, pred, 0.0)
+            q = q / q.sum(dim=1, keepdim=True).clamp_min(1e-12)
+            kl = (t * ((t + 1e-9).log() - (q + 1e-9).log())).sum(dim=1)  # (B,)
+            losses.append(kl.mean())
+    return torch.stack(losses).mean()
+
+
+def readout_entropy_loss(hooks: _TrainHooks, layout: SequenceLayout, n_layers: int) -> torch.Tensor:
+    """Mean normalized entropy (0: one key, 1: uniform) of every head's attention row of the action placeholders
+    in the layers after the V_local layers."""
+    action = _action_positions(layout)
+    out = []
+    for layer in range(len(LOCAL_LAYERS), n_layers):
+        p = hooks.attention(layer, action).float()  # (B, H, 56, L')
+        out.append(-(p * p.clamp_min(1e-12).log()).sum(dim=-1).mean() / math.log(p.shape[-1]))
+    return torch.stack(out).mean()
 
 
 def _grounding_terms(aux: AuxHeads, layout: SequenceLayout, taps: dict | None, hooks: _TrainHooks,
@@ -570,8 +677,9 @@ def _grounding_terms(aux: AuxHeads, layout: SequenceLayout, taps: dict | None, h
     if taps is not None:
         labels = labels_at(batch, layout, hooks.positions[aux.probe_layer])
         loss = loss + patch_ce(aux.patch_mid, taps[aux.probe_layer], labels)
-    if hooks.probs is not None:
-        loss = loss + attention_grounding_loss(hooks.probs, batch, labels_at(batch, layout, hooks.positions[aux.attention_layer]))
+    if aux.attention_layer >= 0 and aux.attention_layer in hooks.probs:
+        probs = hooks.attention(aux.attention_layer, _prompt_positions(layout))
+        loss = loss + attention_grounding_loss(probs, batch, labels_at(batch, layout, hooks.positions[aux.attention_layer]))
     return loss
 
 
@@ -745,7 +853,8 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainResult:
                 if grounding:
                     loss = grounding_loss(model, aux, batch)
                 else:
-                    loss, l1 = training_losses(model, aux, batch, cfg.aux_weight, drop_layer=cfg.token_drop_layer)
+                    loss, l1 = training_losses(model, aux, batch, cfg.aux_weight, drop_layer=cfg.token_drop_layer,
+                                               premise_weight=cfg.premise_weight, sparse_weight=cfg.sparse_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
