@@ -128,6 +128,8 @@ def test_premise_check_on_the_bags_observations(episode, tiny_checkpoint, tmp_pa
     assert premise["top"] == 20 and premise["chance"] == 20 / 256
     assert all(0.0 <= premise[k] <= 1.0 for k in ("text_l0_in_last", "text_l1_in_last", "text_l01_in_last"))
     assert "Premise of the first-layer selection" in (out / "index.html").read_text()
+    assert len(premise["action_visual_tokens"]) == len(premise["action_visual_share"]) >= 2
+    assert "Where the action read-out looks" in (out / "index.html").read_text()
     # without the flag: no premise entry, nothing in the page
     code, _, err = run_eval(capsys, episode, f"--checkpoint={tiny_checkpoint}", "--presets=paper", "--out", out,
                             "--max-steps=1", "--no-plots")

@@ -235,6 +235,32 @@ def test_attention_agreement_measures_the_premise_of_v_local(tiny_checkpoint):
     assert all(v == 1.0 for k, v in whole.items() if k.startswith("text_"))
     one = ev.attention_agreement(pol, [70_000], TaskConfig(max_steps=20), every=16, top=1)
     assert any(v < 1.0 for k, v in one.items() if k.startswith("text_"))
+    n_layers = pol.model.n_layers
+    assert len(a["action_visual_share"]) == len(a["action_visual_tokens"]) == n_layers
+    assert all(0 < s <= 1 for s in a["action_visual_share"]) and all(1 <= t <= 512 for t in a["action_visual_tokens"])
+    assert "spreads over (512 = uniform): 0: " in ev.table({"summary": [], "attention_agreement": a})
     with pytest.raises(ValueError, match="agreement_seeds"):
         ev.EvalConfig(agreement_seeds=-1)
     assert ev.EvalConfig(variants=("off",), episodes=0, agreement_seeds=2).agreement_seeds == 2
+
+
+def test_premise_meter_measures_where_the_readout_looks(monkeypatch):
+    import torch
+
+    from specprune_ros.core import premise
+    from specprune_ros.core.model import SequenceLayout
+
+    layout = SequenceLayout(n_views=2, has_proprio=True, prompt_len=12, n_action_tokens=56)
+    hooks = premise.MeanAttention(layout, prefix_len=5)
+    text = torch.rand(layout.length, generator=torch.Generator().manual_seed(0))
+    half_uniform = torch.zeros(layout.length)
+    half_uniform[0] = 0.5  # half on BOS, half spread evenly over the 512 patches
+    half_uniform[1:513] = 0.5 / 512
+    one_patch = torch.zeros(layout.length)
+    one_patch[300] = 1.0
+    hooks.layers = [(text, half_uniform), (text, one_patch)]
+    monkeypatch.setattr(premise, "unpruned_attention", lambda policy, obs: hooks)
+    meter = premise.PremiseMeter()
+    meter.add(None, None)
+    r = meter.result()
+    assert r["action_visual_share"] == pytest.approx([0.5, 1.0]) and r["action_visual_tokens"] == pytest.approx([512, 1], abs=0.1)

@@ -125,7 +125,20 @@ def _premise_html(premise: dict | None) -> str:
             f"attention (unpruned, {premise['frames']} observations, each view), found again in the last layer's top: "
             f"layer 0 {pct['text_l0_in_last']}, layer 1 {pct['text_l1_in_last']}, layers 0+1 {pct['text_l01_in_last']} "
             f"(the paper: 85-95% on OpenVLA-OFT; chance {pct['chance']}); layers 0+1 among the last layer's "
-            f"action-query top: {pct['text_l01_in_action_last']}.</p>\n")
+            f"action-query top: {pct['text_l01_in_action_last']}.</p>\n" + _readout_html(premise))
+
+
+def _readout_html(premise: dict) -> str:
+    """Per layer, the action placeholders' attention on the visual tokens and over how many it spreads."""
+    shares, tokens = premise.get("action_visual_share"), premise.get("action_visual_tokens")
+    if not shares:
+        return ""
+    cells = "".join(f"<tr><td>{i}</td><td>{100 * s:.0f}%</td><td>{t:.0f}</td></tr>" for i, (s, t) in enumerate(zip(shares, tokens)))
+    return ("<p>Where the action read-out looks, per decoder layer (unpruned): its attention on the visual tokens "
+            "and over how many of them it spreads (exp of the entropy; 512 = uniform). Spread over hundreds, the "
+            "read-out averages the image, and any pruned set that is not a uniform sample shifts what it "
+            "reads.</p>\n<table><tr><th>layer</th><th>on visual tokens</th><th>spread over</th></tr>"
+            f"{cells}</table>\n")
 
 
 def write_index(summary: dict, out: Path, plots: dict[str, str]) -> Path:

@@ -57,6 +57,13 @@ class PremiseMeter:
     the last layer's ``top``; the same against the last layer's ``top`` by the action placeholders' attention
     (what the action read-out attends to); and the share of the last layer's text top among its action top.
     Chance for a random set is top / 256.
+
+    Per layer, also how the read-out spreads its attention: the share the action placeholders pay the visual
+    tokens (the rest goes to the BOS token, proprio, prompt and themselves), and over how many visual tokens it
+    spreads (the exponential of the entropy of their attention over the visual tokens: 512 for a uniform
+    spread, 1 for one token). A read-out that averages over hundreds of patches loses what it reads from any
+    pruned set that is not a uniform sample; the selection by attention has most to gain where a few tokens
+    carry the read-out.
     """
 
     def __init__(self, top: int = PREMISE_TOP) -> None:
@@ -64,6 +71,7 @@ class PremiseMeter:
             raise ValueError(f"top={top} must lie in [1, {PATCHES_PER_VIEW}]")
         self.top = top
         self.shares: dict[str, list[float]] = {k: [] for k in PREMISE_KEYS}
+        self.readout: list[list[tuple[float, float]]] = []  # per frame, per layer: (visual share, effective tokens)
         self.frames = 0
 
     def add(self, policy, obs: Observation) -> None:
@@ -82,12 +90,24 @@ class PremiseMeter:
                               ("text_l01_in_last", l01, last), ("text_l01_in_action_last", l01, action),
                               ("text_last_in_action_last", last, action)):
                 self.shares[key].append(len(a & b) / self.top)
+        visual = slice(layout.vis_start, layout.vis_start + layout.n_visual)
+        spread = []
+        for _, action in hooks.layers:
+            mass = action[visual].sum()
+            q = action[visual] / mass.clamp_min(1e-12)
+            spread.append((float(mass), float(torch.exp(-(q * q.clamp_min(1e-12).log()).sum()))))
+        self.readout.append(spread)
         self.frames += 1
 
     def result(self) -> dict:
-        """Mean shares (0..1) over every frame and view, ``chance``, ``top`` and ``frames``."""
+        """Mean shares (0..1) over every frame and view, ``chance``, ``top`` and ``frames``; per layer the mean
+        visual share of the read-out's attention (``action_visual_share``) and the mean number of visual tokens it
+        spreads over (``action_visual_tokens``)."""
         if not self.frames:
             raise ValueError("no observation was measured")
         out = {k: float(np.mean(v)) for k, v in self.shares.items()}
-        out.update({"chance": self.top / PATCHES_PER_VIEW, "top": self.top, "frames": self.frames})
+        spread = np.asarray(self.readout).mean(axis=0)  # (layers, 2)
+        out.update({"chance": self.top / PATCHES_PER_VIEW, "top": self.top, "frames": self.frames,
+                    "action_visual_share": spread[:, 0].round(4).tolist(),
+                    "action_visual_tokens": spread[:, 1].round(1).tolist()})
         return out

@@ -647,7 +647,11 @@ def table(results: dict) -> str:
                       f"{100 * a['chance']:.0f}%): layer 0 {100 * a['text_l0_in_last']:.0f}%, layer 1 "
                       f"{100 * a['text_l1_in_last']:.0f}%, layers 0+1 {100 * a['text_l01_in_last']:.0f}%; layers 0+1 in the "
                       f"last layer's action-query top {100 * a['text_l01_in_action_last']:.0f}%, last layer's text top "
-                      f"there {100 * a['text_last_in_action_last']:.0f}%"]
+                      f"there {100 * a['text_last_in_action_last']:.0f}%",
+                  "", "Action read-out per layer (unpruned): share of its attention on the visual tokens / visual tokens "
+                      "it spreads over (512 = uniform): " + ", ".join(
+                          f"{i}: {100 * s:.0f}% / {t:.0f}" for i, (s, t) in
+                          enumerate(zip(a["action_visual_share"], a["action_visual_tokens"])))]
     return "\n".join(lines)
 
 
