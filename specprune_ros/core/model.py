@@ -232,6 +232,15 @@ class SequenceLayout:
         """(start, stop) offsets from the end: the last prompt token and placeholders 0..T*A-2."""
         return -(self.n_action_tokens + 2), -2
 
+    def prompt_positions(self, prefix_len: int = 0) -> torch.Tensor:
+        """Positions of the prompt after its first ``prefix_len`` ids (the fixed prefix: the rest are the task
+        words); 0 = the whole prompt."""
+        return torch.arange(self.prompt_start + prefix_len, self.prompt_start + self.prompt_len)
+
+    def action_positions(self) -> torch.Tensor:
+        """Positions of the action placeholders."""
+        return torch.arange(self.action_start, self.action_start + self.n_action_tokens)
+
     def view_of(self, position: torch.Tensor) -> torch.Tensor:
         """View index of visual positions (full-sequence indices)."""
         return (position - self.vis_start) // PATCHES_PER_VIEW

@@ -26,8 +26,8 @@ class MeanAttention:
     fixed prefix) and of the action placeholders, each averaged over its rows: two (L,) per layer. Prune nothing."""
 
     def __init__(self, layout: SequenceLayout, prefix_len: int) -> None:
-        self.text = torch.arange(layout.prompt_start + prefix_len, layout.prompt_start + layout.prompt_len)
-        self.action = torch.arange(layout.action_start, layout.action_start + layout.n_action_tokens)
+        self.text = layout.prompt_positions(prefix_len)
+        self.action = layout.action_positions()
         self.layout = layout
         self.layers: list[tuple[torch.Tensor, torch.Tensor]] = []
 

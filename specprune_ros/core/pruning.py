@@ -166,8 +166,8 @@ class SpecPruner:
             protected[base + glob] = True
             self.record.global_per_view[self.views[v]] = int(len(glob))
         self._protected = torch.from_numpy(protected)
-        self._text_pos = torch.arange(layout.prompt_start + prefix_len, layout.prompt_start + layout.prompt_len)
-        self._action_pos = torch.arange(layout.action_start, layout.action_start + layout.n_action_tokens)
+        self._text_pos = layout.prompt_positions(prefix_len)
+        self._action_pos = layout.action_positions()
         self._local0: dict[int, torch.Tensor] = {}
         self._score: torch.Tensor | None = None  # EMA importance over original positions
         self._next_global: dict[int, set[int]] = {v: set() for v in range(len(self.views))}

@@ -344,8 +344,8 @@ class Batcher:
                     chunk = expert_plan(task, CHUNK_LEN)
                 pixels.append(normalize([policy_frame(frames[v], self.preprocess) for v in VIEWS]))  # (1, 12, 224, 224)
                 proprio.append(normalize_proprio(ep.proprio[t], self.stats["proprio"]))
-                ids.append(self.tokenizer.encode(instruction)[0])
-                prefix_len = self.tokenizer.encode(instruction)[1]
+                prompt, prefix_len = self.tokenizer.encode(instruction)
+                ids.append(prompt)
                 words.append(np.isin(ids[-1][1:], self.object_word_ids))
                 plate_words.append(np.isin(ids[-1][1:], self.plate_word_ids))
                 norm = np.where(mask, 2 * (chunk - lo) / (hi - lo + 1e-8) - 1, chunk)
@@ -517,23 +517,14 @@ def _wanted_rows(layout: SequenceLayout, n_layers: int, attention_layer: int, pr
     """Per layer, the query positions whose attention the training losses read (see :class:`_TrainHooks`)."""
     rows: dict[int, list[torch.Tensor]] = {}
     if attention_layer >= 0:
-        rows.setdefault(attention_layer, []).append(_prompt_positions(layout))
+        rows.setdefault(attention_layer, []).append(layout.prompt_positions())
     if premise:
         for layer in LOCAL_LAYERS:
-            rows.setdefault(layer, []).append(_prompt_positions(layout, prefix_len))
+            rows.setdefault(layer, []).append(layout.prompt_positions(prefix_len))
     if premise or sparse:
         for layer in range(len(LOCAL_LAYERS), n_layers):
-            rows.setdefault(layer, []).append(_action_positions(layout))
+            rows.setdefault(layer, []).append(layout.action_positions())
     return {layer: torch.unique(torch.cat(r)) for layer, r in rows.items()}
-
-
-def _prompt_positions(layout: SequenceLayout, prefix_len: int = 0) -> torch.Tensor:
-    """Original positions of the prompt after its first ``prefix_len`` tokens (0: the whole prompt)."""
-    return torch.arange(layout.prompt_start + prefix_len, layout.prompt_start + layout.prompt_len)
-
-
-def _action_positions(layout: SequenceLayout) -> torch.Tensor:
-    return torch.arange(layout.action_start, layout.action_start + layout.n_action_tokens)
 
 
 def token_drop_positions(rng: np.random.Generator, layout: SequenceLayout, batch: int, min_keep: int) -> torch.Tensor:
@@ -572,7 +563,7 @@ def _grounded_pass(model: OFTModel, aux: AuxHeads | None, batch: dict[str, torch
     pos = torch.arange(seq.shape[1])[None].expand(seq.shape[0], -1)  # (B, L)
     taps = {aux.probe_layer: None} if aux is not None and aux.patch_mid is not None else None
     rows = _wanted_rows(layout, model.n_layers, aux.attention_layer if aux is not None else -1,
-                        int(batch.get("prefix_len", 0)), premise, sparse)
+                        int(batch["prefix_len"]), premise, sparse)
     hooks = _TrainHooks(rows, drop_layer, batch.get("keep"))
     final, final_pos, _ = model.run_layers(seq, pos, hooks=hooks, taps=taps, depth=depth)  # (B, L', D)
     return final, final_pos, layout, taps, hooks
@@ -640,29 +631,32 @@ def premise_loss(hooks: _TrainHooks, layout: SequenceLayout, n_layers: int, pref
     survivors = hooks.positions[n_layers - 1]  # (B, L')
     present = torch.zeros(survivors.shape[0], layout.length, dtype=torch.bool).scatter(1, survivors, True)
     view_of = layout.visual_view(torch.arange(layout.length))  # (L,)
-    action = _action_positions(layout)
+    masks = [present & (view_of == v)[None] for v in range(layout.n_views)]  # (B, L) each
+
+    def over(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # a distribution over the mask's keys
+        kept = torch.where(mask, scores, 0.0)
+        return kept / kept.sum(dim=1, keepdim=True).clamp_min(1e-12)
+
+    action = layout.action_positions()
     with torch.no_grad():
         target = torch.stack([_over_positions(hooks.attention(layer, action).float().mean(dim=(1, 2)),
                                               hooks.positions[layer], layout.length)
                               for layer in range(first, n_layers)]).mean(dim=0)  # (B, L)
+        targets = [over(target, mask) for mask in masks]
     losses = []
     for layer in LOCAL_LAYERS:
-        pred = _over_positions(hooks.attention(layer, _prompt_positions(layout, prefix_len)).float().mean(dim=(1, 2)), hooks.positions[layer], layout.length)
-        for v in range(layout.n_views):
-            mask = present & (view_of == v)[None]  # (B, L)
-            t = torch.where(mask, target, 0.0)
-            t = t / t.sum(dim=1, keepdim=True).clamp_min(1e-12)
-            q = torch.where(mask, pred, 0.0)
-            q = q / q.sum(dim=1, keepdim=True).clamp_min(1e-12)
-            kl = (t * ((t + 1e-9).log() - (q + 1e-9).log())).sum(dim=1)  # (B,)
-            losses.append(kl.mean())
+        task = hooks.attention(layer, layout.prompt_positions(prefix_len)).float().mean(dim=(1, 2))  # (B, L')
+        pred = _over_positions(task, hooks.positions[layer], layout.length)
+        for mask, t in zip(masks, targets):
+            q = over(pred, mask)
+            losses.append((t * ((t + 1e-9).log() - (q + 1e-9).log())).sum(dim=1).mean())  # KL, mean over B
     return torch.stack(losses).mean()
 
 
 def readout_entropy_loss(hooks: _TrainHooks, layout: SequenceLayout, n_layers: int) -> torch.Tensor:
     """Mean normalized entropy (0: one key, 1: uniform) of every head's attention row of the action placeholders
     in the layers after the V_local layers."""
-    action = _action_positions(layout)
+    action = layout.action_positions()
     out = []
     for layer in range(len(LOCAL_LAYERS), n_layers):
         p = hooks.attention(layer, action).float()  # (B, H, 56, L')
@@ -678,7 +672,7 @@ def _grounding_terms(aux: AuxHeads, layout: SequenceLayout, taps: dict | None, h
         labels = labels_at(batch, layout, hooks.positions[aux.probe_layer])
         loss = loss + patch_ce(aux.patch_mid, taps[aux.probe_layer], labels)
     if aux.attention_layer >= 0 and aux.attention_layer in hooks.probs:
-        probs = hooks.attention(aux.attention_layer, _prompt_positions(layout))
+        probs = hooks.attention(aux.attention_layer, layout.prompt_positions())
         loss = loss + attention_grounding_loss(probs, batch, labels_at(batch, layout, hooks.positions[aux.attention_layer]))
     return loss
 
