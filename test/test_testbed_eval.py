@@ -89,9 +89,18 @@ def test_variants_and_config_validation():
     with pytest.raises(ValueError, match="prunes nothing"):
         ev.pruning_for("off+random")
     assert ev.pruning_for("paper+oracle") == ev.pruning_for("paper") and ev.variant_preset("aggressive+oracle") == "aggressive"
-    for bad in ("off+oracle", "paper+oracle+random", "paper+nocontroller+oracle"):
+    for bad in ("off+oracle", "paper+oracle+random", "paper+random+matched", "off+matched+random"):
         with pytest.raises(ValueError):
             ev.pruning_for(bad)
+    # a controller suffix, then a selection suffix: the controller's benefit at equal budget with another choice
+    assert ev.split_variant("paper+matched+random") == ("paper", "+matched", "+random")
+    assert ev.pruning_for("paper+matched+random", fine_fraction=0.25) == matched
+    assert ev.pruning_for("paper+nocontroller+oracle") == ev.pruning_for("paper+nocontroller")
+    assert ev.matched_source("paper+matched+random") == "paper+random" and ev.matched_source("paper+matched") == "paper"
+    assert ev.matched_source("paper+random") == "paper+random"
+    with pytest.raises(ValueError, match="needs paper\\+random evaluated before"):
+        ev.EvalConfig(variants=("paper", "paper+matched+random"))
+    ev.EvalConfig(variants=("paper+random", "paper+matched+random"))
 
 
 def test_run_episode_feeds_executed_actions_and_succeeds_with_the_expert():
@@ -137,16 +146,21 @@ def test_run_episode_reports_invalid_actions_as_failure():
 
 def test_evaluate_end_to_end_writes_json_and_plot(tiny_checkpoint, tmp_path, capsys):
     # the tiny checkpoint has random weights: this checks the plumbing, not success
-    code = ev.main([f"--checkpoint={tiny_checkpoint}", "--variants=off,paper,paper+matched,paper+random,paper+oracle", "--episodes=1",
+    code = ev.main([f"--checkpoint={tiny_checkpoint}", "--variants=off,paper,paper+matched,paper+random,paper+oracle,paper+matched+random", "--episodes=1",
                     "--max-steps=16", "--grounding-seeds=1", f"--out={tmp_path}", "--no-progress", "--json"])
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
-    assert [s["variant"] for s in summary] == ["off", "paper", "paper+matched", "paper+random", "paper+oracle"]
+    assert [s["variant"] for s in summary] == ["off", "paper", "paper+matched", "paper+random", "paper+oracle",
+                                               "paper+matched+random"]
     res = json.loads((tmp_path / "results.json").read_text())
     f = res["summary"][1]["fine_fraction"]
     assert res["summary"][2]["local_k"]["coarse"] == list(ev.pruning_for("paper+matched", f).local_k_coarse)
     assert res["summary"][2]["fine_fraction"] == 0.0  # no controller
-    assert set(res["instruction_following"]) == {"off", "paper", "paper+matched", "paper+random", "paper+oracle"}
+    # paper+matched+random: the budget of paper+random's own run, no controller, random tokens
+    assert res["summary"][5]["local_k"]["coarse"] == list(
+        ev.pruning_for("paper+matched", res["summary"][3]["fine_fraction"]).local_k_coarse)
+    assert res["summary"][5]["fine_fraction"] == 0.0 and res["summary"][5]["mean_seq_len"] < res["summary"][0]["mean_seq_len"]
+    assert set(res["instruction_following"]) == {s["variant"] for s in summary}
     # the random control prunes (its own tokens: test_core_pruning) about as much as paper
     assert abs(res["summary"][3]["kept_per_view"]["primary"] - res["summary"][1]["kept_per_view"]["primary"]) <= 24
     assert abs(res["summary"][4]["kept_per_view"]["primary"] - res["summary"][1]["kept_per_view"]["primary"]) <= 24

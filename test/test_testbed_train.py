@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import numpy as np
 import pytest
@@ -485,3 +486,64 @@ def test_training_with_the_premise_and_sparsity_losses_moves_them_and_writes_a_l
         tr.TrainConfig(**{**TINY, "premise_weight": 0.5})
     with pytest.raises(ValueError, match="sparse_weight"):
         tr.TrainConfig(**{**TINY, "llm_layers": 3, "sparse_weight": -1.0})
+
+
+def test_readout_grounding_loss_rewards_attention_on_the_named_object_and_plate_only():
+    from specprune_ros.core.model import SequenceLayout
+
+    layout = SequenceLayout(n_views=2, has_proprio=True, prompt_len=12, n_action_tokens=56)
+    n_layers, grounded = 4, 1
+    rows = tr._wanted_rows(layout, n_layers, grounded, 5, premise=False, sparse=False, readout=True)
+    assert sorted(rows) == [1, 2, 3]  # the grounding layer's prompt rows and the placeholders after it
+    for layer in (2, 3):
+        assert rows[layer].tolist() == list(range(layout.action_start, layout.action_start + layout.n_action_tokens))
+    labels = torch.zeros(2, 512, dtype=torch.long)
+    labels[0, 10:14] = tr.PATCH_NAMED_OBJECT
+    labels[0, 300:304] = tr.PATCH_NAMED_PLATE
+    labels[0, 50:60] = tr.PATCH_OTHER_OBJECT  # sample 1 shows neither the named object nor the plate
+    batch = {"patch_labels": labels}
+    vis = layout.vis_start
+
+    def loss_for(weights):  # weights (2, L): the same attention row for every head and placeholder
+        hooks = tr._TrainHooks(rows)
+        pos = torch.arange(layout.length)[None].expand(2, -1)
+        for layer in rows:
+            hooks.after_layer(layer, weights[:, None, None].expand(2, 2, rows[layer].numel(), layout.length), pos)
+        return tr.readout_grounding_loss(hooks, layout, n_layers, grounded, batch)
+
+    on_named = torch.zeros(2, layout.length)
+    on_named[0, vis + 10: vis + 14] = on_named[0, vis + 300: vis + 304] = 0.125
+    on_named[1, 0] = 1.0  # whatever sample 1 attends to is left out
+    assert float(loss_for(on_named)) == pytest.approx(0.0, abs=1e-5)
+    uniform = torch.full((2, layout.length), 1.0 / layout.length)
+    assert float(loss_for(uniform)) == pytest.approx(-math.log(8 / layout.length), rel=1e-3)
+    other = torch.zeros(2, layout.length)
+    other[:, vis + 50: vis + 60] = 0.1
+    assert float(loss_for(other)) > 10
+    with pytest.raises(ValueError, match="readout_weight needs"):
+        tr.TrainConfig(**{**TINY, "readout_weight": 0.3})
+    with pytest.raises(ValueError, match="readout_weight needs"):
+        tr.TrainConfig(**{**TINY, "readout_weight": 0.3, "attention_layer": TINY.get("llm_layers", 2) - 1})
+
+
+def test_training_with_readout_grounding_moves_the_readouts_attention_to_the_named_object(tokenizer):
+    cfg = tr.TrainConfig(**{**TINY, "llm_layers": 3, "attention_layer": 0, "readout_weight": 1.0})
+    eps = generate(2, seed=6, noise=0.1)
+    batch = tr.Batcher(eps, dataset_statistics(eps), tokenizer).sample(np.random.default_rng(1), 2)
+    model, _ = tr.build_model(cfg)
+    aux = tr.AuxHeads(cfg.llm_hidden, -1, 0)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(10):
+        with tr.training_attention(model):
+            _, _, layout, _, hooks = tr._grounded_pass(model, aux, batch, readout=True)
+            loss = tr.readout_grounding_loss(hooks, layout, model.n_layers, 0, batch)
+        losses.append(loss.item())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert losses[-1] < losses[0] - 0.1
+    with tr.training_attention(model):
+        total, l1 = tr.training_losses(model, aux, batch, 0.5, readout_weight=1.0)
+        plain, _ = tr.training_losses(model, aux, batch, 0.5)
+    assert total.item() > plain.item()

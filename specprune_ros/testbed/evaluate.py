@@ -1,8 +1,9 @@
 """``specprune-testbed-eval``: closed-loop success of a policy on the test-bed task, per pruning preset.
 
 For each variant (a preset name such as ``off`` or ``paper``, optionally suffixed ``+nocontroller`` to run it
-with the coarse/fine controller disabled, ``+matched`` to run it without the controller at its own average
-budget, or ``+random`` to keep as many tokens as it does, chosen at random), N seeded episodes are run closed loop exactly as a robot would:
+with the coarse/fine controller disabled or ``+matched`` to run it without the controller at its own average
+budget, and then optionally ``+random`` to keep as many tokens as it does, chosen at random, or ``+oracle``, the
+most attended ones), N seeded episodes are run closed loop exactly as a robot would:
 render both cameras, build the observation (proprio, instruction, the actions executed since the last query),
 ``policy.infer``, execute the chunk's rows open loop at the control rate (dropping the rest of a chunk when the
 controller asks for a re-query on entering fine mode). Reported per variant: success rate with a 95% Wilson
@@ -61,19 +62,33 @@ ORACLE = "+oracle"
 CONTROLS = (RANDOM, ORACLE)
 
 
+def split_variant(variant: str) -> tuple[str, str, str]:
+    """(preset, controller suffix, selection suffix) of a variant name: ``paper+matched+random`` gives
+    ``("paper", "+matched", "+random")``, ``paper`` gives ``("paper", "", "")``. Not validated (:func:`pruning_for`)."""
+    control = next((c for c in CONTROLS if variant.endswith(c)), "")
+    rest = variant.removesuffix(control)
+    controller = next((c for c in (NO_CONTROLLER, MATCHED) if rest.endswith(c)), "")
+    return rest.removesuffix(controller), controller, control
+
+
 def variant_preset(variant: str) -> str:
     """The preset a variant name runs: ``paper`` for ``paper``, ``paper+nocontroller``, ``paper+matched``,
-    ``paper+random`` and ``paper+oracle``."""
-    for suffix in (NO_CONTROLLER, MATCHED, *CONTROLS):
-        variant = variant.removesuffix(suffix)
-    return variant
+    ``paper+random``, ``paper+matched+random``, ``paper+oracle``, ..."""
+    return split_variant(variant)[0]
+
+
+def matched_source(variant: str) -> str:
+    """The variant whose run gives a ``+matched`` variant its budget: the same without ``+matched``
+    (``paper`` for ``paper+matched``, ``paper+random`` for ``paper+matched+random``)."""
+    base, controller, control = split_variant(variant)
+    return base + (controller if controller != MATCHED else "") + control
 
 
 def pruning_for(variant: str, fine_fraction: float | None = None) -> PruningConfig:
-    """The pruning configuration of a variant name: ``preset``, ``preset+nocontroller``, ``preset+matched``,
-    ``preset+random`` or ``preset+oracle`` (these two: the preset's own;
+    """The pruning configuration of a variant name: ``preset``, ``preset+nocontroller`` or ``preset+matched``,
+    each optionally followed by ``+random`` or ``+oracle`` (these two keep the configuration;
     :class:`~specprune_ros.core.pruning.RandomSelection` or :class:`~specprune_ros.core.pruning.OracleSelection`
-    replaces its choice at run time).
+    replaces its choice of tokens at run time).
 
     ``+nocontroller`` runs the preset with the coarse/fine controller disabled (always the coarse budget).
     ``+matched`` disables it too but gives every query the preset's average V_local budget instead: the
@@ -81,18 +96,19 @@ def pruning_for(variant: str, fine_fraction: float | None = None) -> PruningConf
     fine mode. It uses as many tokens on average as the preset with its controller, so the two compare the
     controller's choice of *when* to keep more tokens at an equal token budget.
     """
-    base = variant_preset(variant)
-    if base not in PRESETS or variant not in (base, base + NO_CONTROLLER, base + MATCHED, *(base + c for c in CONTROLS)):
+    base, controller, control = split_variant(variant)
+    if base not in PRESETS:
         raise ValueError(f"unknown variant {variant!r}: use a preset ({', '.join(sorted(PRESETS))}), optionally "
-                         f"followed by {NO_CONTROLLER!r}, {MATCHED!r}, {RANDOM!r} or {ORACLE!r}")
-    if variant.endswith(CONTROLS) and not PRESETS[base].enabled:
+                         f"followed by {NO_CONTROLLER!r} or {MATCHED!r}, then optionally by {RANDOM!r} or {ORACLE!r}")
+    if control and not PRESETS[base].enabled:
         raise ValueError(f"{variant}: {base} prunes nothing, there is no selection to replace")
     cfg = PRESETS[base]
-    if variant.endswith((NO_CONTROLLER, MATCHED)):
+    if controller:
         cfg = dataclasses.replace(cfg, controller=dataclasses.replace(cfg.controller, enabled=False))
-    if variant.endswith(MATCHED):
+    if controller == MATCHED:
         if fine_fraction is None or not 0 <= fine_fraction <= 1:
-            raise ValueError(f"{variant}: needs the fine-mode fraction (0..1) of {base}'s own run, got {fine_fraction}")
+            raise ValueError(f"{variant}: needs the fine-mode fraction (0..1) of {matched_source(variant)}'s own run, "
+                             f"got {fine_fraction}")
         k = tuple(max(1, int(round(fine_fraction * kf + (1 - fine_fraction) * kc)))
                   for kc, kf in zip(cfg.local_k_coarse, cfg.local_k_fine))
         cfg = dataclasses.replace(cfg, local_k_coarse=k, local_k_fine=k)
@@ -167,10 +183,10 @@ class EvalConfig:
             raise ValueError("variants is empty: name at least one preset, e.g. off,paper")
         for i, v in enumerate(self.variants):
             pruning_for(v, fine_fraction=0.0)
-            base = v.removesuffix(MATCHED)
-            if v.endswith(MATCHED) and base not in self.variants[:i]:
+            base = matched_source(v)
+            if base != v and base not in self.variants[:i]:
                 raise ValueError(f"variant {v} needs {base} evaluated before it (its budget is matched to {base}'s run)")
-            if v.endswith(MATCHED) and self.episodes == 0:
+            if base != v and self.episodes == 0:
                 raise ValueError(f"variant {v} needs closed-loop episodes (its budget comes from {base}'s episodes)")
         if len(set(self.variants)) != len(self.variants):
             raise ValueError(f"variants repeat: {list(self.variants)}")
@@ -536,7 +552,7 @@ def evaluate(cfg: EvalConfig, out_dir: str | Path | None = None, progress: bool 
     fine: dict[str, float] = {}
 
     def pruning(variant: str) -> PruningConfig:
-        return pruning_for(variant, fine.get(variant.removesuffix(MATCHED)))
+        return pruning_for(variant, fine.get(matched_source(variant)))
 
     def make_policy(variant: str) -> Policy:
         policy = build_policy(PolicyConfig(checkpoint=cfg.checkpoint, preset=variant_preset(variant)), pruning(variant))
@@ -668,7 +684,8 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"comma-separated presets; '<preset>{NO_CONTROLLER}' disables its controller, '<preset>{MATCHED}' "
                    "disables it and gives every query the preset's average budget (list the preset first), "
                    f"'<preset>{RANDOM}' keeps as many tokens as the preset, chosen at random, '<preset>{ORACLE}' as "
-                   "many, those the action placeholders attend to most in an unpruned pass of the same observation "
+                   "many, those the action placeholders attend to most in an unpruned pass of the same observation; "
+                   f"the two last follow the others too: '<preset>{MATCHED}{RANDOM}' (list '<preset>{RANDOM}' first) "
                    f"(default {','.join(d.variants)}; presets: {', '.join(sorted(PRESETS))})")
     p.add_argument("--episodes", type=int, default=d.episodes, help=f"episodes per variant (default {d.episodes})")
     p.add_argument("--first-seed", type=int, default=d.first_seed, help="first task seed (default 0)")

@@ -108,13 +108,20 @@ class TrainConfig:
             the action placeholders in the layers after the first two, so that the read-out gathers from few tokens
             (any: a sink token or a few patches that collected their neighbours' content in layers 0-1) instead
             of averaging over hundreds of patches, which no subset but a uniform one preserves. 0 = off.
+        readout_weight: weight of :func:`readout_grounding_loss`: in the decoder layers after ``attention_layer``,
+            the action placeholders' attention is taught to fall on the named object's and the named plate's
+            patches, where the actions come from (otherwise only the L1 loss finds that routing). It is learned
+            within minutes, but did not by itself end the from-scratch loss plateau (docs/testbed.md).
+            Needs ``attention_layer`` >= 0 (the layer where the object words find the named object). 0 = off.
         init_from: a checkpoint directory of the same architecture (released layout, e.g. an earlier run's
             output) to start from instead of a fresh initialization: its weights and its dataset statistics
             (the action and proprio normalization it learned with) are taken, the optimizer, the grounding
             probes and the schedule start anew. "" = fresh initialization.
         fp16: store the exported weights in float16 (halves the size; loads as float32).
-        bf16: run the training forward pass under bfloat16 autocast (float32 weights and optimizer; 1.2x
-            faster on a CPU with AVX512-BF16).
+        bf16: run the training forward pass under bfloat16 autocast where the CPU computes bfloat16 natively
+            (float32 weights and optimizer; 1.2x faster with AVX512-BF16); elsewhere training runs in float32,
+            since emulated bfloat16 matrix products are ~8x slower than float32 ones (15 s against 1.8 s per
+            step on a 2-core AVX2 CPU).
         threads: torch CPU threads.
     """
 
@@ -150,6 +157,7 @@ class TrainConfig:
     token_drop_layer: int = 0
     premise_weight: float = 0.0
     sparse_weight: float = 0.0
+    readout_weight: float = 0.0
     init_from: str = ""
     fp16: bool = True
     bf16: bool = True
@@ -189,12 +197,16 @@ class TrainConfig:
         if not 0 <= self.token_drop_layer < self.llm_layers - 1:
             raise ValueError(f"token_drop_layer={self.token_drop_layer} must lie in [0, llm_layers - 2 = "
                              f"{self.llm_layers - 2}]")
-        for name in ("aux_weight", "premise_weight", "sparse_weight"):
+        for name in ("aux_weight", "premise_weight", "sparse_weight", "readout_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
         if (self.premise_weight or self.sparse_weight) and self.llm_layers < 3:
             raise ValueError(f"premise_weight and sparse_weight need llm_layers >= 3 (layers after the first two), "
                              f"got {self.llm_layers}")
+        if self.readout_weight and not (0 <= self.attention_layer < self.llm_layers - 1 and self.aux_weight > 0):
+            raise ValueError(f"readout_weight needs aux_weight > 0 and an attention_layer in [0, llm_layers - 2 = "
+                             f"{self.llm_layers - 2}] (the read-out is grounded in the layers after it), got "
+                             f"aux_weight={self.aux_weight}, attention_layer={self.attention_layer}")
         if not 0 < self.lr < 1:
             raise ValueError(f"lr={self.lr} must lie in (0, 1)")
         if self.val_episodes < 0 or self.max_minutes < 0 or self.save_every_min <= 0:
@@ -513,9 +525,12 @@ class _TrainHooks:
 
 
 def _wanted_rows(layout: SequenceLayout, n_layers: int, attention_layer: int, prefix_len: int,
-                 premise: bool, sparse: bool) -> dict[int, torch.Tensor]:
+                 premise: bool, sparse: bool, readout: bool = False) -> dict[int, torch.Tensor]:
     """Per layer, the query positions whose attention the training losses read (see :class:`_TrainHooks`)."""
     rows: dict[int, list[torch.Tensor]] = {}
+    if readout:
+        for layer in range(attention_layer + 1, n_layers):
+            rows.setdefault(layer, []).append(layout.action_positions())
     if attention_layer >= 0:
         rows.setdefault(attention_layer, []).append(layout.prompt_positions())
     if premise:
@@ -552,18 +567,18 @@ def labels_at(batch: dict[str, torch.Tensor], layout: SequenceLayout, positions:
 
 
 def _grounded_pass(model: OFTModel, aux: AuxHeads | None, batch: dict[str, torch.Tensor], depth: int | None = None,
-                   drop_layer: int = -1, premise: bool = False, sparse: bool = False):
+                   drop_layer: int = -1, premise: bool = False, sparse: bool = False, readout: bool = False):
     """The training forward pass up to ``depth`` layers, with the token drop of ``batch["keep"]`` (if any) after
     ``drop_layer``, keeping the attention rows the losses in use read (``aux``'s attention grounding, ``premise``:
-    :func:`premise_loss`, ``sparse``: :func:`readout_entropy_loss`): (final states, their positions, layout,
-    mid-layer taps, hooks)."""
+    :func:`premise_loss`, ``sparse``: :func:`readout_entropy_loss`, ``readout``: :func:`readout_grounding_loss`):
+    (final states, their positions, layout, mid-layer taps, hooks)."""
     pixels, prompt_ids = batch["pixel_values"], batch["prompt_ids"]
     layout = model.layout(pixels.shape[1] // 6, prompt_ids.shape[1] - 1)
     seq = model.assemble(model.embed_vision(pixels), batch["proprio"], prompt_ids)  # (B, L, D)
     pos = torch.arange(seq.shape[1])[None].expand(seq.shape[0], -1)  # (B, L)
     taps = {aux.probe_layer: None} if aux is not None and aux.patch_mid is not None else None
     rows = _wanted_rows(layout, model.n_layers, aux.attention_layer if aux is not None else -1,
-                        int(batch["prefix_len"]), premise, sparse)
+                        int(batch["prefix_len"]), premise, sparse, readout)
     hooks = _TrainHooks(rows, drop_layer, batch.get("keep"))
     final, final_pos, _ = model.run_layers(seq, pos, hooks=hooks, taps=taps, depth=depth)  # (B, L', D)
     return final, final_pos, layout, taps, hooks
@@ -595,12 +610,13 @@ def attention_grounding_loss(probs: torch.Tensor, batch: dict[str, torch.Tensor]
 
 def training_losses(model: OFTModel, aux: AuxHeads | None, batch: dict[str, torch.Tensor],
                     aux_weight: float, drop_layer: int = -1, premise_weight: float = 0.0,
-                    sparse_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+                    sparse_weight: float = 0.0, readout_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """(total loss, action L1). Same forward pass as ``OFTModel.forward``, plus the auxiliary losses; with
     ``batch["keep"]``, the visual tokens not in it are dropped after ``drop_layer``."""
     final, final_pos, layout, taps, hooks = _grounded_pass(model, aux if aux_weight else None, batch,
                                                            drop_layer=drop_layer, premise=premise_weight > 0,
-                                                           sparse=sparse_weight > 0)
+                                                           sparse=sparse_weight > 0,
+                                                           readout=readout_weight > 0 and aux_weight > 0)
     readout = model.readout(final, layout)  # (B, T*A, D)
     l1 = (model.action_head(readout) - batch["actions"]).abs().mean()
     loss = l1
@@ -610,6 +626,8 @@ def training_losses(model: OFTModel, aux: AuxHeads | None, batch: dict[str, torc
         loss = loss + sparse_weight * readout_entropy_loss(hooks, layout, model.n_layers)
     if aux is None or aux_weight == 0:
         return loss, l1
+    if readout_weight:
+        loss = loss + readout_weight * readout_grounding_loss(hooks, layout, model.n_layers, aux.attention_layer, batch)
     extra = patch_ce(aux.patch, final, labels_at(batch, layout, final_pos))
     extra = extra + _grounding_terms(aux, layout, taps, hooks, batch)
     extra = extra + (aux.where(readout.mean(dim=1)) - batch["where"]).abs().mean()
@@ -662,6 +680,25 @@ def readout_entropy_loss(hooks: _TrainHooks, layout: SequenceLayout, n_layers: i
         p = hooks.attention(layer, action).float()  # (B, H, 56, L')
         out.append(-(p * p.clamp_min(1e-12).log()).sum(dim=-1).mean() / math.log(p.shape[-1]))
     return torch.stack(out).mean()
+
+
+def readout_grounding_loss(hooks: _TrainHooks, layout: SequenceLayout, n_layers: int, attention_layer: int,
+                           batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """-log of the attention (head and placeholder average) that the action read-out puts on the named object's
+    and the named plate's patches, in each layer after ``attention_layer``, averaged over those layers; samples
+    where neither shows in any key of a layer are left out of it. The actions are a function of where the named
+    object (before the grasp) or plate (after it) is: the routing to them is given, not searched for."""
+    action = layout.action_positions()
+    losses = []
+    for layer in range(attention_layer + 1, n_layers):
+        mean = hooks.attention(layer, action).float().mean(dim=(1, 2))  # (B, L')
+        labels = labels_at(batch, layout, hooks.positions[layer])  # (B, L')
+        named = (labels == PATCH_NAMED_OBJECT) | (labels == PATCH_NAMED_PLATE)
+        rows = named.any(dim=1)
+        if rows.any():
+            mass = (mean * named).sum(dim=1)  # (B,)
+            losses.append(-(mass[rows] + 1e-6).log().mean())
+    return torch.stack(losses).mean() if losses else torch.zeros(())
 
 
 def _grounding_terms(aux: AuxHeads, layout: SequenceLayout, taps: dict | None, hooks: _TrainHooks,
@@ -756,9 +793,20 @@ class TrainResult:
     minutes: float
 
 
+def native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 matrix products natively (oneDNN's own check: AVX512 or Arm BF16)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainResult:
     """Run (or resume) training and write the checkpoint; returns the final losses."""
     torch.set_num_threads(cfg.threads)
+    bf16 = cfg.bf16 and native_bf16()
+    if cfg.bf16 and not bf16:
+        log("this CPU has no native bfloat16 matrix products: training in float32 (bfloat16 autocast would be ~8x slower)")
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     work = out / WORK_DIR
@@ -843,12 +891,13 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainResult:
             if not grounding and cfg.token_drop and rng.random() < cfg.token_drop:
                 layout = model.layout(batch["pixel_values"].shape[1] // 6, batch["prompt_ids"].shape[1] - 1)
                 batch["keep"] = token_drop_positions(rng, layout, cfg.batch_size, cfg.token_drop_min)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16), training_attention(model):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16), training_attention(model):
                 if grounding:
                     loss = grounding_loss(model, aux, batch)
                 else:
                     loss, l1 = training_losses(model, aux, batch, cfg.aux_weight, drop_layer=cfg.token_drop_layer,
-                                               premise_weight=cfg.premise_weight, sparse_weight=cfg.sparse_weight)
+                                               premise_weight=cfg.premise_weight, sparse_weight=cfg.sparse_weight,
+                                               readout_weight=cfg.readout_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -887,7 +936,7 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainResult:
         if not stale.name.endswith(f"--{step}_checkpoint.pt"):
             stale.unlink()
     summary = {"train_config": asdict(cfg), "steps_done": step, "train_l1_last50": train_loss, "val_l1": val_loss,
-               "minutes": minutes, "train_transitions": data_stats["num_transitions"],
+               "minutes": minutes, "bf16_autocast": bf16, "train_transitions": data_stats["num_transitions"],
                "loss_curve_every_50": [float(np.mean(losses[i:i + 50])) for i in range(0, len(losses), 50)],
                "ground_ce_every_50": [float(np.mean(ground_losses[i:i + 50])) for i in range(0, len(ground_losses), 50)]}
     (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
@@ -927,9 +976,9 @@ def attribute_help(doc: str) -> dict[str, str]:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="specprune-train",
-        description="Train a small OpenVLA-OFT-architecture policy on the test-bed task (CPU, about 30-40 min with "
-        "the defaults) and write it in the released checkpoint layout. Re-running with the same flags resumes "
-        f"from <out-dir>/{WORK_DIR}/{STATE_FILE}.",
+        description="Train a small OpenVLA-OFT-architecture policy on the test-bed task (CPU: about 30-40 min with "
+        "the defaults on 2 cores with AVX512, ~4x longer with AVX2 only) and write it in the released checkpoint "
+        f"layout. Re-running with the same flags resumes from <out-dir>/{WORK_DIR}/{STATE_FILE}.",
     )
     defaults = TrainConfig()
     helps = attribute_help(TrainConfig.__doc__ or "")
