@@ -217,6 +217,28 @@ def test_training_attention_matches_the_fused_kernel_and_is_restored(tokenizer):
     assert torch.allclose(fused, written_out, atol=1e-5)
 
 
+def test_training_losses_are_the_same_with_the_models_own_attention(tokenizer):
+    # float32 training keeps the model's fused attention (written_out=False); the losses that read attention rows
+    # (attention grounding at layer 0, the read-out's grounding after it) and their gradients do not change
+    cfg = tr.TrainConfig(**{**TINY, "llm_layers": 3, "attention_layer": 0, "readout_weight": 1.0})
+    eps = generate(2, seed=6, noise=0.1)
+    batch = tr.Batcher(eps, dataset_statistics(eps), tokenizer).sample(np.random.default_rng(1), 2)
+    model, _ = tr.build_model(cfg)
+    aux = tr.AuxHeads(cfg.llm_hidden, -1, 0)
+    results = []
+    for written_out in (True, False):
+        model.zero_grad()
+        with tr.training_attention(model, written_out=written_out):
+            implementation = model.language_model.config._attn_implementation
+            total, l1 = tr.training_losses(model, aux, batch, 0.5, readout_weight=1.0)
+        total.backward()
+        results.append((implementation, total.item(), l1.item(), model.llm.layers[0].self_attn.q_proj.weight.grad.clone()))
+    (impl_w, total_w, l1_w, grad_w), (impl_f, total_f, l1_f, grad_f) = results
+    assert impl_w == tr.TRAIN_ATTENTION and impl_f != tr.TRAIN_ATTENTION
+    assert total_w == pytest.approx(total_f, abs=1e-4) and l1_w == pytest.approx(l1_f, abs=1e-5)
+    assert grad_w.abs().sum() > 0 and torch.allclose(grad_w, grad_f, atol=1e-5, rtol=1e-3)
+
+
 def test_cli_help_and_bad_values(capsys):
     with pytest.raises(SystemExit) as exc:
         tr.main(["--help"])

@@ -412,7 +412,7 @@ def _math_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Ten
     groups = module.num_key_value_groups
     keys = key.repeat_interleave(groups, dim=1) if groups > 1 else key
     values = value.repeat_interleave(groups, dim=1) if groups > 1 else value
-    logits = query @ keys.transpose(-1, -2) * scaling  # (B, H, L, L)
+    logits = (query * scaling) @ keys.transpose(-1, -2)  # (B, H, L, L); scaling the queries, not the L x L logits
     if attention_mask is not None:
         logits = logits + attention_mask
     probs = logits.softmax(dim=-1)
@@ -425,14 +425,20 @@ AttentionInterface.register(TRAIN_ATTENTION, _math_attention)
 
 
 @contextlib.contextmanager
-def training_attention(model: OFTModel):
-    """Explicit-softmax attention in the Llama layers and the timm towers while training (restored after).
+def training_attention(model: OFTModel, written_out: bool = True):
+    """Explicit-softmax attention in the Llama layers and the timm towers while training (restored after), for
+    training under bfloat16 autocast; ``written_out=False`` keeps the model's own attention (for float32).
 
-    On this CPU, torch's fused attention kernel is slow in bfloat16 at these sizes (4 heads of 32 over ~595
-    tokens; 2 heads of 24 over 256): forward + backward of one Llama layer's attention took 45 ms fused
-    against 24 ms written out (8 samples), a training step about 1.3x less. The results are the same up to
-    bfloat16 rounding of the attention probabilities; inference keeps the fused kernel.
+    With native bfloat16 (AVX512-BF16), torch's fused attention kernel is slow at these sizes (4 heads of 32
+    over ~595 tokens; 2 heads of 24 over 256): forward + backward of one Llama layer's attention took 45 ms
+    fused against 24 ms written out (8 samples), a training step about 1.3x less. In float32 it is the other
+    way round: 58 ms fused against 130 ms written out on a 2-core AVX2 CPU, and the model's own attention (fused
+    SDPA, plus the probabilities of the rows the losses read: ``_sdpa_with_row_scores``) is used. The results are
+    the same up to rounding; inference keeps the fused kernel.
     """
+    if not written_out:
+        yield model
+        return
     config = model.language_model.config
     towers = [m for m in model.vision_backbone.modules() if hasattr(m, "fused_attn")]
     before = config._attn_implementation, [m.fused_attn for m in towers]
@@ -891,7 +897,7 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainResult:
             if not grounding and cfg.token_drop and rng.random() < cfg.token_drop:
                 layout = model.layout(batch["pixel_values"].shape[1] // 6, batch["prompt_ids"].shape[1] - 1)
                 batch["keep"] = token_drop_positions(rng, layout, cfg.batch_size, cfg.token_drop_min)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16), training_attention(model):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16), training_attention(model, written_out=bf16):
                 if grounding:
                     loss = grounding_loss(model, aux, batch)
                 else:
