@@ -107,7 +107,9 @@ def test_bench_tiny_json(tmp_path):
     assert r["tokens_per_layer"]["off"] == [r["tokens_total"]] * 8
     assert r["tokens_per_layer"]["paper"][-1] < r["tokens_total"]
     assert 0 < r["flops_ratio_full"] < 1 and r["tokens_kept_mean"] < 512
-    assert out.with_suffix(".png").is_file()
+    assert out.with_suffix(".png").is_file() and r["proportional"] is False
+    assert bench.main(["--model=tiny", "--steps=2", "--warmup=0", f"--json={out}", "--device=cpu", "--proportional"]) == 0
+    assert json.loads(out.read_text())["proportional"] is True
 
 
 def test_demo_policy_stage(tmp_path, capsys, monkeypatch):

@@ -15,6 +15,7 @@ from specprune_ros.core.pruning import (
     RandomSelection,
     SpecPruner,
     changed_patches,
+    grid_cell,
     importance,
     lookback_steps,
     patch_cosine,
@@ -233,6 +234,79 @@ def test_oracle_selection_keeps_the_best_scored_tokens_at_the_methods_counts():
     assert pruner.record.kept_patches["primary"] == [200, 201, 202, 203]
     assert pruner.record.kept_patches["wrist"] == [100, 101]
     assert kept[(kept < 1) | (kept >= 513)].tolist() == [0] + list(range(513, LAYOUT.length))
+
+
+def test_proportional_weights_go_to_the_nearest_kept_token_of_the_view():
+    cfg = CFG.replace(proportional=True)
+    fav0 = {V0 + 0: 9.0, V0 + 1: 8.0, V0 + 255: 7.0, V0 + 254: 6.0, V1 + 17: 9.0, V1 + 18: 8.0}
+    fav1 = {V0 + 0: 9.0, V0 + 255: 9.0, V1 + 17: 9.0}
+    pruner = SpecPruner(cfg, n_layers=32, views=("primary", "wrist"))
+    pos0 = torch.arange(LAYOUT.length)[None]
+    pruner.begin(LAYOUT, [np.zeros((224, 224, 3), np.uint8)] * 2, PREFIX, None, None, chunk_len=8)
+    assert pruner.key_bias(0, pos0) is None  # nothing dropped yet
+    keep = pruner.after_layer(0, text_probs(pos0[0], fav0, pruner.score_rows(0, pos0).numel()), pos0)
+    pos1 = pos0[:, keep]
+    bias1 = pruner.key_bias(1, pos1)
+    keep = pruner.after_layer(1, text_probs(pos1[0], fav1, pruner.score_rows(1, pos1).numel()), pos1)
+    pos2 = pos1[:, keep]
+    weight = pruner.key_bias(2, pos2).exp()
+    by_pos = dict(zip(pos2[0].tolist(), weight.tolist()))
+    # layer 0 keeps the primary view's top-2K = patches 0, 1, 254, 255: each of the 252 others goes to the nearest of
+    # them in the 16 x 16 grid; layer 1 keeps 0 and 255 (its top-K) and 1 (layer 0's top-K): 254 and what it carried go
+    # to 255. The wrist keeps 17 and 18, then 17: all 256 weights end on 17.
+    kept_primary = [V0 + 0, V0 + 1, V0 + 255]
+    assert sorted(p for p in by_pos if V0 <= p < V1) == kept_primary
+    cells = grid_cell(torch.arange(256))
+    first = torch.bincount(torch.cdist(cells, cells[[0, 1, 254, 255]]).argmin(dim=1), minlength=4).tolist()
+    assert [by_pos[p] for p in kept_primary] == pytest.approx([first[0], first[1], first[2] + first[3]])
+    assert by_pos[V1 + 17] == pytest.approx(256)
+    assert all(by_pos[p] == pytest.approx(1.0) for p in by_pos if not V0 <= p < V1 + 256)  # non-visual: weight 1
+    assert bias1 is not None and bias1.numel() == pos1.shape[1]
+    assert weight.sum() == pytest.approx(pos0.shape[1])  # no weight lost: 512 visual + the non-visual tokens
+    assert SpecPruner(CFG, n_layers=32, views=("primary", "wrist")).key_bias(0, pos0) is None  # off by default
+
+
+def test_a_key_bias_of_log_w_is_w_identical_tokens(tiny_checkpoint, observation):
+    """The layer loop adds ``key_bias`` to every row's logits: a token weighted 3 acts on the others as three
+    identical copies of it (same hidden state, same position) would, in every layer."""
+    pol = build_policy(PolicyConfig(checkpoint=str(tiny_checkpoint), preset="off"))
+    model = pol.model
+    torch.manual_seed(0)
+    seq = torch.randn(1, 40, model.llm.config.hidden_size)
+    pos = torch.arange(40)[None]
+
+    class Bias:
+        def score_rows(self, layer, position_ids):
+            return None
+
+        def after_layer(self, layer, probs, position_ids):
+            return None
+
+        def key_bias(self, layer, position_ids):
+            return (position_ids[0] == 7).float() * float(np.log(3.0))
+
+    with torch.no_grad():
+        weighted, _, _ = model.run_layers(seq, pos, Bias())
+        copies = torch.cat([seq[:, :8], seq[:, 7:8], seq[:, 7:8], seq[:, 8:]], dim=1)
+        copied, _, _ = model.run_layers(copies, torch.cat([pos[:, :8], pos[:, 7:8], pos[:, 7:8], pos[:, 8:]], dim=1))
+        plain, _, _ = model.run_layers(seq, pos)
+    others = torch.cat([copied[:, :8], copied[:, 10:]], dim=1)
+    torch.testing.assert_close(weighted, others, atol=1e-5, rtol=1e-4)
+    assert (weighted - plain).abs().max() > 1e-3
+
+
+def test_proportional_pruning_keeps_the_counts_and_changes_the_actions(tiny_checkpoint):
+    obs = [make_observation(seed=i) for i in range(2)]
+    plain = build_policy(PolicyConfig(checkpoint=str(tiny_checkpoint), preset="paper"))
+    prop = build_policy(PolicyConfig(checkpoint=str(tiny_checkpoint), preset="paper", proportional=True))
+    assert prop.pruning == PRESETS["paper"].replace(proportional=True) and not plain.pruning.proportional
+    for o in obs:
+        a, b = plain.infer(o), prop.infer(o)
+        # the first layer's choice is the same (nothing weighted yet); later rankings read the weighted attention
+        assert a.stats.tokens_per_layer[:2] == b.stats.tokens_per_layer[:2]
+        assert np.abs(a.actions - b.actions).max() > 1e-4 and np.all(np.isfinite(b.actions))
+    off = build_policy(PolicyConfig(checkpoint=str(tiny_checkpoint), preset="off", proportional=True))
+    assert not off.pruning.enabled  # nothing pruned, nothing to weigh
 
 
 def test_no_prune_without_a_score():

@@ -93,7 +93,15 @@ def test_variants_and_config_validation():
         with pytest.raises(ValueError):
             ev.pruning_for(bad)
     # a controller suffix, then a selection suffix: the controller's benefit at equal budget with another choice
-    assert ev.split_variant("paper+matched+random") == ("paper", "+matched", "+random")
+    assert ev.split_variant("paper+matched+random") == ("paper", "+matched", "+random", "")
+    # +proportional last: the preset's configuration with PruningConfig.proportional
+    assert ev.split_variant("paper+random+proportional") == ("paper", "", "+random", "+proportional")
+    assert ev.pruning_for("paper+proportional") == ev.pruning_for("paper").replace(proportional=True)
+    assert ev.pruning_for("paper+matched+proportional", fine_fraction=0.25) == matched.replace(proportional=True)
+    assert ev.matched_source("paper+matched+random+proportional") == "paper+random+proportional"
+    for bad in ("off+proportional", "paper+proportional+random"):
+        with pytest.raises(ValueError):
+            ev.pruning_for(bad)
     assert ev.pruning_for("paper+matched+random", fine_fraction=0.25) == matched
     assert ev.pruning_for("paper+nocontroller+oracle") == ev.pruning_for("paper+nocontroller")
     assert ev.matched_source("paper+matched+random") == "paper+random" and ev.matched_source("paper+matched") == "paper"

@@ -63,6 +63,8 @@ class PolicyConfig:
     device: str = _doc("torch device: cpu, cuda, cuda:1, ...", default="cpu")
     dtype: str = _doc("weights and activations: float32 (CPU) or bfloat16 (CUDA)", default="float32")
     preset: str = _doc("pruning preset: off, conservative, paper, aggressive (docs/method.md)", default="paper")
+    proportional: bool = _doc("with a pruning preset: each dropped visual token's attention weight goes to the nearest "
+                              "kept token of its view (not in the paper; docs/method.md)", default=False)
     views: tuple[str, ...] = _doc("camera view names in checkpoint image order", default=("primary", "wrist"))
     flip: bool = _doc("rotate camera frames 180 degrees (LIBERO)", default=False)
     center_crop: bool = _doc("center crop of crop_scale area, then resize back to 224", default=True)

@@ -197,6 +197,9 @@ class LayerHooks(Protocol):
         Positions are 1-D (the same for every sample) or (B, L'') (one row per sample, as many in each).
         """
 
+    # optional: key_bias(layer, position_ids) -> (L',) tensor or None, added to every query's attention logits over
+    # the keys entering ``layer`` (SpecPruner's proportional attention); hooks without it add nothing
+
 
 @dataclass
 class SequenceLayout:
@@ -317,9 +320,12 @@ class OFTModel(nn.Module):
             rows = hooks.score_rows(i, position_ids) if hooks is not None else None
             sink: list = []
             cos_sin = self.llm.rotary_emb(hidden, position_ids=position_ids)
+            key_bias = getattr(hooks, "key_bias", None)
+            bias = key_bias(i, position_ids) if key_bias is not None else None  # (L',) added to every row's logits
+            mask = None if bias is None else bias.to(hidden.dtype)[None, None, None, :].expand(1, 1, hidden.shape[1], -1)
             hidden = layer(
                 hidden,
-                attention_mask=None,
+                attention_mask=mask,
                 position_embeddings=cos_sin,
                 is_causal=False,
                 score_rows=rows,

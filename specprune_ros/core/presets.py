@@ -70,6 +70,9 @@ class PruningConfig:
     rank_k: float = _doc("sharpness k of the rank weight sigmoid(-k rank)", default=0.1)
     entropy_eps: float = _doc("eps of the confidence 1/(normalized entropy + eps)", default=1e-3)
     controller: ControllerConfig = _doc("coarse/fine controller", default_factory=ControllerConfig)
+    # --- not in the paper (docs/method.md)
+    proportional: bool = _doc("dropped visual tokens pass their weight to the nearest kept token of their view, "
+                              "whose attention logits as a key get + log(weight); off = the paper's plain drop", default=False)
 
     def __post_init__(self) -> None:
         for name in ("local_k_coarse", "local_k_fine", "tau", "static_count"):

@@ -8,6 +8,7 @@ See docs/method.md for the mapping to the paper.
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -82,6 +83,23 @@ def top_indices(scores: torch.Tensor, candidates: torch.Tensor, k: int) -> torch
 
 
 # ----------------------------------------------------------------------------------------------------------
+def grid_cell(patch: torch.Tensor) -> torch.Tensor:
+    """(N,) patch indices of a view (row-major) -> (N, 2) float (row, column) in its square patch grid."""
+    return torch.stack([patch // GRID, patch % GRID], dim=1).float()
+
+
+@functools.lru_cache(maxsize=4)
+def patch_distances(n_views: int) -> torch.Tensor:
+    """(V*256, V*256) grid distance between the visual tokens of ``n_views`` views; inf between different views."""
+    cells = grid_cell(torch.arange(PATCHES_PER_VIEW))
+    within = torch.cdist(cells, cells)
+    out = torch.full((n_views * PATCHES_PER_VIEW,) * 2, float("inf"))
+    for v in range(n_views):
+        block = slice(v * PATCHES_PER_VIEW, (v + 1) * PATCHES_PER_VIEW)
+        out[block, block] = within
+    return out
+
+
 @dataclass
 class PruneRecord:
     """What the last pass kept (per view: patch indices 0..255 after static pruning)."""
@@ -126,6 +144,7 @@ class SpecPruner:
         self.controller.reset()
         self.record = PruneRecord()
         self.in_loop_ms = 0.0
+        self._weight: torch.Tensor | None = None  # set per pass by begin() (proportional attention)
 
     def begin(
         self,
@@ -172,6 +191,9 @@ class SpecPruner:
         self._score: torch.Tensor | None = None  # EMA importance over original positions
         self._next_global: dict[int, set[int]] = {v: set() for v in range(len(self.views))}
         self._n_text = 0
+        # proportional attention: how many original visual tokens each token stands for, over ORIGINAL positions
+        self._weight = torch.ones(L) if cfg.proportional else None
+        self._entered: torch.Tensor | None = None  # original positions that entered the previous layer
         self.in_loop_ms = 0.0
         self.history = (self.history + [(self.step, [f.copy() for f in frames])])[-4:]
         self.queries += 1
@@ -204,6 +226,42 @@ class SpecPruner:
         if action:
             rows.append(torch.searchsorted(pos, self._action_pos.to(pos.device)))
         return torch.cat(rows)
+
+    def key_bias(self, layer: int, position_ids: torch.Tensor) -> torch.Tensor | None:
+        """With ``proportional``: (L',) log of the weight of each token entering ``layer`` (the number of original
+        visual tokens it stands for), added to its attention logits as a key; None while every weight is 1.
+
+        Visual tokens dropped since the previous layer pass their weight to the nearest surviving token of their
+        view in the patch grid (ties: the first). A read-out that spreads its attention over many patches then
+        keeps about the share it gave the dropped region, placed where that region was, instead of having it
+        spread over the survivors (ToMe's proportional attention, with the dropped tokens' values left out). The
+        rankings after the first drop read these weighted probabilities: a kept token is ranked by the attention
+        its whole region gets, which favours tokens standing for large, otherwise unrepresented regions.
+        """
+        if self._weight is None:
+            return None
+        t0 = time.perf_counter()
+        pos = position_ids.squeeze(0)
+        if self._entered is not None and pos.numel() < self._entered.numel():
+            self._carry_weight(self._entered[~torch.isin(self._entered, pos)], pos)
+        self._entered = pos
+        weight = self._weight.to(pos.device)[pos]
+        self.in_loop_ms += (time.perf_counter() - t0) * 1e3
+        return None if bool((weight == 1).all()) else weight.log()
+
+    def _carry_weight(self, dropped: torch.Tensor, survivors: torch.Tensor) -> None:
+        """Each dropped visual token's weight to the nearest survivor of its view (none left: the weight is lost)."""
+        start, n = self.layout.vis_start, self.layout.n_visual
+        dropped, survivors = dropped.cpu(), survivors.cpu()
+        dropped = dropped[(dropped >= start) & (dropped < start + n)]
+        survivors = survivors[(survivors >= start) & (survivors < start + n)]
+        if dropped.numel() == 0 or survivors.numel() == 0:
+            return
+        dist = patch_distances(n // PATCHES_PER_VIEW)[(dropped - start)[:, None], (survivors - start)[None, :]]  # (G, K)
+        best, nearest = dist.min(dim=1)
+        same = best.isfinite()
+        self._weight.index_add_(0, survivors[nearest[same]], self._weight[dropped[same]])
+        self._weight[dropped] = 0.0
 
     def after_layer(self, layer: int, probs: torch.Tensor | None, position_ids: torch.Tensor) -> torch.Tensor | None:
         if probs is None and layer not in self.prune_after:

@@ -58,17 +58,21 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
 MATCHED = "+matched"
 RANDOM = "+random"
 ORACLE = "+oracle"
+PROPORTIONAL = "+proportional"
 #: variant suffixes that replace the preset's choice of tokens, keeping its counts
 CONTROLS = (RANDOM, ORACLE)
 
 
-def split_variant(variant: str) -> tuple[str, str, str]:
-    """(preset, controller suffix, selection suffix) of a variant name: ``paper+matched+random`` gives
-    ``("paper", "+matched", "+random")``, ``paper`` gives ``("paper", "", "")``. Not validated (:func:`pruning_for`)."""
-    control = next((c for c in CONTROLS if variant.endswith(c)), "")
-    rest = variant.removesuffix(control)
+def split_variant(variant: str) -> tuple[str, str, str, str]:
+    """(preset, controller suffix, selection suffix, ``+proportional`` or "") of a variant name:
+    ``paper+matched+random`` gives ``("paper", "+matched", "+random", "")``, ``paper+proportional`` gives
+    ``("paper", "", "", "+proportional")``. Not validated (:func:`pruning_for`)."""
+    proportional = PROPORTIONAL if variant.endswith(PROPORTIONAL) else ""
+    rest = variant.removesuffix(proportional)
+    control = next((c for c in CONTROLS if rest.endswith(c)), "")
+    rest = rest.removesuffix(control)
     controller = next((c for c in (NO_CONTROLLER, MATCHED) if rest.endswith(c)), "")
-    return rest.removesuffix(controller), controller, control
+    return rest.removesuffix(controller), controller, control, proportional
 
 
 def variant_preset(variant: str) -> str:
@@ -80,15 +84,16 @@ def variant_preset(variant: str) -> str:
 def matched_source(variant: str) -> str:
     """The variant whose run gives a ``+matched`` variant its budget: the same without ``+matched``
     (``paper`` for ``paper+matched``, ``paper+random`` for ``paper+matched+random``)."""
-    base, controller, control = split_variant(variant)
-    return base + (controller if controller != MATCHED else "") + control
+    base, controller, control, proportional = split_variant(variant)
+    return base + (controller if controller != MATCHED else "") + control + proportional
 
 
 def pruning_for(variant: str, fine_fraction: float | None = None) -> PruningConfig:
     """The pruning configuration of a variant name: ``preset``, ``preset+nocontroller`` or ``preset+matched``,
     each optionally followed by ``+random`` or ``+oracle`` (these two keep the configuration;
     :class:`~specprune_ros.core.pruning.RandomSelection` or :class:`~specprune_ros.core.pruning.OracleSelection`
-    replaces its choice of tokens at run time).
+    replaces its choice of tokens at run time), then optionally by ``+proportional`` (the dropped tokens'
+    attention weight carried to the kept ones: ``PruningConfig.proportional``).
 
     ``+nocontroller`` runs the preset with the coarse/fine controller disabled (always the coarse budget).
     ``+matched`` disables it too but gives every query the preset's average V_local budget instead: the
@@ -96,13 +101,14 @@ def pruning_for(variant: str, fine_fraction: float | None = None) -> PruningConf
     fine mode. It uses as many tokens on average as the preset with its controller, so the two compare the
     controller's choice of *when* to keep more tokens at an equal token budget.
     """
-    base, controller, control = split_variant(variant)
+    base, controller, control, proportional = split_variant(variant)
     if base not in PRESETS:
         raise ValueError(f"unknown variant {variant!r}: use a preset ({', '.join(sorted(PRESETS))}), optionally "
-                         f"followed by {NO_CONTROLLER!r} or {MATCHED!r}, then optionally by {RANDOM!r} or {ORACLE!r}")
-    if control and not PRESETS[base].enabled:
-        raise ValueError(f"{variant}: {base} prunes nothing, there is no selection to replace")
-    cfg = PRESETS[base]
+                         f"followed by {NO_CONTROLLER!r} or {MATCHED!r}, then optionally by {RANDOM!r} or {ORACLE!r}, "
+                         f"then optionally by {PROPORTIONAL!r}")
+    if (control or proportional) and not PRESETS[base].enabled:
+        raise ValueError(f"{variant}: {base} prunes nothing, there is no selection to replace or weigh")
+    cfg = PRESETS[base].replace(proportional=bool(proportional))
     if controller:
         cfg = dataclasses.replace(cfg, controller=dataclasses.replace(cfg.controller, enabled=False))
     if controller == MATCHED:
@@ -556,11 +562,11 @@ def evaluate(cfg: EvalConfig, out_dir: str | Path | None = None, progress: bool 
 
     def make_policy(variant: str) -> Policy:
         policy = build_policy(PolicyConfig(checkpoint=cfg.checkpoint, preset=variant_preset(variant)), pruning(variant))
-        if variant.endswith(RANDOM):
+        if split_variant(variant)[2] == RANDOM:
             from ..core.pruning import RandomSelection
 
             policy.pruner = RandomSelection(policy.pruning, policy.pruner.n_layers, policy.pruner.views)
-        if variant.endswith(ORACLE):
+        if split_variant(variant)[2] == ORACLE:
             return OraclePolicy(policy)
         return policy
 
@@ -685,7 +691,8 @@ def main(argv: list[str] | None = None) -> int:
                    "disables it and gives every query the preset's average budget (list the preset first), "
                    f"'<preset>{RANDOM}' keeps as many tokens as the preset, chosen at random, '<preset>{ORACLE}' as "
                    "many, those the action placeholders attend to most in an unpruned pass of the same observation; "
-                   f"the two last follow the others too: '<preset>{MATCHED}{RANDOM}' (list '<preset>{RANDOM}' first) "
+                   f"the two last follow the others too: '<preset>{MATCHED}{RANDOM}' (list '<preset>{RANDOM}' first); "
+                   f"'{PROPORTIONAL}' last carries the dropped tokens' attention weight to the kept ones "
                    f"(default {','.join(d.variants)}; presets: {', '.join(sorted(PRESETS))})")
     p.add_argument("--episodes", type=int, default=d.episodes, help=f"episodes per variant (default {d.episodes})")
     p.add_argument("--first-seed", type=int, default=d.first_seed, help="first task seed (default 0)")
