@@ -110,6 +110,8 @@ def test_bench_tiny_json(tmp_path):
     assert out.with_suffix(".png").is_file() and r["proportional"] is False
     assert bench.main(["--model=tiny", "--steps=2", "--warmup=0", f"--json={out}", "--device=cpu", "--proportional"]) == 0
     assert json.loads(out.read_text())["proportional"] is True
+    assert bench.main(["--model=tiny", "--steps=2", "--warmup=0", f"--json={out}", "--device=cpu", "--merge"]) == 0
+    assert json.loads(out.read_text())["merge"] is True
 
 
 def test_demo_policy_stage(tmp_path, capsys, monkeypatch):

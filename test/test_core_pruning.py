@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import make_observation
 
-from specprune_ros.core.config import PolicyConfig
+from specprune_ros.core.config import ConfigError, PolicyConfig
 from specprune_ros.core.model import SequenceLayout
 from specprune_ros.core.policy import build_policy
 from specprune_ros.core.presets import PRESETS, ControllerConfig, PruningConfig
@@ -17,6 +17,7 @@ from specprune_ros.core.pruning import (
     changed_patches,
     grid_cell,
     importance,
+    patch_distances,
     lookback_steps,
     patch_cosine,
     top_indices,
@@ -266,6 +267,34 @@ def test_proportional_weights_go_to_the_nearest_kept_token_of_the_view():
     assert SpecPruner(CFG, n_layers=32, views=("primary", "wrist")).key_bias(0, pos0) is None  # off by default
 
 
+def test_merge_averages_each_kept_token_with_the_dropped_ones_it_absorbs():
+    cfg = CFG.replace(proportional=True, merge=True)
+    fav0 = {V0 + 0: 9.0, V0 + 1: 8.0, V0 + 255: 7.0, V0 + 254: 6.0, V1 + 17: 9.0, V1 + 18: 8.0}
+    pruner = SpecPruner(cfg, n_layers=32, views=("primary", "wrist"))
+    pos = torch.arange(LAYOUT.length)[None]
+    pruner.begin(LAYOUT, [np.zeros((224, 224, 3), np.uint8)] * 2, PREFIX, None, None, chunk_len=8)
+    pruner.key_bias(0, pos)
+    keep = pruner.after_layer(0, text_probs(pos[0], fav0, pruner.score_rows(0, pos).numel()), pos)
+    hidden = torch.randn(1, LAYOUT.length, 8)
+    merged = pruner.merge(hidden, keep, pos)
+    kept = set(keep.tolist())
+    dist = patch_distances(2)
+    for view, kept_patches in ((0, [0, 1, 254, 255]), (1, [17, 18])):
+        base = view * 256
+        others = [p for p in range(256) if p not in kept_patches]
+        owner = dist[[base + p for p in others]][:, [base + k for k in kept_patches]].argmin(dim=1)
+        for j, k in enumerate(kept_patches):
+            members = [V0 + base + k] + [V0 + base + p for p, o in zip(others, owner.tolist()) if o == j]
+            torch.testing.assert_close(merged[0, V0 + base + k], hidden[0, members].mean(dim=0))
+    untouched = [i for i in range(LAYOUT.length) if not V0 <= i < V1 + 256 or i not in kept]
+    torch.testing.assert_close(merged[0, untouched], hidden[0, untouched])  # dropped ones are gathered away anyway
+    assert SpecPruner(CFG.replace(proportional=True), n_layers=32, views=("primary", "wrist")).merge(hidden, keep, pos) is hidden
+    with pytest.raises(ConfigError, match="proportional"):
+        CFG.replace(merge=True)
+    with pytest.raises(ConfigError, match="proportional"):
+        PolicyConfig(merge=True)
+
+
 def test_a_key_bias_of_log_w_is_w_identical_tokens(tiny_checkpoint, observation):
     """The layer loop adds ``key_bias`` to every row's logits: a token weighted 3 acts on the others as three
     identical copies of it (same hidden state, same position) would, in every layer."""
@@ -305,6 +334,12 @@ def test_proportional_pruning_keeps_the_counts_and_changes_the_actions(tiny_chec
         # the first layer's choice is the same (nothing weighted yet); later rankings read the weighted attention
         assert a.stats.tokens_per_layer[:2] == b.stats.tokens_per_layer[:2]
         assert np.abs(a.actions - b.actions).max() > 1e-4 and np.all(np.isfinite(b.actions))
+    merged = build_policy(PolicyConfig(checkpoint=str(tiny_checkpoint), preset="paper", proportional=True, merge=True))
+    assert merged.pruning.merge
+    prop.reset()  # both start the episode afresh: only the merge differs
+    for o in obs:
+        b, c = prop.infer(o), merged.infer(o)
+        assert np.abs(b.actions - c.actions).max() > 1e-4 and np.all(np.isfinite(c.actions))
     off = build_policy(PolicyConfig(checkpoint=str(tiny_checkpoint), preset="off", proportional=True))
     assert not off.pruning.enabled  # nothing pruned, nothing to weigh
 

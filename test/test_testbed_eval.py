@@ -99,6 +99,8 @@ def test_variants_and_config_validation():
     assert ev.pruning_for("paper+proportional") == ev.pruning_for("paper").replace(proportional=True)
     assert ev.pruning_for("paper+matched+proportional", fine_fraction=0.25) == matched.replace(proportional=True)
     assert ev.matched_source("paper+matched+random+proportional") == "paper+random+proportional"
+    assert ev.pruning_for("paper+merge") == ev.pruning_for("paper").replace(proportional=True, merge=True)
+    assert ev.split_variant("paper+random+merge") == ("paper", "", "+random", "+merge")
     for bad in ("off+proportional", "paper+proportional+random"):
         with pytest.raises(ValueError):
             ev.pruning_for(bad)

@@ -73,10 +73,10 @@ def random_policy(size: str, config: PolicyConfig, seed: int, workdir: Path) -> 
     return OFTPolicy(config, ckpt, model)
 
 
-def share_policy(base: OFTPolicy, preset: str, proportional: bool = False) -> OFTPolicy:
-    """Same weights, another preset (with ``proportional``: PolicyConfig.proportional)."""
+def share_policy(base: OFTPolicy, preset: str, proportional: bool = False, merge: bool = False) -> OFTPolicy:
+    """Same weights, another preset (``proportional``, ``merge``: those PolicyConfig fields)."""
     cfg = PolicyConfig.from_mapping({**{k: getattr(base.config, k) for k in PolicyConfig.fields_doc()}, "preset": preset,
-                                     "proportional": proportional})
+                                     "proportional": proportional or merge, "merge": merge})
     return OFTPolicy(cfg, base.checkpoint, base.model)
 
 
@@ -98,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="paper", help=f"pruning preset: {', '.join(p for p in PRESETS if p != 'off')} (default: paper)")
     p.add_argument("--proportional", action="store_true",
                    help="the preset with proportional attention (PolicyConfig.proportional; docs/method.md section 6)")
+    p.add_argument("--merge", action="store_true", help="... and the dropped tokens merged into the kept ones (implies "
+                   "--proportional; PolicyConfig.merge)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: float32 on cpu, bfloat16 on cuda)")
     p.add_argument("--seed", type=int, default=0, help="weights and episode seed (default: 0)")
@@ -130,7 +132,7 @@ def main_args(argv: list[str]) -> int:
             base = OFTPolicy(base_cfg, ckpt, load_model(ckpt, device, TORCH_DTYPES[dtype]))
         else:
             base = random_policy(args.model, base_cfg, args.seed, Path(tmp))
-        pruned = share_policy(base, args.preset, args.proportional)
+        pruned = share_policy(base, args.preset, args.proportional, args.merge)
         load_s = time.perf_counter() - t0
         log(f"model ready in {load_s:.1f}s ({args.checkpoint or args.model}, {device}, {dtype})")
         obs = episode(args.warmup + args.steps, seed=args.seed, chunk_len=base.chunk_len)
@@ -182,7 +184,8 @@ def summarize(runs: dict, args, device: str, dtype: str, base: OFTPolicy) -> dic
     return {
         "model": args.checkpoint or args.model,
         "preset": args.preset,
-        "proportional": args.proportional,
+        "proportional": args.proportional or args.merge,
+        "merge": args.merge,
         "device": device,
         "device_name": torch.cuda.get_device_name(device) if device.startswith("cuda") else platform.processor() or platform.machine(),
         "dtype": dtype,

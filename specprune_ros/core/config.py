@@ -65,6 +65,8 @@ class PolicyConfig:
     preset: str = _doc("pruning preset: off, conservative, paper, aggressive (docs/method.md)", default="paper")
     proportional: bool = _doc("with a pruning preset: each dropped visual token's attention weight goes to the nearest "
                               "kept token of its view (not in the paper; docs/method.md)", default=False)
+    merge: bool = _doc("with proportional: each kept token's hidden state also becomes the weighted mean of those it "
+                       "stands for (not in the paper; docs/method.md)", default=False)
     views: tuple[str, ...] = _doc("camera view names in checkpoint image order", default=("primary", "wrist"))
     flip: bool = _doc("rotate camera frames 180 degrees (LIBERO)", default=False)
     center_crop: bool = _doc("center crop of crop_scale area, then resize back to 224", default=True)
@@ -89,6 +91,8 @@ class PolicyConfig:
 
         if self.preset not in PRESETS:
             raise ConfigError(f"preset={self.preset!r} is unknown; known: {sorted(PRESETS)}{closest(self.preset, PRESETS)}")
+        if self.merge and not self.proportional:
+            raise ConfigError("merge=true needs proportional=true (docs/method.md, section 6)")
         self.preprocess  # validates crop_scale
 
     @property

@@ -198,7 +198,8 @@ class LayerHooks(Protocol):
         """
 
     # optional: key_bias(layer, position_ids) -> (L',) tensor or None, added to every query's attention logits over
-    # the keys entering ``layer`` (SpecPruner's proportional attention); hooks without it add nothing
+    # the keys entering ``layer`` (SpecPruner's proportional attention); hooks without it add nothing.
+    # optional: merge(hidden, keep, position_ids) -> hidden, applied before a 1-D ``keep`` gathers (SpecPruner's merge)
 
 
 @dataclass
@@ -339,6 +340,9 @@ class OFTModel(nn.Module):
                     hidden = hidden.gather(1, keep[..., None].expand(-1, -1, hidden.shape[-1]))
                     position_ids = position_ids.gather(1, keep)
                 elif keep is not None:
+                    merge = getattr(hooks, "merge", None)
+                    if merge is not None:  # the pruner may fold the dropped tokens into the kept ones first
+                        hidden = merge(hidden, keep, position_ids)
                     hidden = hidden[:, keep]  # (B, L', D)
                     position_ids = position_ids[:, keep]
         return self.llm.norm(hidden), position_ids, lengths

@@ -74,7 +74,7 @@ class OFTPolicy:
         self.preset = config.preset
         self.pruning = pruning if pruning is not None else PRESETS[config.preset]
         if config.proportional and self.pruning.enabled:
-            self.pruning = self.pruning.replace(proportional=True)
+            self.pruning = self.pruning.replace(proportional=True, merge=config.merge)
         self.pruner = SpecPruner(self.pruning, n_layers=model.n_layers, views=self.views) if self.pruning.enabled else None
 
     # -- contract --------------------------------------------------------------------------------------------

@@ -73,6 +73,8 @@ class PruningConfig:
     # --- not in the paper (docs/method.md)
     proportional: bool = _doc("dropped visual tokens pass their weight to the nearest kept token of their view, "
                               "whose attention logits as a key get + log(weight); off = the paper's plain drop", default=False)
+    merge: bool = _doc("with proportional: the kept token's hidden state also becomes the weighted mean of its own and "
+                       "those of the tokens it absorbs (ToMe merge)", default=False)
 
     def __post_init__(self) -> None:
         for name in ("local_k_coarse", "local_k_fine", "tau", "static_count"):
@@ -95,6 +97,8 @@ class PruningConfig:
                 )
         if self.dynamic and self.prune_layers and not self.score_layers:
             raise ConfigError("prune_layers without score_layers: a real score must exist before the first prune")
+        if self.merge and not self.proportional:
+            raise ConfigError("merge=True needs proportional=True (the merged token's weight is its key bias)")
 
     def per_view(self, values: tuple, view_index: int):
         """Value of a per-view tuple for view ``view_index`` (views beyond the tuple reuse its last entry)."""

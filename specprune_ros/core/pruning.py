@@ -249,19 +249,51 @@ class SpecPruner:
         self.in_loop_ms += (time.perf_counter() - t0) * 1e3
         return None if bool((weight == 1).all()) else weight.log()
 
-    def _carry_weight(self, dropped: torch.Tensor, survivors: torch.Tensor) -> None:
-        """Each dropped visual token's weight to the nearest survivor of its view (none left: the weight is lost)."""
+    def _nearest(self, dropped: torch.Tensor, survivors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """For the visual ones among ``dropped`` (original positions): (those that have a surviving visual token of
+        their view, the index into ``survivors`` of the nearest one in the patch grid; ties: the first)."""
         start, n = self.layout.vis_start, self.layout.n_visual
-        dropped, survivors = dropped.cpu(), survivors.cpu()
+        is_vis = (survivors >= start) & (survivors < start + n)
         dropped = dropped[(dropped >= start) & (dropped < start + n)]
-        survivors = survivors[(survivors >= start) & (survivors < start + n)]
-        if dropped.numel() == 0 or survivors.numel() == 0:
-            return
-        dist = patch_distances(n // PATCHES_PER_VIEW)[(dropped - start)[:, None], (survivors - start)[None, :]]  # (G, K)
+        if dropped.numel() == 0 or not bool(is_vis.any()):
+            return dropped[:0], dropped[:0]
+        dist = patch_distances(n // PATCHES_PER_VIEW)[(dropped - start)[:, None], (survivors.clamp(start, start + n - 1) - start)[None, :]]
+        dist[:, ~is_vis] = float("inf")  # (G, K): non-visual survivors never absorb
         best, nearest = dist.min(dim=1)
         same = best.isfinite()
-        self._weight.index_add_(0, survivors[nearest[same]], self._weight[dropped[same]])
+        return dropped[same], nearest[same]
+
+    def _carry_weight(self, dropped: torch.Tensor, survivors: torch.Tensor) -> None:
+        """Each dropped visual token's weight to the nearest survivor of its view (none left: the weight is lost)."""
+        dropped, survivors = dropped.cpu(), survivors.cpu()
+        moved, nearest = self._nearest(dropped, survivors)
+        self._weight.index_add_(0, survivors[nearest], self._weight[moved])
         self._weight[dropped] = 0.0
+
+    def merge(self, hidden: torch.Tensor, keep: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        """With ``merge``: before ``keep`` (1-D indices) is applied, each kept visual token's hidden state becomes the
+        weighted mean of its own and those of the dropped tokens that pass their weight to it (the same nearest-token
+        rule as the weights, weights taken before they move). Otherwise ``hidden`` unchanged."""
+        if not self.cfg.merge or self._weight is None:
+            return hidden
+        t0 = time.perf_counter()
+        pos = position_ids.squeeze(0).cpu()
+        kept = torch.zeros(pos.numel(), dtype=torch.bool)
+        kept[keep.cpu()] = True
+        moved, nearest = self._nearest(pos[~kept], pos[kept])
+        if moved.numel():
+            index_of = torch.full((self.layout.length,), -1, dtype=torch.long)
+            index_of[pos] = torch.arange(pos.numel())
+            src, dst = index_of[moved], torch.nonzero(kept).squeeze(1)[nearest]  # indices into the pass
+            weight = self._weight[pos].to(hidden.device, torch.float32)  # (L',) before the carry
+            total = weight.clone().index_add_(0, dst.to(hidden.device), weight[src.to(hidden.device)])
+            h = hidden[0].float() * weight[:, None]
+            h.index_add_(0, dst.to(hidden.device), h[src.to(hidden.device)])
+            targets = dst.unique().to(hidden.device)
+            hidden = hidden.clone()
+            hidden[0, targets] = (h[targets] / total[targets, None]).to(hidden.dtype)
+        self.in_loop_ms += (time.perf_counter() - t0) * 1e3
+        return hidden
 
     def after_layer(self, layer: int, probs: torch.Tensor | None, position_ids: torch.Tensor) -> torch.Tensor | None:
         if probs is None and layer not in self.prune_after:

@@ -59,15 +59,16 @@ MATCHED = "+matched"
 RANDOM = "+random"
 ORACLE = "+oracle"
 PROPORTIONAL = "+proportional"
+MERGE = "+merge"
 #: variant suffixes that replace the preset's choice of tokens, keeping its counts
 CONTROLS = (RANDOM, ORACLE)
 
 
 def split_variant(variant: str) -> tuple[str, str, str, str]:
-    """(preset, controller suffix, selection suffix, ``+proportional`` or "") of a variant name:
+    """(preset, controller suffix, selection suffix, ``+proportional``, ``+merge`` or "") of a variant name:
     ``paper+matched+random`` gives ``("paper", "+matched", "+random", "")``, ``paper+proportional`` gives
     ``("paper", "", "", "+proportional")``. Not validated (:func:`pruning_for`)."""
-    proportional = PROPORTIONAL if variant.endswith(PROPORTIONAL) else ""
+    proportional = next((c for c in (PROPORTIONAL, MERGE) if variant.endswith(c)), "")
     rest = variant.removesuffix(proportional)
     control = next((c for c in CONTROLS if rest.endswith(c)), "")
     rest = rest.removesuffix(control)
@@ -93,7 +94,8 @@ def pruning_for(variant: str, fine_fraction: float | None = None) -> PruningConf
     each optionally followed by ``+random`` or ``+oracle`` (these two keep the configuration;
     :class:`~specprune_ros.core.pruning.RandomSelection` or :class:`~specprune_ros.core.pruning.OracleSelection`
     replaces its choice of tokens at run time), then optionally by ``+proportional`` (the dropped tokens'
-    attention weight carried to the kept ones: ``PruningConfig.proportional``).
+    attention weight carried to the kept ones: ``PruningConfig.proportional``) or ``+merge`` (their hidden states
+    too: ``proportional`` and ``merge``).
 
     ``+nocontroller`` runs the preset with the coarse/fine controller disabled (always the coarse budget).
     ``+matched`` disables it too but gives every query the preset's average V_local budget instead: the
@@ -105,10 +107,10 @@ def pruning_for(variant: str, fine_fraction: float | None = None) -> PruningConf
     if base not in PRESETS:
         raise ValueError(f"unknown variant {variant!r}: use a preset ({', '.join(sorted(PRESETS))}), optionally "
                          f"followed by {NO_CONTROLLER!r} or {MATCHED!r}, then optionally by {RANDOM!r} or {ORACLE!r}, "
-                         f"then optionally by {PROPORTIONAL!r}")
+                         f"then optionally by {PROPORTIONAL!r} or {MERGE!r}")
     if (control or proportional) and not PRESETS[base].enabled:
         raise ValueError(f"{variant}: {base} prunes nothing, there is no selection to replace or weigh")
-    cfg = PRESETS[base].replace(proportional=bool(proportional))
+    cfg = PRESETS[base].replace(proportional=bool(proportional), merge=proportional == MERGE)
     if controller:
         cfg = dataclasses.replace(cfg, controller=dataclasses.replace(cfg.controller, enabled=False))
     if controller == MATCHED:
@@ -692,7 +694,8 @@ def main(argv: list[str] | None = None) -> int:
                    f"'<preset>{RANDOM}' keeps as many tokens as the preset, chosen at random, '<preset>{ORACLE}' as "
                    "many, those the action placeholders attend to most in an unpruned pass of the same observation; "
                    f"the two last follow the others too: '<preset>{MATCHED}{RANDOM}' (list '<preset>{RANDOM}' first); "
-                   f"'{PROPORTIONAL}' last carries the dropped tokens' attention weight to the kept ones "
+                   f"'{PROPORTIONAL}' last carries the dropped tokens' attention weight to the kept ones, '{MERGE}' "
+                   "their hidden states too "
                    f"(default {','.join(d.variants)}; presets: {', '.join(sorted(PRESETS))})")
     p.add_argument("--episodes", type=int, default=d.episodes, help=f"episodes per variant (default {d.episodes})")
     p.add_argument("--first-seed", type=int, default=d.first_seed, help="first task seed (default 0)")
