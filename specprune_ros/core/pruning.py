@@ -257,8 +257,9 @@ class SpecPruner:
         dropped = dropped[(dropped >= start) & (dropped < start + n)]
         if dropped.numel() == 0 or not bool(is_vis.any()):
             return dropped[:0], dropped[:0]
-        dist = patch_distances(n // PATCHES_PER_VIEW)[(dropped - start)[:, None], (survivors.clamp(start, start + n - 1) - start)[None, :]]
-        dist[:, ~is_vis] = float("inf")  # (G, K): non-visual survivors never absorb
+        columns = survivors.clamp(start, start + n - 1) - start
+        dist = patch_distances(n // PATCHES_PER_VIEW)[(dropped - start)[:, None], columns[None, :]]  # (G, K), a copy
+        dist[:, ~is_vis] = float("inf")  # non-visual survivors never absorb
         best, nearest = dist.min(dim=1)
         same = best.isfinite()
         return dropped[same], nearest[same]
