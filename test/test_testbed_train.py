@@ -217,14 +217,20 @@ def test_training_attention_matches_the_fused_kernel_and_is_restored(tokenizer):
     assert torch.allclose(fused, written_out, atol=1e-5)
 
 
-def test_training_losses_are_the_same_with_the_models_own_attention(tokenizer):
-    # float32 training keeps the model's fused attention (written_out=False); the losses that read attention rows
-    # (attention grounding at layer 0, the read-out's grounding after it) and their gradients do not change
+def readout_grounded(tokenizer):
+    """(batch of 2, fresh 3-layer tiny model, its probes) with the object words grounded at layer 0 and the
+    read-out's grounding on (readout_weight 1)."""
     cfg = tr.TrainConfig(**{**TINY, "llm_layers": 3, "attention_layer": 0, "readout_weight": 1.0})
     eps = generate(2, seed=6, noise=0.1)
     batch = tr.Batcher(eps, dataset_statistics(eps), tokenizer).sample(np.random.default_rng(1), 2)
     model, _ = tr.build_model(cfg)
-    aux = tr.AuxHeads(cfg.llm_hidden, -1, 0)
+    return batch, model, tr.AuxHeads(cfg.llm_hidden, -1, 0)
+
+
+def test_training_losses_are_the_same_with_the_models_own_attention(tokenizer):
+    # float32 training keeps the model's fused attention (written_out=False); the losses that read attention rows
+    # (attention grounding at layer 0, the read-out's grounding after it) and their gradients do not change
+    batch, model, aux = readout_grounded(tokenizer)
     results = []
     for written_out in (True, False):
         model.zero_grad()
@@ -549,11 +555,7 @@ def test_readout_grounding_loss_rewards_attention_on_the_named_object_and_plate_
 
 
 def test_training_with_readout_grounding_moves_the_readouts_attention_to_the_named_object(tokenizer):
-    cfg = tr.TrainConfig(**{**TINY, "llm_layers": 3, "attention_layer": 0, "readout_weight": 1.0})
-    eps = generate(2, seed=6, noise=0.1)
-    batch = tr.Batcher(eps, dataset_statistics(eps), tokenizer).sample(np.random.default_rng(1), 2)
-    model, _ = tr.build_model(cfg)
-    aux = tr.AuxHeads(cfg.llm_hidden, -1, 0)
+    batch, model, aux = readout_grounded(tokenizer)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses = []
     for _ in range(10):
