@@ -285,12 +285,14 @@ class SpecPruner:
         if moved.numel():
             index_of = torch.full((self.layout.length,), -1, dtype=torch.long)
             index_of[pos] = torch.arange(pos.numel())
-            src, dst = index_of[moved], torch.nonzero(kept).squeeze(1)[nearest]  # indices into the pass
-            weight = self._weight[pos].to(hidden.device, torch.float32)  # (L',) before the carry
-            total = weight.clone().index_add_(0, dst.to(hidden.device), weight[src.to(hidden.device)])
+            device = hidden.device
+            src = index_of[moved].to(device)  # indices into the pass
+            dst = torch.nonzero(kept).squeeze(1)[nearest].to(device)
+            weight = self._weight[pos].to(device, torch.float32)  # (L',) before the carry
+            total = weight.clone().index_add_(0, dst, weight[src])
             h = hidden[0].float() * weight[:, None]
-            h.index_add_(0, dst.to(hidden.device), h[src.to(hidden.device)])
-            targets = dst.unique().to(hidden.device)
+            h.index_add_(0, dst, h[src])
+            targets = dst.unique()
             hidden = hidden.clone()
             hidden[0, targets] = (h[targets] / total[targets, None]).to(hidden.dtype)
         self.in_loop_ms += (time.perf_counter() - t0) * 1e3
