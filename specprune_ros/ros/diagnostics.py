@@ -2,7 +2,9 @@
 
 :class:`NodeHealth` is plain Python (thread-safe, no ROS); :func:`to_diagnostic_array` builds the message.
 Levels: OK = the last attempt produced a chunk; WARN = inputs refused (stale, skewed, frozen, missing, no
-instruction) or not active yet; ERROR = the last inference raised, or configuration failed.
+instruction) or not active yet; ERROR = the last inference raised, or configuration failed. An error is
+reported at least once: one that the next chunk clears before the next report is still the next report's
+level and message (marked "since recovered").
 """
 from __future__ import annotations
 
@@ -67,6 +69,7 @@ class NodeHealth:
         self.ee_speed_source = "none"
         self.unknown_parameters: list[str] = []
         self._last = _Last()
+        self._unreported_error: str | None = None
 
     # --- events
     def frame(self, view: str, busy: bool) -> None:
@@ -98,10 +101,12 @@ class NodeHealth:
         with self._lock:
             self.inference_errors += 1
             self._last = _Last(ERROR, message, message)
+            self._unreported_error = message
 
     def configure_failed(self, message: str) -> None:
         with self._lock:
             self._last = _Last(ERROR, message, message)
+            self._unreported_error = message
 
     def chunk(self, latency_s: float, mode: str, preset: str, kept: int, total: int, ee_speed_source: str) -> None:
         with self._lock:
@@ -120,7 +125,11 @@ class NodeHealth:
 
     # --- report
     def snapshot(self) -> tuple[int, str, dict[str, str]]:
-        """``(level, message, key -> value)``; values are strings as DiagnosticStatus wants them."""
+        """``(level, message, key -> value)``; values are strings as DiagnosticStatus wants them.
+
+        Reading a snapshot counts as reporting it: an error cleared since the previous snapshot is reported here
+        once, then no more.
+        """
         with self._lock:
             lat = list(self.latencies_ms)
             values = {
@@ -150,6 +159,9 @@ class NodeHealth:
             for reason, n in sorted(self.refused.items()):
                 values[f"refused.{reason}"] = str(n)
             level, message = self._last.level, self._last.message
+            if self._unreported_error is not None and level != ERROR:
+                level, message = ERROR, f"{self._unreported_error} (since recovered: {message})"
+            self._unreported_error = None
             if self.unknown_parameters and level == OK:
                 level, message = WARN, f"unknown parameters ignored: {values['unknown_parameters']}"
             return level, message, values

@@ -1,0 +1,45 @@
+"""NodeHealth (what /diagnostics reports), without ROS."""
+from specprune_ros.ros.diagnostics import ERROR, OK, WARN, NodeHealth
+
+
+def _chunk(health: NodeHealth) -> None:
+    health.chunk(0.01, "coarse", "paper", 100, 512, "none")
+
+
+def test_error_cleared_before_a_report_is_still_reported_once():
+    health = NodeHealth(views=("primary",))
+    _chunk(health)
+    assert health.snapshot()[0] == OK
+    health.failure("inference failed: boom")
+    _chunk(health)  # the next call succeeds before anyone reads the level
+    level, message, values = health.snapshot()
+    assert level == ERROR
+    assert "inference failed: boom" in message and "since recovered: producing action chunks" in message
+    assert values["inference_errors"] == "1" and values["last_error"] == "inference failed: boom"
+    level, message, _ = health.snapshot()  # reported once, then the current level again
+    assert (level, message) == (OK, "producing action chunks")
+
+
+def test_an_error_still_current_is_reported_plainly_and_kept():
+    health = NodeHealth()
+    health.configure_failed("checkpoint not found: /x")
+    assert health.snapshot()[:2] == (ERROR, "checkpoint not found: /x")
+    assert health.snapshot()[:2] == (ERROR, "checkpoint not found: /x")
+
+
+def test_a_cleared_error_outranks_a_later_warning_once():
+    health = NodeHealth()
+    health.failure("inference failed: boom")
+    health.refusal("stale", "camera primary is stale")
+    level, message, _ = health.snapshot()
+    assert level == ERROR and message.startswith("inference failed: boom (since recovered: camera primary is stale")
+    assert health.snapshot()[:2] == (WARN, "camera primary is stale")
+
+
+def test_unknown_parameters_warn_only_over_ok():
+    health = NodeHealth()
+    health.unknown_parameters = ["foo"]
+    _chunk(health)
+    assert health.snapshot()[:2] == (WARN, "unknown parameters ignored: foo")
+    health.failure("inference failed: boom")
+    assert health.snapshot()[0] == ERROR
