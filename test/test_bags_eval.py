@@ -93,7 +93,8 @@ def test_fake_policy_report(episode, tmp_path, capsys):
 def test_tiny_checkpoint_real_loader(episode, tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "report"
     code, _, err = run_eval(
-        capsys, episode, f"--checkpoint={tiny_checkpoint}", "--presets=off,paper", "--out", out, "--max-steps=3"
+        capsys, episode, f"--checkpoint={tiny_checkpoint}", "--presets=off,paper,paper+merge", "--out", out,
+        "--max-steps=3",
     )
     assert code == 0, err
     for name in REPORT_FILES:
@@ -115,6 +116,10 @@ def test_tiny_checkpoint_real_loader(episode, tiny_checkpoint, tmp_path, capsys)
             base["latency_ms"]["total"]["median"] / s["latency_ms"]["total"]["median"]
         )
         assert {"preprocess", "vision", "llm", "head", "total"} <= set(s["latency_ms"])
+    # the suffix turns merge on for that run only: same preset, other actions
+    merged = summary["presets"]["paper+merge"]
+    assert merged["preset"] == "paper" and merged["steps"] == 3
+    assert merged["action_deviation"]["mean_abs"] != paper["action_deviation"]["mean_abs"]
 
 
 def test_premise_check_on_the_bags_observations(episode, tiny_checkpoint, tmp_path, capsys):
@@ -212,6 +217,8 @@ def test_bad_arguments(episode, tmp_path, capsys):
     out = tmp_path / "r"
     code, _, err = run_eval(capsys, episode, "--fake-policy", "--presets=paper,fancy", "--out", out)
     assert code == 2 and "fancy" in err and "aggressive" in err
+    code, _, err = run_eval(capsys, episode, "--fake-policy", "--presets=off+merge", "--out", out)
+    assert code == 2 and "prunes nothing" in err
     code, _, err = run_eval(capsys, episode, "--fake-policy", "--camera-topics=side=/x", "--out", out)
     assert code == 2 and "side" in err
     code, _, err = run_eval(capsys, episode, "--checkpoint", tmp_path / "nope", "--out", out)

@@ -1,6 +1,8 @@
 """Pruning selection on hand-built attention maps and frames; engine invariants on the tiny model."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -385,3 +387,18 @@ def test_presets_are_ordered():
     c, p, a = PRESETS["conservative"], PRESETS["paper"], PRESETS["aggressive"]
     assert c.local_k_coarse > p.local_k_coarse > a.local_k_coarse
     assert all(f >= k for f, k in zip(p.local_k_fine, p.local_k_coarse))  # fine keeps more (paper)
+
+
+def test_preset_lists_take_weighting_suffixes():
+    from specprune_ros.core.presets import preset_list, split_weighting, weighting_flags
+
+    assert preset_list(" off, paper ,paper+proportional,static-only+merge") == [
+        "off", "paper", "paper+proportional", "static-only+merge"]
+    assert [split_weighting(n) for n in ("paper", "paper+proportional", "aggressive+merge")] == [
+        ("paper", ""), ("paper", "+proportional"), ("aggressive", "+merge")]
+    assert weighting_flags("+merge") == {"proportional": True, "merge": True}
+    assert weighting_flags("") == {"proportional": False, "merge": False}
+    for text, message in [(" , ", "is empty"), ("paper+merg", "unknown ['paper+merg']"), ("paper,paper", "repeats"),
+                          ("off+proportional", "prunes nothing")]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            preset_list(text)

@@ -65,6 +65,8 @@ def test_plot_is_written(tmp_path):
     [
         (["--fake-policy", "--suite=libero_spatail"], "did you mean 'libero_spatial'"),
         (["--fake-policy", "--presets=off,agressive"], "unknown ['agressive']"),
+        (["--fake-policy", "--presets=paper+merg"], "unknown ['paper+merg']"),
+        (["--fake-policy", "--presets=off+merge"], "['off+merge']: the preset prunes nothing"),
         ([], "--checkpoint=<dir>"),
         (["--checkpoint=/no/such/dir"], "no such directory"),
         (["--fake-policy", "--tasks=3-12"], "--tasks='3-12': values must lie in 0..9"),
@@ -76,6 +78,14 @@ def test_cli_errors_are_one_line(args, message, tmp_path):
                          capture_output=True, text=True, env=subprocess_env())
     assert out.returncode == 2
     assert message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_weighting_suffixes_reach_the_policy_config(tmp_path):
+    plan = E._plan(E._parser().parse_args(["--fake-policy", "--presets=paper,paper+proportional,conservative+merge",
+                                           f"--out={tmp_path}"]))
+    got = {p: E._policy_config_values(plan, p)[1] for p in plan.presets}
+    assert [(c.preset, c.proportional, c.merge) for c in got.values()] == [
+        ("paper", False, False), ("paper", True, False), ("conservative", True, True)]
 
 
 def test_help_explains():

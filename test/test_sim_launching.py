@@ -27,6 +27,15 @@ def test_run_parameters_are_valid_node_parameters(suite, key):
     assert node_cfg.dry_run and values["use_sim_time"] is True
 
 
+def test_weighting_options_are_node_parameters():
+    values = read_params_file(LIBERO_YAML, NODE_NAME)
+    values.update(L.policy_parameters(L.SimLaunchArgs(checkpoint="/models/oft", proportional=True, merge=True)))
+    _, policy_kw = configs_from_values(values)
+    assert (policy_kw["preset"], policy_kw["proportional"], policy_kw["merge"]) == ("paper", True, True)
+    with pytest.raises(ProtocolError, match="merge:=true needs proportional:=true"):
+        L.SimLaunchArgs(fake_policy=True, merge=True)
+
+
 def test_explicit_unnorm_key_wins():
     args = L.SimLaunchArgs(checkpoint="/c", unnorm_key="tiny_sim")
     assert L.policy_parameters(args)["unnorm_key"] == "tiny_sim"

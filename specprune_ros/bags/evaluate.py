@@ -232,6 +232,8 @@ class BagFeeder:
 
 def _build_policies(args, inputs: EvalInputs, node_cfg, policy_kw: dict, presets: list[str]) -> list[RunRecord]:
     """Baseline (``off``) first, then one policy per preset; real policies share one loaded model."""
+    from ..core.presets import split_weighting, weighting_flags
+
     views = tuple(inputs.sync.views)
     proprio_dim = inputs.proprio.dim or None
     if args.fake_policy:
@@ -243,7 +245,8 @@ def _build_policies(args, inputs: EvalInputs, node_cfg, policy_kw: dict, presets
                 chunk_len=node_cfg.fake_chunk_len, dt=policy_kw.get("control_dt", 0.05),
             )  # fmt: skip
 
-        return [RunRecord("baseline", BASELINE, fake())] + [RunRecord(p, p, fake()) for p in presets]
+        return [RunRecord("baseline", BASELINE, fake())] + [
+            RunRecord(p, split_weighting(p)[0], fake()) for p in presets]
     from ..core.config import PolicyConfig
     from ..core.policy import OFTPolicy, build_policy
 
@@ -261,8 +264,9 @@ def _build_policies(args, inputs: EvalInputs, node_cfg, policy_kw: dict, presets
         )
     runs = [RunRecord("baseline", BASELINE, base)]
     for p in presets:
-        cfg = dataclasses.replace(base_cfg, preset=p)
-        runs.append(RunRecord(p, p, OFTPolicy(cfg, base.checkpoint, base.model)))
+        preset, suffix = split_weighting(p)  # a suffix turns its option on; without one, --params decides
+        cfg = dataclasses.replace(base_cfg, preset=preset, **(weighting_flags(suffix) if suffix else {}))
+        runs.append(RunRecord(p, preset, OFTPolicy(cfg, base.checkpoint, base.model)))
     return runs
 
 
@@ -522,7 +526,9 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="OpenVLA-OFT checkpoint directory (released layout)")
     src.add_argument("--fake-policy", action="store_true", help="use the deterministic fake policy (plumbing checks)")
-    p.add_argument("--presets", default="paper", help="comma-separated presets to compare with the baseline (default paper)")
+    p.add_argument("--presets", default="paper", help="comma-separated presets to compare with the baseline; a name "
+                   "followed by +proportional or +merge turns that option on for that run, e.g. paper,paper+merge "
+                   "(default paper)")
     p.add_argument("--out", type=Path, required=True, help="report directory (created; files inside are replaced)")
     p.add_argument("--params", type=Path, default=None, help="the policy node's params YAML (topics, proprio, sync limits)")
     p.add_argument(
@@ -602,17 +608,10 @@ class EvalError(Exception):
 
 def run_evaluation(args: argparse.Namespace) -> tuple[dict, dict[str, Path]]:
     """Evaluate as the parsed command line says; returns (summary, report files). Raises :class:`EvalError`."""
-    from ..core.presets import PRESETS
+    from ..core.presets import preset_list
 
     try:
-        presets = [p.strip() for p in args.presets.split(",") if p.strip()]
-        if not presets:
-            raise ValueError("--presets is empty; give e.g. paper or off,paper,aggressive")
-        unknown = [p for p in presets if p not in PRESETS]
-        if unknown:
-            raise ValueError(f"unknown preset(s) {unknown}; known: {sorted(PRESETS)}")
-        if len(set(presets)) != len(presets):
-            raise ValueError(f"--presets repeats a name: {presets}")
+        presets = preset_list(args.presets)
         if args.max_steps is not None and args.max_steps < 1:
             raise ValueError(f"--max-steps must be >= 1, got {args.max_steps}")
         if args.premise and args.fake_policy:

@@ -141,3 +141,39 @@ PRESETS: dict[str, PruningConfig] = {
     "aggressive": AGGRESSIVE,
     "static-only": STATIC_ONLY,
 }
+
+#: suffixes of a preset name that turn on :attr:`PruningConfig.proportional` (``+proportional``) or that and
+#: :attr:`PruningConfig.merge` (``+merge``): ``paper+merge`` in the evaluators' preset lists
+PROPORTIONAL = "+proportional"
+MERGE = "+merge"
+
+
+def split_weighting(name: str) -> tuple[str, str]:
+    """``(rest, suffix)`` of a name ending in ``+proportional`` or ``+merge`` (suffix "" when neither):
+    ``paper+merge`` gives ``("paper", "+merge")``. Not validated."""
+    suffix = next((c for c in (PROPORTIONAL, MERGE) if name.endswith(c)), "")
+    return name.removesuffix(suffix), suffix
+
+
+def weighting_flags(suffix: str) -> dict[str, bool]:
+    """The ``proportional`` and ``merge`` settings a :func:`split_weighting` suffix stands for."""
+    return {"proportional": bool(suffix), "merge": suffix == MERGE}
+
+
+def preset_list(text: str, option: str = "--presets") -> list[str]:
+    """The names of a comma-separated preset list, each a preset optionally followed by ``+proportional`` or
+    ``+merge``; raises ``ValueError`` (one line, naming ``option``) for an empty list, an unknown name, a
+    repeated one, or a weighting suffix on a preset that prunes nothing."""
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    if not names:
+        raise ValueError(f"{option} is empty; give e.g. paper or off,paper,paper+merge")
+    unknown = [p for p in names if split_weighting(p)[0] not in PRESETS]
+    if unknown:
+        raise ValueError(f"{option}={text!r}: unknown {unknown}; known: {sorted(PRESETS)}, each optionally followed by "
+                         f"{PROPORTIONAL!r} or {MERGE!r}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{option} repeats a name: {names}")
+    nothing = [p for p in names if split_weighting(p)[1] and not PRESETS[split_weighting(p)[0]].enabled]
+    if nothing:
+        raise ValueError(f"{option}={text!r}: {nothing}: the preset prunes nothing, there is nothing to weigh")
+    return names

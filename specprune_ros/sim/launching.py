@@ -42,6 +42,8 @@ class SimLaunchArgs:
     init_state: int = 0
     checkpoint: str = ""
     preset: str = "paper"
+    proportional: bool = False
+    merge: bool = False
     unnorm_key: str = ""
     fake_policy: bool = False
     device: str = "cpu"
@@ -56,6 +58,8 @@ class SimLaunchArgs:
             raise ProtocolError(
                 f"task_id={self.task_id}, init_state={self.init_state}, max_steps={self.max_steps} must be >= 0"
             )
+        if self.merge and not self.proportional:
+            raise ProtocolError("merge:=true needs proportional:=true (the merge weights are the proportional ones)")
         if not self.fake_policy and not self.checkpoint:
             raise ProtocolError(
                 "no policy: set checkpoint:=<checkpoint dir> (e.g. a released OpenVLA-OFT LIBERO checkpoint, or "
@@ -74,7 +78,11 @@ ARG_DOC: dict[str, str] = {
     "task_id": "task index within the suite (0-based, OFT task order)",
     "init_state": "official initial state of the first episode (0..49); the bridge's ~/reset moves to the next",
     "checkpoint": "OpenVLA-OFT checkpoint directory (released layout); empty only with fake_policy:=true",
-    "preset": "pruning preset: off (unpruned baseline), conservative, paper, aggressive",
+    "preset": "pruning preset: off (unpruned baseline), conservative, paper, aggressive, static-only",
+    "proportional": "true: each dropped visual token's attention weight goes to the nearest kept token of its view "
+    "(docs/method.md, section 6; not in the paper)",
+    "merge": "true (with proportional:=true): each kept token's hidden state also becomes the weighted mean of "
+    "the tokens it stands for",
     "unnorm_key": "dataset_statistics.json key; empty = the suite's key, e.g. libero_spatial_no_noops "
     "(a tiny test checkpoint needs tiny_sim)",
     "fake_policy": "true: deterministic fake policy instead of a model (checks the wiring, solves nothing)",
@@ -154,13 +162,15 @@ def policy_parameters(args: SimLaunchArgs) -> dict[str, Any]:
     ``libero.yaml`` carries everything that binds the node to this bridge and to the LIBERO checkpoints
     (topics, joint names, the URDF's ``libero_eef`` link, flip + center crop, gripper mapping, proprio
     layout, no frozen-camera check, dry run: the bridge consumes ``~/action_chunk`` itself);
-    :func:`sim_bindings` lists the values it must have. These add the run: checkpoint, preset, the suite's
-    ``unnorm_key``, device, fake policy, and simulated time.
+    :func:`sim_bindings` lists the values it must have. These add the run: checkpoint, preset and its
+    ``proportional`` and ``merge`` options, the suite's ``unnorm_key``, device, fake policy, and simulated time.
     """
     return {
         "use_sim_time": True,
         "checkpoint": args.checkpoint,
         "preset": args.preset,
+        "proportional": args.proportional,
+        "merge": args.merge,
         "unnorm_key": args.resolved_unnorm_key,
         "device": args.device,
         "fake_policy": args.fake_policy,

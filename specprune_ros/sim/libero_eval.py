@@ -217,6 +217,15 @@ def plot(summary: dict[str, Any], path: Path, title: str) -> Path | None:
 # ---------------------------------------------------------------------------------------------- direct
 
 
+def preset_arguments(name: str) -> dict[str, Any]:
+    """``SimLaunchArgs`` fields of a ``--presets`` entry: ``paper+merge`` gives preset paper, proportional and
+    merge on (:func:`~specprune_ros.core.presets.split_weighting`)."""
+    from specprune_ros.core.presets import split_weighting, weighting_flags
+
+    preset, suffix = split_weighting(name)
+    return dict(preset=preset, **weighting_flags(suffix))
+
+
 def _policy_config_values(plan: EvalPlan, preset: str) -> tuple[Any, Any]:
     """(NodeConfig, PolicyConfig) from config/libero.yaml + this run: the ROS path's settings exactly."""
     from specprune_ros.core.config import PolicyConfig
@@ -226,7 +235,7 @@ def _policy_config_values(plan: EvalPlan, preset: str) -> tuple[Any, Any]:
 
     values = read_params_file(REPO_ROOT / LIBERO_PARAMS, NODE_NAME)
     args = SimLaunchArgs(
-        suite=plan.suite, checkpoint=plan.checkpoint, preset=preset, unnorm_key=plan.unnorm_key,
+        suite=plan.suite, checkpoint=plan.checkpoint, **preset_arguments(preset), unnorm_key=plan.unnorm_key,
         fake_policy=plan.fake_policy, device=plan.device, max_steps=plan.max_steps, seed=plan.seed,
     )
     values.update(policy_parameters(args))
@@ -319,8 +328,8 @@ class _RosRun:
         from .launching import SimLaunchArgs, policy_command, write_policy_params
 
         args = SimLaunchArgs(
-            suite=self.plan.suite, checkpoint=self.plan.checkpoint, preset=preset, unnorm_key=self.plan.unnorm_key,
-            fake_policy=self.plan.fake_policy, device=self.plan.device,
+            suite=self.plan.suite, checkpoint=self.plan.checkpoint, **preset_arguments(preset),
+            unnorm_key=self.plan.unnorm_key, fake_policy=self.plan.fake_policy, device=self.plan.device,
         )
         params = write_policy_params(self.log_dir / f"policy_{preset}.yaml", args)
         log = open(self.log_dir / f"policy_{preset}.log", "w")
@@ -458,7 +467,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", default="", help="task ids, e.g. 0-9 or 0,3,5 (default: every task of the suite)")
     p.add_argument("--episodes", type=int, default=TRIALS_PER_TASK, help="episodes per task; episode i uses initial state i (OFT: 50)")
     p.add_argument("--first-init-state", type=int, default=0, help="initial state of the first episode (default: 0)")
-    p.add_argument("--presets", default="off,paper", help="pruning presets to compare, comma-separated; off = unpruned baseline (default: off,paper)")
+    p.add_argument("--presets", default="off,paper", help="pruning presets to compare, comma-separated; off = unpruned "
+                   "baseline; a preset name followed by +proportional or +merge turns that option on, e.g. paper+merge "
+                   "(default: off,paper)")
     p.add_argument("--checkpoint", default="", help="OpenVLA-OFT checkpoint directory (released layout)")
     p.add_argument("--unnorm-key", default="", help="dataset_statistics.json key (default: the suite's, e.g. libero_spatial_no_noops)")
     p.add_argument("--fake-policy", action="store_true", help="deterministic fake policy instead of a model (wiring check)")
@@ -477,12 +488,12 @@ def _plan(ns: argparse.Namespace) -> EvalPlan:
         check_suite(ns.suite)
     except ProtocolError as exc:
         raise EvalError(str(exc)) from None
-    from specprune_ros.core.presets import PRESETS
+    from specprune_ros.core.presets import preset_list
 
-    presets = [p.strip() for p in ns.presets.split(",") if p.strip()]
-    bad = [p for p in presets if p not in PRESETS]
-    if not presets or bad:
-        raise EvalError(f"--presets={ns.presets!r}: unknown {bad}; known: {sorted(PRESETS)}")
+    try:
+        presets = preset_list(ns.presets)
+    except ValueError as exc:
+        raise EvalError(str(exc)) from None
     if not ns.fake_policy and not ns.checkpoint:
         raise EvalError("give --checkpoint=<dir> (a released OFT LIBERO checkpoint, or `specprune-make-tiny`'s) or --fake-policy")
     if ns.checkpoint and not Path(ns.checkpoint).is_dir():

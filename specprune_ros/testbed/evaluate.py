@@ -28,7 +28,7 @@ import numpy as np
 
 from ..core.config import PolicyConfig, PreprocessConfig
 from ..core.controller import requery_rows
-from ..core.presets import PRESETS, ControllerConfig, PruningConfig
+from ..core.presets import MERGE, PRESETS, PROPORTIONAL, ControllerConfig, PruningConfig, split_weighting, weighting_flags
 from ..core.types import MODE_FINE, InputError, Observation, Policy
 from .task import TabletopTask, TaskConfig
 
@@ -58,8 +58,6 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
 MATCHED = "+matched"
 RANDOM = "+random"
 ORACLE = "+oracle"
-PROPORTIONAL = "+proportional"
-MERGE = "+merge"
 #: variant suffixes that replace the preset's choice of tokens, keeping its counts
 CONTROLS = (RANDOM, ORACLE)
 
@@ -68,8 +66,7 @@ def split_variant(variant: str) -> tuple[str, str, str, str]:
     """(preset, controller suffix, selection suffix, ``+proportional``, ``+merge`` or "") of a variant name:
     ``paper+matched+random`` gives ``("paper", "+matched", "+random", "")``, ``paper+proportional`` gives
     ``("paper", "", "", "+proportional")``. Not validated (:func:`pruning_for`)."""
-    proportional = next((c for c in (PROPORTIONAL, MERGE) if variant.endswith(c)), "")
-    rest = variant.removesuffix(proportional)
+    rest, proportional = split_weighting(variant)
     control = next((c for c in CONTROLS if rest.endswith(c)), "")
     rest = rest.removesuffix(control)
     controller = next((c for c in (NO_CONTROLLER, MATCHED) if rest.endswith(c)), "")
@@ -110,7 +107,7 @@ def pruning_for(variant: str, fine_fraction: float | None = None) -> PruningConf
                          f"then optionally by {PROPORTIONAL!r} or {MERGE!r}")
     if (control or proportional) and not PRESETS[base].enabled:
         raise ValueError(f"{variant}: {base} prunes nothing, there is no selection to replace or weigh")
-    cfg = PRESETS[base].replace(proportional=bool(proportional), merge=proportional == MERGE)
+    cfg = PRESETS[base].replace(**weighting_flags(proportional))
     if controller:
         cfg = dataclasses.replace(cfg, controller=dataclasses.replace(cfg.controller, enabled=False))
     if controller == MATCHED:
