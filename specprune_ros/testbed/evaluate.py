@@ -681,7 +681,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="specprune-testbed-eval",
         description="Closed-loop success of a checkpoint on the test-bed task for the unpruned baseline and each "
-        "pruning preset: success with 95%% Wilson intervals, episode length, latency, tokens kept, mode time-lines. "
+        "pruning preset: success with 95% Wilson intervals, episode length, latency, tokens kept, mode time-lines. "
         "Writes <out>/results.json and <out>/results.png.",
     )
     p.add_argument("--checkpoint", default=d.checkpoint, help=f"checkpoint directory (default {d.checkpoint})")
