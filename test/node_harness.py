@@ -54,6 +54,7 @@ class Feeder(threading.Thread):
         self.nan_joint: str | None = None
         self.drop_joint: str | None = None
         self.joint_velocities: list[float] | None = None
+        self.compressed_payload: bytes | None = None  # replaces the PNG of compressed cameras when set
         self.q = list(READY)
         self.count = 0
         self.published: list[float] = []  # stamps of primary frames
@@ -85,7 +86,7 @@ class Feeder(threading.Thread):
                         cmsg = CompressedImage()
                         cmsg.header.stamp = cam_stamp
                         cmsg.format = "rgb8; png compressed bgr8"
-                        cmsg.data = cv2.imencode(".png", np.ascontiguousarray(rgb[:, :, ::-1]))[1].tobytes()
+                        cmsg.data = self.compressed_payload or cv2.imencode(".png", np.ascontiguousarray(rgb[:, :, ::-1]))[1].tobytes()
                         pub.publish(cmsg)
                         continue
                     msg = Image()

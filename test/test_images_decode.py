@@ -82,6 +82,24 @@ def test_compressed_jpeg_and_png(rgb):
         decode_compressed("16UC1; compressedDepth", png.tobytes())
 
 
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header announces width x height RGB pixels, with no pixel data."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def test_compressed_image_beyond_the_decoder_limit_is_a_decode_error():
+    # OpenCV refuses this header with cv2.error; the node only survives an ImageDecodeError
+    with pytest.raises(ImageDecodeError, match="could not decode"):
+        decode_compressed("png", _png_header_only(100_000, 100_000))
+
+
 def test_encode_round_trip(rgb):
     h, w, step, data = encode_raw_rgb8(rgb)
     np.testing.assert_array_equal(decode_raw("rgb8", h, w, step, data), rgb)

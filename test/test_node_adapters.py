@@ -63,3 +63,14 @@ def test_gripper_map():
     assert [g.command(v) for v in CHUNK[:, 6]] == [0.04, 0.04, 0.0]
     with pytest.raises(ValueError):
         g.command(float("nan"))
+
+
+def test_limits_and_maps_refuse_nan_and_inf():
+    for kw in ({"linear_scale": float("inf")}, {"max_angular": float("nan")}, {"max_linear": -1.0}):
+        with pytest.raises(ValueError, match="finite and >= 0"):
+            TwistLimits(**kw)
+    with pytest.raises(ValueError, match="overflow"):  # finite scale, overflowing product
+        rows_to_twists(np.array([[10.0, 0, 0, 0, 0, 0, 1]]), TwistLimits(linear_scale=1e308))
+    for kw in ({"open_position": float("nan")}, {"close_above": float("nan")}):
+        with pytest.raises(ValueError, match="must be finite"):
+            GripperMap(**kw)

@@ -86,6 +86,37 @@ def test_non_finite_joint(harness, value):
     assert "panda_joint3" in message
 
 
+def test_compressed_frame_the_decoder_refuses(context):
+    from test_images_decode import _png_header_only
+
+    h = Harness(context, {"fake_policy": True, "execute_steps": 1, "camera_compressed": [True, True]})
+    try:
+        h.feed(rate=30.0)
+        f = h.feeder
+        check_fault(h, lambda: setattr(f, "compressed_payload", _png_header_only(100_000, 100_000)),
+                    lambda: setattr(f, "compressed_payload", None), "could not decode the compressed image")
+    finally:
+        h.close()
+
+
+def test_non_finite_joint_on_the_chain_but_not_listed(context):
+    # panda_joint7 moves the hand but the node lists six arm joints: the EE pose cannot be computed
+    arm6 = [f"panda_joint{i}" for i in range(1, 7)]
+    h = Harness(context, {"fake_policy": True, "execute_steps": 1, "arm_joints": arm6})
+    try:
+        h.feed(rate=30.0)
+        f = h.feeder
+
+        def apply():
+            f.bad_value = float("nan")
+            f.nan_joint = "panda_joint7"
+
+        message = check_fault(h, apply, lambda: setattr(f, "nan_joint", None), "NaN or inf")
+        assert "panda_joint7" in message
+    finally:
+        h.close()
+
+
 def test_missing_joint(harness):
     f = harness.feeder
     message = check_fault(

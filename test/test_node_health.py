@@ -22,7 +22,7 @@ def test_error_cleared_before_a_report_is_still_reported_once():
 
 def test_an_error_still_current_is_reported_plainly_and_kept():
     health = NodeHealth()
-    health.configure_failed("checkpoint not found: /x")
+    health.error("checkpoint not found: /x")
     assert health.snapshot()[:2] == (ERROR, "checkpoint not found: /x")
     assert health.snapshot()[:2] == (ERROR, "checkpoint not found: /x")
 

@@ -32,6 +32,9 @@ ERROR = 2
         ({"checkpoint": ""}, "checkpoint is empty"),
         ({"checkpoint": "/nonexistent/ckpt"}, "/nonexistent/ckpt"),
         ({"fake_policy": True, "debug_image_view": "side"}, "debug_image_view"),
+        ({"twist_linear_scale": float("inf")}, "twist_linear_scale=inf: must be finite"),
+        ({"gripper_open_position": float("nan")}, "gripper_open_position=nan: must be finite"),
+        ({"ee_position_offset": [0.0, float("nan"), 0.0]}, "ee_position_offset"),
     ],
 )
 def test_invalid_parameters_fail_configure_with_a_clear_message(ros_context, params, needle):
@@ -44,6 +47,27 @@ def test_invalid_parameters_fail_configure_with_a_clear_message(ros_context, par
         level, message, _ = h.wait_diag(lambda lv, m, v: lv == ERROR, what="configure error on /diagnostics")
         assert needle in message, message
         assert h.node.policy is None
+    finally:
+        h.close()
+
+
+def test_wrong_values_are_refused_when_set(ros_context):
+    from rclpy.parameter import Parameter
+
+    h = Harness(ros_context, {"fake_policy": True}, configure=False)
+    try:
+        bad = [Parameter("max_age", value="abc"), Parameter("dry_run", value="banana"), Parameter("instruction", value=5),
+               Parameter("camera_views", value=[1, 2]), Parameter("diagnostics_period", value=float("inf"))]
+        for p in bad:
+            (result,) = h.node.set_parameters([p])
+            assert not result.successful and p.name in result.reason, (p.name, result.reason)
+        assert h.node.get_parameter("max_age").value == 0.5  # unchanged
+        (ok,) = h.node.set_parameters([Parameter("max_age", value=0.7)])
+        assert ok.successful and h.node.get_parameter("max_age").value == 0.7
+        (ok,) = h.node.set_parameters([Parameter("diagnostics_period", value=0.3)])
+        assert ok.successful and h.node._diag_timer.timer_period_ns == 100_000_000  # until configure
+        assert h.node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert h.node._diag_timer.timer_period_ns == 300_000_000
     finally:
         h.close()
 

@@ -236,3 +236,55 @@ def test_joint_that_stops_being_published(sync):
     with pytest.raises(StaleInput, match="panda_joint7") as info:
         sync.sync(10.6)
     assert info.value.reason == STALE
+
+
+def test_repeated_joint_names_are_refused(sync):
+    with pytest.raises(SyncInputError, match=r"\['panda_joint1'\] more than once") as info:
+        sync.add_joint_state(10.0, ARM + FINGERS + ["panda_joint1"], READY + [0.04, 0.04, 2.5])
+    assert info.value.reason == BAD_JOINT_STATE
+
+
+def test_each_joint_stamp_obeys_age_and_skew():
+    kin = KinematicModel(URDF, "panda_hand_tcp", ARM)
+    b = ProprioBuilder(ProprioConfig(sources=("libero",), gripper_joints=tuple(FINGERS)), kin)
+    s = Synchronizer(SyncConfig(views=("primary",), max_age=0.5, max_skew=0.1), b)
+    s.set_instruction("x")
+    s.add_joint_state(9.6, ARM, READY)  # the arm controller lags the camera by 0.4 s
+    s.add_joint_state(10.0, FINGERS, [0.02, 0.02])
+    s.add_image("primary", 10.0, frame(1))
+    with pytest.raises(StaleInput, match="joint 'panda_joint1' stamp 9.600 is 0.400 s from") as info:
+        s.sync(10.0)
+    assert info.value.reason == SKEW
+    s.add_joint_state(15.0, ARM, READY)  # an arm stamp 5 s ahead of this node's clock
+    s.add_joint_state(10.05, FINGERS, [0.02, 0.02])
+    s.add_image("primary", 10.05, frame(2))
+    with pytest.raises(StaleInput, match="joint 'panda_joint1' stamp 15.000 is 4.950 s in the future") as info:
+        s.sync(10.05)
+    assert info.value.reason == STALE
+    s.add_joint_state(10.1, ARM, READY)
+    s.add_image("primary", 10.1, frame(3))
+    assert s.sync(10.1).skew == pytest.approx(0.05)  # the fingers' own stamp, 10.05, counts
+
+
+def test_nan_on_an_unlisted_chain_joint_is_refused_not_raised():
+    # panda_joint7 moves the hand but is not among the joints the node lists: the pose cannot be computed
+    kin = KinematicModel(URDF, "panda_hand_tcp", ARM[:6])
+    assert "panda_joint7" in kin.chain_joints and "panda_finger_joint1" not in kin.chain_joints
+    b = ProprioBuilder(ProprioConfig(sources=("libero",), gripper_joints=tuple(FINGERS)), kin)
+    s = Synchronizer(SyncConfig(views=("primary",)), b)
+    s.set_instruction("x")
+    s.add_image("primary", 1.0, frame(1))
+    s.add_joint_state(1.0, ARM + FINGERS, READY[:6] + [float("nan"), 0.04, 0.04])
+    with pytest.raises(SyncInputError, match=r"\['panda_joint7'\] are NaN or inf") as info:
+        s.sync(1.0)
+    assert info.value.reason == BAD_JOINT_STATE
+    s.add_joint_state(1.01, ARM + FINGERS, READY + [0.04, 0.04])
+    s.add_image("primary", 1.01, frame(2))
+    good = s.sync(1.01).observation.proprio
+    # a NaN on a joint off the chain is ignored: it neither blocks nor poisons the next poses
+    s.add_joint_state(1.02, ARM + ["panda_finger_joint2"], READY + [float("nan")])
+    np.testing.assert_allclose(kin.frame_pose(dict(zip(ARM, READY))).position, kin.frame_pose(
+        {**dict(zip(ARM, READY)), "panda_finger_joint1": float("nan")}).position)
+    s.add_joint_state(1.03, ARM + FINGERS, READY + [0.04, 0.04])
+    s.add_image("primary", 1.03, frame(3))
+    np.testing.assert_allclose(s.sync(1.03).observation.proprio, good)

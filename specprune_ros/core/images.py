@@ -80,7 +80,11 @@ def decode_compressed(fmt: str, data: bytes | bytearray | memoryview | np.ndarra
     buf = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data.reshape(-1).view(np.uint8)
     if buf.size == 0:
         raise ImageDecodeError(f"compressed image ({fmt!r}) has no data")
-    img = cv2.imdecode(buf, cv2.IMREAD_COLOR)  # (H, W, 3) BGR or None
+    try:
+        img = cv2.imdecode(buf, cv2.IMREAD_COLOR)  # (H, W, 3) BGR or None
+    except cv2.error as exc:  # e.g. a header announcing more pixels than OpenCV's limit
+        detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise ImageDecodeError(f"could not decode the compressed image (format {fmt!r}, {buf.size} bytes): {detail}") from None
     if img is None:
         raise ImageDecodeError(f"could not decode the compressed image (format {fmt!r}, {buf.size} bytes); expected JPEG or PNG")
     return np.ascontiguousarray(img[:, :, ::-1])

@@ -93,6 +93,11 @@ class KinematicModel:
         ids = [self.model.getJointId(j) for j in self.arm_joints]
         self._arm_idx_v = np.array([self.model.joints[i].idx_v for i in ids], dtype=np.int64)  # (N,)
         self._q = np.asarray(pin.neutral(self.model), dtype=np.float64)  # (nq,)
+        #: 1-DoF joints between the root and the end-effector frame: the ones its pose depends on
+        self.chain_joints: tuple[str, ...] = tuple(
+            self.model.names[j] for j in self.model.supports[self.model.frames[self.ee_frame_id].parentJoint]
+            if self.model.names[j] in self.joint_names
+        )
         lower = []
         upper = []
         vmax = []
@@ -124,12 +129,18 @@ class KinematicModel:
     def configuration(self, positions: Mapping[str, float] | np.ndarray) -> np.ndarray:
         """Full Pinocchio configuration, shape (nq,), from named positions or an arm-order array (N,).
 
-        Joints not given keep their last value (fingers, for example, rarely matter for the arm's FK).
+        Joints not given keep their last value (fingers, for example, rarely matter for the arm's FK). A NaN or
+        infinite value raises :class:`KinematicsError` for a joint of the end-effector chain or of ``arm_joints``,
+        and is ignored (the last value kept) for any other joint.
         """
         q = self._q.copy()
         if isinstance(positions, Mapping):
+            bad = [n for n, v in positions.items() if n in self.joint_names and not np.isfinite(v)]
+            needed = [n for n in bad if n in self.chain_joints or n in self.arm_joints]
+            if needed:
+                raise KinematicsError(f"joint position(s) of {needed} are NaN or inf; the end-effector pose needs them")
             for name, value in positions.items():
-                if name in self.joint_names:
+                if name in self.joint_names and name not in bad:
                     self._set(q, name, float(value))
         else:
             arr = np.asarray(positions, dtype=np.float64).reshape(-1)
@@ -137,6 +148,8 @@ class KinematicModel:
                 raise KinematicsError(
                     f"expected {len(self.arm_joints)} arm joint values {list(self.arm_joints)}, got shape {arr.shape}"
                 )
+            if not np.all(np.isfinite(arr)):
+                raise KinematicsError(f"arm joint values are NaN or inf: {arr.tolist()}")
             for name, value in zip(self.arm_joints, arr):
                 self._set(q, name, float(value))
         self._q = q

@@ -34,7 +34,7 @@ import math
 
 import numpy as np
 
-from .kinematics import KinematicModel
+from .kinematics import KinematicModel, KinematicsError
 from .types import InputError
 
 SOURCES = (
@@ -188,7 +188,10 @@ class ProprioBuilder:
                 "publish it (robot_state_publisher does) or set robot_description_file"
             )
         check_joint_values(positions, self.required_joints())
-        pose = self.kinematics.frame_pose(dict(positions)) if cfg.needs_kinematics else None
+        try:
+            pose = self.kinematics.frame_pose(dict(positions)) if cfg.needs_kinematics else None
+        except KinematicsError as exc:  # e.g. a NaN on an EE-chain joint that is not among the listed ones
+            raise InputError(str(exc)) from None
         parts: list[np.ndarray] = []
         for s in cfg.sources:
             if s == "joint_positions":

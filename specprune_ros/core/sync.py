@@ -189,7 +189,7 @@ class Synchronizer:
     ) -> None:
         """One ``sensor_msgs/JointState``; values merge with earlier messages (split publishers work).
 
-        Raises :class:`SyncInputError` when the arrays disagree in length with ``names``.
+        Raises :class:`SyncInputError` when the arrays disagree in length with ``names`` or a name repeats.
         """
         names = list(names)
         pos = list(positions)
@@ -202,6 +202,9 @@ class Synchronizer:
             raise SyncInputError(
                 f"joint state has {len(names)} names but {len(vel)} velocities", BAD_JOINT_STATE
             )
+        if len(set(names)) != len(names):
+            repeated = sorted({n for n in names if names.count(n) > 1})
+            raise SyncInputError(f"joint state names joint(s) {repeated} more than once", BAD_JOINT_STATE)
         for i, name in enumerate(names):
             self._merged_pos[name] = float(pos[i])
             self._merged_stamp[name] = float(stamp)
@@ -319,13 +322,18 @@ class Synchronizer:
             snapshot = min(reversed(self._joints), key=lambda s: abs(s.stamp - ref))  # ties: newest
             max_skew = max(max_skew, self._check_skew("joint state", snapshot.stamp, ref))
             required = self.proprio.required_joints() if self.proprio is not None else []
-            for name in required:
-                if name in snapshot.joint_stamps and now - snapshot.joint_stamps[name] > cfg.max_age:
+            for name in required:  # split publishers: each joint's own stamp obeys rules 4 and 5
+                stamp = snapshot.joint_stamps.get(name)
+                if stamp is None:
+                    continue
+                if now - stamp > cfg.max_age:
                     raise StaleInput(
                         f"joint {name!r} is missing from recent joint states: last value is "
-                        f"{now - snapshot.joint_stamps[name]:.3f} s old (max_age {cfg.max_age} s)",
+                        f"{now - stamp:.3f} s old (max_age {cfg.max_age} s)",
                         STALE,
                     )
+                self._check_age(f"joint {name!r}", stamp, now)  # not in the future
+                max_skew = max(max_skew, self._check_skew(f"joint {name!r}", stamp, ref))
             self._check_age("joint state", snapshot.stamp, now)
         if self.proprio is not None and snapshot is not None:
             try:

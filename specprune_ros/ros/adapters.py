@@ -25,8 +25,8 @@ class TwistLimits:
 
     def __post_init__(self) -> None:
         for name in ("linear_scale", "angular_scale", "max_linear", "max_angular"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"TwistLimits.{name}={getattr(self, name)} must be >= 0")
+            if not 0 <= getattr(self, name) < float("inf"):
+                raise ValueError(f"TwistLimits.{name}={getattr(self, name)} must be finite and >= 0")
 
 
 def _clip_norm(v: np.ndarray, limit: float) -> np.ndarray:
@@ -48,6 +48,8 @@ def rows_to_twists(actions: np.ndarray, limits: TwistLimits) -> np.ndarray:
     for t in range(a.shape[0]):
         out[t, :3] = _clip_norm(a[t, 0:3] * limits.linear_scale, limits.max_linear)
         out[t, 3:] = _clip_norm(a[t, 3:6] * limits.angular_scale, limits.max_angular)
+    if not np.all(np.isfinite(out)):  # a scale so large that the scaled action overflows
+        raise ValueError("scaled action rows overflow to NaN or inf; refusing to command the robot")
     return out
 
 
@@ -72,6 +74,8 @@ def joint_trajectory(
     twists = rows_to_twists(actions, limits)  # (T, 6)
     vmax = None if max_joint_velocity <= 0 else max_joint_velocity
     pos, vel = kinematics.integrate_twists(start, twists, dt, damping=damping, max_joint_velocity=vmax)
+    if not (np.all(np.isfinite(pos)) and np.all(np.isfinite(vel))):
+        raise ValueError("the joint trajectory is not finite; refusing to command the robot")
     times = dt * np.arange(1, twists.shape[0] + 1)  # (T,)
     return pos, vel, times
 
@@ -83,6 +87,11 @@ class GripperMap:
     close_above: float = 0.0
     open_position: float = 0.04
     closed_position: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("close_above", "open_position", "closed_position"):
+            if not np.isfinite(getattr(self, name)):
+                raise ValueError(f"GripperMap.{name}={getattr(self, name)} must be finite")
 
     def command(self, value: float) -> float:
         if not np.isfinite(value):

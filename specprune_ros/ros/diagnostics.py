@@ -103,7 +103,8 @@ class NodeHealth:
             self._last = _Last(ERROR, message, message)
             self._unreported_error = message
 
-    def configure_failed(self, message: str) -> None:
+    def error(self, message: str) -> None:
+        """An ERROR that is not an inference error: configuration failed, inputs could not be assembled."""
         with self._lock:
             self._last = _Last(ERROR, message, message)
             self._unreported_error = message

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -137,6 +138,11 @@ class NodeConfig:
         def bad(name: str, why: str) -> None:
             raise NodeConfigError(f"parameter {name}={getattr(self, name)!r}: {why}")
 
+        for f in dataclasses.fields(self):  # no parameter means anything as NaN or inf (a scale of inf makes NaN twists)
+            value = getattr(self, f.name)
+            values = value if isinstance(value, (list, tuple)) else (value,)
+            if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+                bad(f.name, "must be finite (not NaN or inf)")
         views = tuple(self.camera_views)
         if not views:
             bad("camera_views", "give at least one view, e.g. [primary, wrist]")
@@ -309,6 +315,22 @@ def _coerce(spec: ParamSpec, value: Any) -> Any:
     if kind in ("str", "str_list") and any(isinstance(v, bool) for v in (value if isinstance(value, (list, tuple)) else [value])):
         hint = " (a bare y, n, yes, no, on, off, true or false is read as a boolean: quote it, e.g. \"y\")"
     raise NodeConfigError(f"parameter {spec.name}={value!r}: expected {expected.get(kind, kind)}{hint}")
+
+
+def check_value(name: str, value: Any) -> str | None:
+    """Why ``value`` cannot be parameter ``name`` on its own (wrong type, NaN or inf), or None when it can.
+    Checks that involve other parameters wait for configure; unknown names are left to the caller."""
+    spec = next((s for s in parameter_specs() if s.name == name), None)
+    if spec is None:
+        return None
+    try:
+        coerced = _coerce(spec, value)
+    except NodeConfigError as exc:
+        return str(exc)
+    values = coerced if isinstance(coerced, tuple) else (coerced,)
+    if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+        return f"parameter {name}={value!r}: must be finite (not NaN or inf)"
+    return None
 
 
 def configs_from_values(values: Mapping[str, Any]) -> tuple[NodeConfig, dict[str, Any]]:

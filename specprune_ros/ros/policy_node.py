@@ -32,7 +32,9 @@ from specprune_ros.core.types import ActionChunk, InputError, Policy
 from . import conversions as conv
 from .adapters import GripperMap, TwistLimits, joint_trajectory, rows_to_twists
 from .diagnostics import NodeHealth, to_diagnostic_array
-from .parameters import NODE_NAME, NodeConfig, ParamSpec, configs_from_values, parameter_specs, unknown_parameters
+from .parameters import (
+    NODE_NAME, NodeConfig, ParamSpec, check_value, configs_from_values, parameter_specs, unknown_parameters,
+)
 
 #: reliable + transient local, depth 1: latched topics (instruction, robot_description)
 LATCHED_QOS = QoSProfile(
@@ -111,9 +113,11 @@ class PolicyNode(LifecycleNode):
         self._pubs: dict[str, Any] = {}
         self._control_timer = None
         self._dt = 0.05
+        self.add_on_set_parameters_callback(self._check_parameters)
         self.add_post_set_parameters_callback(self._on_parameters_set)
         period = self.get_parameter("diagnostics_period").value
-        period = float(period) if isinstance(period, (int, float)) and period > 0 else 1.0
+        ok = isinstance(period, (int, float)) and not isinstance(period, bool) and 0 < period < float("inf")
+        period = float(period) if ok else 1.0  # a bad value is reported by configure
         from diagnostic_msgs.msg import DiagnosticArray
 
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -135,7 +139,7 @@ class PolicyNode(LifecycleNode):
                 import traceback
 
                 self.get_logger().debug(traceback.format_exc())
-            self.health.configure_failed(message)
+            self.health.error(message)
             self._teardown()
             return TransitionCallbackReturn.FAILURE
         self.health.set_state("inactive", "configured; activate to start", level=1)
@@ -151,6 +155,9 @@ class PolicyNode(LifecycleNode):
         unknown = unknown_parameters(list(overrides))
         self.health = NodeHealth(tuple(cfg.camera_views))
         self.health.unknown_parameters = unknown
+        if abs(self._diag_timer.timer_period_ns - round(cfg.diagnostics_period * 1e9)) > 0:
+            self.destroy_timer(self._diag_timer)
+            self._diag_timer = self.create_timer(cfg.diagnostics_period, self.publish_diagnostics)
         if unknown:
             self.get_logger().warning(f"unknown parameters ignored (typo?): {unknown}")
         proprio_cfg = cfg.proprio_config()
@@ -339,7 +346,9 @@ class PolicyNode(LifecycleNode):
         stamp = conv.stamp_to_sec(msg.header.stamp)
         try:
             rgb = conv.compressed_to_rgb(msg) if compressed else conv.image_to_rgb(msg)
-        except ImageDecodeError as exc:
+        except Exception as exc:  # noqa: BLE001 - ImageDecodeError or any decoder failure: a bad frame, not a dead node
+            if not isinstance(exc, ImageDecodeError):
+                exc = ImageDecodeError(f"could not decode the frame: {type(exc).__name__}: {exc}")
             with self._lock:
                 if self.sync is not None:
                     self.sync.add_image_error(view, stamp, str(exc))
@@ -378,6 +387,14 @@ class PolicyNode(LifecycleNode):
 
     def _on_instruction(self, msg) -> None:
         self._set_instruction(msg.data)
+
+    def _check_parameters(self, params):
+        """Refuse a value that cannot be its parameter's (``ros2 param set`` then says why); checks that involve
+        other parameters run at configure."""
+        from rcl_interfaces.msg import SetParametersResult
+
+        reasons = [r for p in params if (r := check_value(p.name, p.value)) is not None]
+        return SetParametersResult(successful=not reasons, reason="; ".join(reasons))
 
     def _on_parameters_set(self, params) -> None:
         for p in params:
@@ -490,6 +507,11 @@ class PolicyNode(LifecycleNode):
                     message += f"; the robot_description received was unusable: {self._urdf_error}"
                 self.health.refusal(reason, message)
                 self.get_logger().warning(f"not acting: {message}", throttle_duration_sec=2.0)
+                return
+            except Exception as exc:  # noqa: BLE001 - a bug in assembling inputs must not stop the node
+                message = f"could not assemble the observation: {type(exc).__name__}: {exc}"
+                self.health.error(message)
+                self.get_logger().error(f"not acting: {message}", throttle_duration_sec=2.0)
                 return
             ref = self.sync.config.reference
             seq = result.frame_seqs[ref]
@@ -607,7 +629,10 @@ class PolicyNode(LifecycleNode):
                 self._stopped = False
             except ValueError as exc:
                 self.health.failure(f"twist adapter: {exc}")
-        if "gripper" in self._pubs and cfg.gripper_index < row.shape[0]:
+        if "gripper" in self._pubs and cfg.gripper_index >= row.shape[0]:
+            self.health.failure(f"gripper adapter: gripper_index {cfg.gripper_index} but the policy's action rows "
+                                f"have {row.shape[0]} columns; the gripper is not commanded")
+        elif "gripper" in self._pubs:
             gmap = GripperMap(cfg.gripper_close_above, cfg.gripper_open_position, cfg.gripper_closed_position)
             try:
                 command = gmap.command(float(row[cfg.gripper_index]))
