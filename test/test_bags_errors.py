@@ -99,6 +99,46 @@ def test_bad_option_values(good, capsys):
     one_line_error(capsys.readouterr().err, "--rate", "-0.5")
     assert replay.main([str(good["mcap"]), "--remap=/a/b"]) == 2
     one_line_error(capsys.readouterr().err, "OLD:=NEW")
+    for option in ("--delay=inf", "--delay=nan", "--wait-for-subscribers=nan"):
+        assert replay.main([str(good["mcap"]), option]) == 2
+        one_line_error(capsys.readouterr().err, option.split("=")[0], "must lie in [0, 86400]")
+    assert replay.main([str(good["mcap"]), "--start=1e300", "--no-progress"]) == 2
+    one_line_error(capsys.readouterr().err, "past the end")
+
+
+@pytest.mark.parametrize("storage", ["sqlite3", "mcap"])
+def test_a_huge_duration_plays_to_the_end(good, capsys, storage):
+    import json
+
+    counts = []
+    for extra in ([], ["--duration=1e300"]):
+        assert replay.main([str(good[storage]), "--rate=1000", "--no-progress", "--json", *extra]) == 0
+        out = json.loads(capsys.readouterr().out)
+        counts.append({k: v for k, v in out.items() if isinstance(v, dict)})
+    assert counts[0] == counts[1] and any(counts[0].values())
+
+
+def test_bag_without_messages(tmp_path, capsys):
+    ts = get_typestore(Stores.ROS2_KILTED)
+    writer = Writer(tmp_path / "silent", version=9)
+    writer.open()
+    writer.add_connection("/joint_states", "sensor_msgs/msg/JointState", typestore=ts)
+    writer.close()
+    assert replay.main([str(tmp_path / "silent"), "--no-progress"]) == 2
+    one_line_error(capsys.readouterr().err, "has no messages", "/joint_states")
+    assert evaluate.main([str(tmp_path / "silent"), "--fake-policy", f"--out={tmp_path / 'r'}"]) == 2
+    one_line_error(capsys.readouterr().err, "has no messages")
+
+
+def test_unreadable_bag_directory(good, capsys, monkeypatch):
+    from specprune_ros.bags import bagio
+
+    def denied(path):  # what listing a directory without read permission raises (root is never denied)
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(bagio, "resolve_bag_path", denied)
+    assert replay.main([str(good["mcap"]), "--no-progress"]) == 2
+    one_line_error(capsys.readouterr().err, "cannot read bag", "Permission denied")
 
 
 WIDGET = "acme_msgs/msg/Widget"
@@ -140,3 +180,11 @@ def test_record_refuses_existing_output(good, capsys):
     one_line_error(capsys.readouterr().err, "exists already")
     assert record.main([str(good["mcap"]) + "_new", "--duration=-1"]) == 2
     one_line_error(capsys.readouterr().err, "--duration")
+
+
+@pytest.mark.parametrize("topic", ["bad topic", "/a//b"])
+def test_record_refuses_a_bad_topic_name_before_creating_the_bag(tmp_path, capsys, topic):
+    out = tmp_path / "never"
+    assert record.main([str(out), "--topics", topic, "--duration=0.1", "--no-progress"]) == 2
+    one_line_error(capsys.readouterr().err, "--topics", "not a valid topic name")
+    assert not out.exists()

@@ -223,6 +223,11 @@ def test_bad_arguments(episode, tmp_path, capsys):
     assert code == 2 and "side" in err
     code, _, err = run_eval(capsys, episode, "--checkpoint", tmp_path / "nope", "--out", out)
     assert code == 2 and "nope" in err
+    for bad in ("-0.05", "1.0e-12", ".nan"):  # a control period of zero ticks would never advance
+        code, _, err = run_eval(capsys, episode, "--fake-policy", "-p", f"control_dt:={bad}", "--out", out)
+        assert code == 2 and "control_dt" in err, err
+    code, _, err = run_eval(capsys, episode, "--fake-policy", "-p", "joint_states_topic:=/instruction", "--out", out)
+    assert code == 2 and "topic /instruction carries std_msgs/msg/String, not sensor_msgs/msg/JointState" in err
     assert "Traceback" not in err
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from specprune_ros.core.controller import ModeController, enters_fine, leaves_fine
+from specprune_ros.core.controller import ModeController, enters_fine, leaves_fine, step_dt_problem
 from specprune_ros.core.presets import ControllerConfig
 
 CFG = ControllerConfig()
@@ -76,3 +76,12 @@ def test_disabled_and_reset():
     assert c.mode == "fine"
     c.reset()
     assert c.mode == "coarse" and c.steps == 0
+
+
+def test_step_dt_problem():
+    assert step_dt_problem(0.05, 0.05) is None and step_dt_problem(0.0503, 0.05) is None
+    assert step_dt_problem(0.0, 0.05) is None  # not given
+    assert "rows are executed every 0.05 s" in step_dt_problem(0.1, 0.05)
+    assert step_dt_problem(0.1) is None  # no fixed period: a row is a simulation step
+    for bad in (float("nan"), float("inf"), -0.05):
+        assert "finite number of seconds >= 0" in step_dt_problem(bad)

@@ -1,6 +1,7 @@
 """libero_sim_node over ROS with a scripted simulator (no LIBERO): a chunk's requery_after cuts its execution."""
 from __future__ import annotations
 
+import contextlib
 import time
 
 import numpy as np
@@ -23,7 +24,11 @@ def _spin_until(executor, cond, what: str) -> None:
         executor.spin_once(timeout_sec=0.05)
 
 
-def test_bridge_executes_rows_up_to_requery_after_then_pauses(ros_context):
+@contextlib.contextmanager
+def scripted_bridge(ros_context):
+    """(bridge, send, sim): a LiberoBridge over a ScriptedSim and ``send(actions, requery, requery_after,
+    step_dt=0.0, expect_steps=True)`` that publishes one chunk for the pending observation and returns the steps it
+    executed (``expect_steps=False``: waits until the bridge dropped it instead)."""
     from rclpy.parameter import Parameter
 
     from specprune_ros.sim.libero_node import LiberoBridge
@@ -44,19 +49,34 @@ def test_bridge_executes_rows_up_to_requery_after_then_pauses(ros_context):
     try:
         _spin_until(executor, lambda: bridge.pause_ns is not None and pub.get_subscription_count() > 0, "the first pause")
 
-        def send(actions: np.ndarray, requery: bool, requery_after: int | None) -> int:
-            before = bridge.episode.step
+        def send(actions: np.ndarray, requery: bool, requery_after: int | None, step_dt: float = 0.0,
+                 expect_steps: bool = True) -> int:
+            before, dropped = bridge.episode.step, bridge.dropped_chunks
             msg = M.ActionChunk()
             msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(bridge.now_ns, 1_000_000_000)
             msg.rows, msg.cols = actions.shape
             msg.actions = actions.reshape(-1).tolist()
             msg.requery = requery
+            msg.step_dt = step_dt
             if requery_after is not None:
                 msg.requery_after = requery_after
             pub.publish(msg)
-            _spin_until(executor, lambda: bridge.episode.step > before and bridge.pause_ns is not None, "the next pause")
+            if expect_steps:
+                _spin_until(executor, lambda: bridge.episode.step > before and bridge.pause_ns is not None, "the next pause")
+            else:
+                _spin_until(executor, lambda: bridge.dropped_chunks > dropped, "the chunk to be dropped")
             return bridge.episode.step - before
 
+        yield bridge, send, sim
+    finally:
+        bridge.stop()
+        executor.shutdown(timeout_sec=5)
+        peer.destroy_node()
+        bridge.destroy_node()
+
+
+def test_bridge_executes_rows_up_to_requery_after_then_pauses(ros_context):
+    with scripted_bridge(ros_context) as (bridge, send, sim):
         first = chunk(8)
         assert send(first, True, 2) == 3  # rows 0..2, then a pause for the next query
         np.testing.assert_array_equal(np.stack(bridge.episode.executed), first[:3])
@@ -66,11 +86,18 @@ def test_bridge_executes_rows_up_to_requery_after_then_pauses(ros_context):
         assert send(chunk(8, 3.0), True, None) == 8  # requery without a row (-1): the whole chunk
         assert bridge.requeries == 1
         np.testing.assert_array_equal(np.stack(sim.actions[P.WAIT_STEPS:]), np.stack(bridge.episode.executed))
-    finally:
-        bridge.stop()
-        executor.shutdown(timeout_sec=5)
-        peer.destroy_node()
-        bridge.destroy_node()
+
+
+def test_bridge_refuses_a_bad_chunk_whole(ros_context):
+    with scripted_bridge(ros_context) as (bridge, send, sim):
+        bad = chunk(8)
+        bad[5, 0] = np.nan  # after the re-query cut: still nothing of it may run
+        assert send(bad, True, 2, expect_steps=False) == 0
+        for step_dt in (float("nan"), -0.05, 0.1):  # not finite, negative, another control rate
+            assert send(chunk(8), False, None, step_dt=step_dt, expect_steps=False) == 0
+        assert bridge.requeries == 0 and bridge.episode.executed == []
+        assert send(chunk(8), True, 2, step_dt=P.CONTROL_DT) == 3
+        assert bridge.requeries == 1 and bridge.dropped_chunks == 4
 
 
 def test_requery_rows_rule():

@@ -87,6 +87,23 @@ def test_bad_parameters_are_named():
         BridgeConfig(control_rate=0)
     with pytest.raises(ValueError, match="episodes"):
         BridgeConfig(episodes=-1)
+    with pytest.raises(ValueError, match=r"reset_delay=inf must lie in \[0, 3600\]"):
+        BridgeConfig(reset_delay=float("inf"))
+
+
+def test_node_parameters_are_typed(ros_context):
+    from specprune_ros.testbed.ros_bridge import make_node
+
+    node = make_node({"control_rate": 25, "action_chunk_topic": f"/typed_{os.getpid()}"}, context=ros_context)
+    try:  # an integer where a float is expected is taken
+        assert node.config.control_rate == 25.0 and isinstance(node.config.control_rate, float)
+    finally:
+        node.destroy_node()
+    for bad, message in [({"control_rate": "fast"}, "control_rate='fast': expected float"),
+                         ({"reset_delay": float("nan")}, "reset_delay=nan: must be finite"),
+                         ({"episodes": 1.5}, "episodes=1.5: expected int")]:
+        with pytest.raises(ValueError, match=message):
+            make_node(bad, context=ros_context)
 
 
 # ------------------------------------------------------------------------------------------- over rclpy

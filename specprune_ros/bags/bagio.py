@@ -95,7 +95,10 @@ class Bag:
     """
 
     def __init__(self, path: str | Path) -> None:
-        self.path = resolve_bag_path(path)
+        try:
+            self.path = resolve_bag_path(path)
+        except OSError as err:  # e.g. a directory this user may not list
+            raise BagError(f"cannot read bag {str(path)!r}: {_oneline(err)}") from None
         try:
             self._reader = Reader(self.path)
             self._reader.open()
@@ -110,6 +113,9 @@ class Bag:
         # The sqlite3 plugin opens lazily: touch the database now so a corrupt file fails here.
         if self._reader.message_count == 0 and not self._reader.connections:
             raise BagError(f"bag {str(self.path)!r} has no topics")
+        if self._reader.message_count == 0:
+            topics = sorted({c.topic for c in self._reader.connections})
+            raise BagError(f"bag {str(self.path)!r} has no messages (topics {topics} were recorded empty)")
 
     # -- context manager -------------------------------------------------------------------------
     def __enter__(self) -> Bag:

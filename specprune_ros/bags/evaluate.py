@@ -137,6 +137,11 @@ class BagFeeder:
         for t in inputs.camera_topics.values():
             if topics[t].msgtype not in IMAGE_TYPES:
                 raise BagError(f"camera topic {t} carries {topics[t].msgtype}, not sensor_msgs/Image or CompressedImage")
+        for t, want in ((inputs.joint_states_topic, "sensor_msgs/msg/JointState"),
+                        (inputs.instruction_topic, "std_msgs/msg/String"),
+                        (inputs.robot_description_topic, "std_msgs/msg/String")):
+            if t in topics and topics[t].msgtype != want and t not in self.view_of:
+                raise BagError(f"topic {t} carries {topics[t].msgtype}, not {want}; check the topic parameters")
         wanted = list(inputs.camera_topics.values())
         if inputs.sync.require_joint_states:
             if inputs.joint_states_topic not in topics:
@@ -237,7 +242,10 @@ def _build_policies(args, inputs: EvalInputs, node_cfg, policy_kw: dict, presets
     views = tuple(inputs.sync.views)
     proprio_dim = inputs.proprio.dim or None
     if args.fake_policy:
+        from ..core.config import PolicyConfig
         from ..core.fake import FakePolicy
+
+        PolicyConfig(**policy_kw, views=views)  # the values the node would refuse (control_dt, preset, ...)
 
         def fake() -> FakePolicy:  # as the node builds it with fake_policy:=true (fake_delay is not simulated)
             return FakePolicy(

@@ -64,10 +64,27 @@ class RecordOptions:
             raise ValueError(f"--duration must be > 0 seconds, got {self.duration}")
         if not self.topics:
             raise ValueError("no topics to record: pass --topics /a /b ...")
-        if self.depth < 1:
-            raise ValueError(f"--qos-depth must be >= 1, got {self.depth}")
+        if not 1 <= self.depth <= 1_000_000:
+            raise ValueError(f"--qos-depth must lie in [1, 1000000], got {self.depth}")
+        for topic in self.topics:
+            _check_topic_name(topic)
         if not self.discovery_period > 0:
             raise ValueError(f"discovery period must be > 0, got {self.discovery_period}")
+
+
+def _check_topic_name(topic: str) -> None:
+    """ValueError (one line) unless ``topic`` is a valid ROS 2 topic name (relative names as if at the root)."""
+    from rclpy.exceptions import InvalidTopicNameException
+    from rclpy.validate_full_topic_name import validate_full_topic_name
+    from rclpy.validate_topic_name import validate_topic_name
+
+    try:
+        validate_topic_name(topic)
+        if not topic.startswith("~"):
+            validate_full_topic_name(topic if topic.startswith("/") else "/" + topic)
+    except InvalidTopicNameException as err:
+        why = str(err).splitlines()[0].removeprefix("Invalid topic name: ").rstrip(":")
+        raise ValueError(f"--topics: {topic!r} is not a valid topic name: {why}") from None
 
 
 def message_definition_text(msgtype: str) -> str:

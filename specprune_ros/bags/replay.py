@@ -55,10 +55,11 @@ class ReplayOptions:
             raise ValueError(f"--duration must be > 0 seconds, got {self.duration}")
         if self.clock_hz is not None and not (math.isfinite(self.clock_hz) and self.clock_hz > 0):
             raise ValueError(f"--clock rate must be > 0 Hz, got {self.clock_hz}")
-        if self.depth < 1:
-            raise ValueError(f"--qos-depth must be >= 1, got {self.depth}")
-        if self.wait_for_subscribers < 0 or self.delay < 0:
-            raise ValueError("--wait-for-subscribers and --delay must be >= 0 seconds")
+        if not 1 <= self.depth <= 1_000_000:
+            raise ValueError(f"--qos-depth must lie in [1, 1000000], got {self.depth}")
+        for name, value in (("--wait-for-subscribers", self.wait_for_subscribers), ("--delay", self.delay)):
+            if not (math.isfinite(value) and 0 <= value <= 86400):
+                raise ValueError(f"{name} must lie in [0, 86400] seconds, got {value}")
         for old, new in self.remap.items():
             if not old or not new:
                 raise ValueError(f"--remap needs OLD:=NEW with both names, got {old!r}:={new!r}")
@@ -181,11 +182,12 @@ class Player:
 
             self._clock_cls = Clock
             self.clock_pub = node.create_publisher(Clock, "/clock", QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
-        self.start_ns = bag.start_ns + int(round(opts.start * NS))
-        if self.start_ns > bag.end_ns:
-            length = (bag.end_ns - bag.start_ns) / NS
+        length = (bag.end_ns - bag.start_ns) / NS
+        if opts.start > length:  # compared in seconds: a huge --start must not overflow the ns arithmetic
             raise BagError(f"--start {opts.start} s is past the end of the bag ({length:.3f} s long)")
-        self.stop_ns = None if opts.duration is None else self.start_ns + int(round(opts.duration * NS))
+        self.start_ns = bag.start_ns + int(round(opts.start * NS))
+        window = None if opts.duration is None else min(opts.duration, length - opts.start + 1.0)  # past the end = to it
+        self.stop_ns = None if window is None else self.start_ns + int(round(window * NS))
         self.counts: Counter[str] = Counter()
         self.total = sum(infos[t].count for t in selected) if opts.start == 0 and opts.duration is None else None
 

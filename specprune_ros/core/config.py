@@ -85,8 +85,8 @@ class PolicyConfig:
             raise ConfigError("dtype=float16 is not supported on the CPU; use float32 (or bfloat16)")
         if not self.views or len(set(self.views)) != len(self.views):
             raise ConfigError(f"views={self.views!r} must be a non-empty list of distinct names")
-        if not self.control_dt > 0:
-            raise ConfigError(f"control_dt={self.control_dt} must be > 0")
+        if not 1e-3 <= self.control_dt <= 10:
+            raise ConfigError(f"control_dt={self.control_dt} must lie in [0.001, 10] seconds (LIBERO: 0.05)")
         from .presets import PRESETS  # late import: presets import config classes
 
         if self.preset not in PRESETS:

@@ -7,6 +7,8 @@ Pure and deterministic: the same action sequence gives the same modes.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .presets import ControllerConfig
@@ -97,4 +99,16 @@ def requery_rows(requery: bool, requery_after: int | None, rows: int) -> int | N
     """
     if requery and requery_after is not None and 0 <= int(requery_after) < rows - 1:
         return int(requery_after) + 1
+    return None
+
+
+def step_dt_problem(step_dt: float, period: float | None = None) -> str | None:
+    """Why a chunk whose rows are ``step_dt`` seconds apart cannot be executed one row per ``period`` seconds, or
+    None. NaN, inf and negative values are refused; 0 means "not given" (a message that leaves the field unset);
+    with ``period`` a positive value must match it within 1% (rows meant for another rate would move the arm at
+    another speed; ``period=None`` where a row is a step of a simulation, whatever the wall-clock pace)."""
+    if not math.isfinite(step_dt) or step_dt < 0:
+        return f"step_dt={step_dt} must be a finite number of seconds >= 0"
+    if period is not None and step_dt > 0 and abs(step_dt - period) > 0.01 * period:
+        return f"step_dt={step_dt} s, but rows are executed every {period} s"
     return None

@@ -317,6 +317,23 @@ def _coerce(spec: ParamSpec, value: Any) -> Any:
     raise NodeConfigError(f"parameter {spec.name}={value!r}: expected {expected.get(kind, kind)}{hint}")
 
 
+def declare_typed(node, name: str, default: Any, doc: str) -> Any:
+    """Declare parameter ``name`` of a node whose parameters mirror a dataclass (the simulator bridges) and
+    return its value as the type of ``default``: an integer where a float is expected is taken (``-p
+    control_rate:=20``); any other type, or a float that is NaN or inf, raises ``ValueError`` naming the
+    parameter."""
+    from rcl_interfaces.msg import ParameterDescriptor
+
+    value = node.declare_parameter(name, default, ParameterDescriptor(description=doc, dynamic_typing=True)).value
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if type(value) is not type(default):
+        raise ValueError(f"parameter {name}={value!r}: expected {type(default).__name__}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"parameter {name}={value!r}: must be finite (not NaN or inf)")
+    return value
+
+
 def check_value(name: str, value: Any) -> str | None:
     """Why ``value`` cannot be parameter ``name`` on its own (wrong type, NaN or inf), or None when it can.
     Checks that involve other parameters wait for configure; unknown names are left to the caller."""

@@ -47,7 +47,8 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64MultiArray, MultiArrayDimension, String
 from std_srvs.srv import Trigger
 
-from ..core.controller import requery_rows
+from ..core.controller import requery_rows, step_dt_problem
+from ..ros.parameters import declare_typed
 from .protocol import (
     ACTION_DIM,
     ARM_JOINTS,
@@ -60,6 +61,7 @@ from .protocol import (
     STATUS_FAILURE,
     SimBackend,
     SimFrame,
+    check_chunk,
 )
 
 NODE_NAME = "libero_sim_node"
@@ -99,10 +101,10 @@ class BridgeConfig:
     def __post_init__(self) -> None:
         if self.init_state < 0:
             raise ProtocolError(f"init_state={self.init_state} must be >= 0")
-        if not self.idle_tick_period > 0:
-            raise ProtocolError(f"idle_tick_period={self.idle_tick_period} must be > 0 seconds")
-        if self.start_time < 0:
-            raise ProtocolError(f"start_time={self.start_time} must be >= 0 seconds")
+        if not 0 < self.idle_tick_period <= 3600:
+            raise ProtocolError(f"idle_tick_period={self.idle_tick_period} must lie in (0, 3600] seconds")
+        if not 0 <= self.start_time <= 1e9:  # builtin_interfaces/Time counts seconds in an int32
+            raise ProtocolError(f"start_time={self.start_time} must lie in [0, 1e9] seconds")
         self.protocol  # validates suite, max_steps, wait_steps, open_loop_steps
 
     @property
@@ -157,12 +159,9 @@ class LiberoBridge(Node):
         self._EpisodeStatus = EpisodeStatus
         defaults = BridgeConfig()
         values = {}
-        from rcl_interfaces.msg import ParameterDescriptor
 
         for name, doc in PARAM_DOC.items():
-            values[name] = self.declare_parameter(
-                name, getattr(defaults, name), ParameterDescriptor(description=doc)
-            ).value
+            values[name] = declare_typed(self, name, getattr(defaults, name), doc)  # ValueError: wrong type, NaN
         self.config = BridgeConfig(**values)  # ProtocolError names a bad value
         self._backend_factory = backend_factory
 
@@ -244,12 +243,15 @@ class LiberoBridge(Node):
                 try:
                     kind, arg = self._cmds.get(timeout=self.config.idle_tick_period)
                 except queue.Empty:
-                    if self.episode.running and self.pause_ns is not None:
-                        self.now_ns += _NS_PER_STEP  # idle tick: time passes, the simulator does not step
-                        self._publish_observation(self.episode.frame, images=True)
-                        self._publish_status()
-                    else:
-                        self._publish_clock()  # same time again, for late subscribers
+                    try:
+                        if self.episode.running and self.pause_ns is not None:
+                            self.now_ns += _NS_PER_STEP  # idle tick: time passes, the simulator does not step
+                            self._publish_observation(self.episode.frame, images=True)
+                            self._publish_status()
+                        else:
+                            self._publish_clock()  # same time again, for late subscribers
+                    except Exception as exc:  # never let the worker die silently
+                        self._fail(f"idle tick failed: {type(exc).__name__}: {exc}")
                     continue
                 if kind == "stop":
                     break
@@ -328,12 +330,20 @@ class LiberoBridge(Node):
                 f"values; LIBERO needs cols={ACTION_DIM} and rows*cols values"
             )
             return
-        actions = np.asarray(msg.actions, dtype=np.float64).reshape(msg.rows, msg.cols)  # (T, A)
+        why = step_dt_problem(float(msg.step_dt), CONTROL_DT)
+        try:
+            if why:
+                raise ProtocolError(why)
+            # the whole chunk, before an early re-query cuts it: a chunk with a NaN anywhere is not executed at all
+            actions = check_chunk(np.asarray(msg.actions, dtype=np.float64).reshape(msg.rows, msg.cols))  # (T, A)
+        except ProtocolError as exc:
+            self.dropped_chunks += 1
+            self.get_logger().error(f"action chunk {msg.sequence} rejected: {exc}")
+            return
         requery_after = int(getattr(msg, "requery_after", -1))
         cut = requery_rows(bool(msg.requery), requery_after if requery_after >= 0 else None, msg.rows)
         if cut is not None:  # early re-query: rows 0..requery_after, then pause for the next chunk
             actions = actions[:cut]
-            self.requeries += 1
         rows = min(len(actions), self.config.open_loop_steps or len(actions), ep.config.step_limit - ep.step)
         pause, self.pause_ns, self._rows_left = self.pause_ns, None, rows
         try:
@@ -347,6 +357,7 @@ class LiberoBridge(Node):
             self._fail(f"episode {self.episode_index}: the simulator failed: {type(exc).__name__}: {exc}")
             return
         self.episode_chunks += 1
+        self.requeries += cut is not None
         self._publish_status()
         if ep.running:
             self.pause_ns = self.now_ns
@@ -429,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, doc in PARAM_DOC.items():
             print(f"  {name:<20} {doc} (default: {getattr(BridgeConfig(), name)!r})")
         return 0
-    from rclpy.exceptions import ParameterException
+    from rclpy.exceptions import InvalidTopicNameException, ParameterException
 
     rclpy.init(args=args)
     node = None
@@ -441,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{NODE_NAME}: {node.failure}", file=sys.stderr)
             return 2
         rclpy.spin(node)
-    except (ProtocolError, ParameterException) as exc:
+    except (ProtocolError, ParameterException, InvalidTopicNameException, ValueError) as exc:  # parameters: one line, no traceback
         print(f"{NODE_NAME}: {exc}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, ExternalShutdownException):

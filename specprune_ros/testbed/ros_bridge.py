@@ -27,6 +27,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from ..core.controller import step_dt_problem
 from .task import GANTRY_URDF, JOINT_NAMES, TabletopTask, TaskConfig
 
 NODE_NAME = "testbed_sim_node"
@@ -59,8 +60,8 @@ class BridgeConfig:
             raise ValueError(f"control_rate={self.control_rate} must lie in (0, 200] Hz (the task was trained at 20)")
         if self.camera_every < 1:
             raise ValueError(f"camera_every={self.camera_every} must be >= 1 tick")
-        if self.reset_delay < 0:
-            raise ValueError(f"reset_delay={self.reset_delay} must be >= 0 seconds")
+        if not 0 <= self.reset_delay <= 3600:
+            raise ValueError(f"reset_delay={self.reset_delay} must lie in [0, 3600] seconds")
         if not self.action_chunk_topic:
             raise ValueError("action_chunk_topic is empty: name the policy node's ActionChunk topic")
 
@@ -187,8 +188,9 @@ def _time_msg_from_ns(ns: int):
 
 def make_node(config_overrides: dict | None = None, **node_kwargs):
     """Create the bridge node (rclpy must be initialized). ``config_overrides`` set parameters in tests."""
-    from rcl_interfaces.msg import ParameterDescriptor
     from rclpy.node import Node
+
+    from specprune_ros.ros.parameters import declare_typed
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
     from sensor_msgs.msg import Image, JointState
     from std_msgs.msg import String
@@ -213,10 +215,8 @@ def make_node(config_overrides: dict | None = None, **node_kwargs):
             super().__init__(NODE_NAME, **node_kwargs)
             defaults = BridgeConfig()
             values = {}
-            for f in fields(BridgeConfig):
-                values[f.name] = self.declare_parameter(
-                    f.name, getattr(defaults, f.name), ParameterDescriptor(description=PARAM_DOC[f.name])
-                ).value
+            for f in fields(BridgeConfig):  # ValueError: wrong type, NaN or inf
+                values[f.name] = declare_typed(self, f.name, getattr(defaults, f.name), PARAM_DOC[f.name])
             self.config = BridgeConfig(**values)
             self.runner = TestbedRunner(self.config)
             latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
@@ -270,6 +270,10 @@ def make_node(config_overrides: dict | None = None, **node_kwargs):
             if msg.rows * msg.cols != actions.size:
                 self.get_logger().error(f"action chunk {msg.sequence}: rows*cols={msg.rows * msg.cols} but "
                                         f"{actions.size} values; refused")
+                return
+            why = step_dt_problem(float(msg.step_dt))  # a row is one task step, whatever the wall-clock pace
+            if why is not None:
+                self.get_logger().error(f"action chunk {msg.sequence}: {why}; refused")
                 return
             why = self.runner.on_chunk(actions.reshape(msg.rows, msg.cols))
             if why is not None:
@@ -340,10 +344,12 @@ def main(argv: list[str] | None = None) -> int:
 
     rclpy.init(args=args)
     node = None
+    from rclpy.exceptions import InvalidTopicNameException, ParameterException
+
     try:
         node = make_node()
         rclpy.spin(node)
-    except ValueError as exc:
+    except (ValueError, ParameterException, InvalidTopicNameException) as exc:  # one line, no traceback
         print(f"{NODE_NAME}: {exc}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, ExternalShutdownException):
