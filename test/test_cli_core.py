@@ -61,6 +61,8 @@ def test_infer_off_and_text(tiny_checkpoint, images, capsys):
         (["--unnorm-key=tiny_sin"], "did you mean 'tiny_sim'"),
         (["--proprio=1,2"], "proprio must have shape"),
         (["--proprio=1,x"], "comma-separated numbers"),
+        (["--device=mps"], "Metal backend is not available"),
+        (["--control-dt=inf"], "control_dt=inf must lie in [0.001, 10]"),
     ],
 )
 def test_infer_errors(tiny_checkpoint, images, capsys, extra, message):
@@ -112,6 +114,18 @@ def test_bench_tiny_json(tmp_path):
     assert json.loads(out.read_text())["proportional"] is True
     assert bench.main(["--model=tiny", "--steps=2", "--warmup=0", f"--json={out}", "--device=cpu", "--merge"]) == 0
     assert json.loads(out.read_text())["merge"] is True
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--threads=0"], "--threads must be >= 1"),
+    (["--json=."], "--json=.: not a writable file path"),
+    (["--json=/no/such/folder/b.json"], "not a writable file path"),
+    (["--device=mps"], "Metal backend is not available"),
+])
+def test_bench_refuses_bad_options_before_running(capsys, extra, message):
+    assert bench.main(["--model=tiny", "--steps=1", "--warmup=0", *extra]) == 2
+    out = capsys.readouterr()
+    assert message in out.err and "model ready" not in out.out + out.err  # refused before building anything
 
 
 def test_demo_policy_stage(tmp_path, capsys, monkeypatch):

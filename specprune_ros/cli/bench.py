@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from ..core.checkpoint import Checkpoint, inspect_checkpoint, load_model
-from ..core.config import PolicyConfig
+from ..core.config import PolicyConfig, device_problem
 from ..core.flops import FULL_7B, LlmShape, llm_flops_ratio
 from ..core.policy import TORCH_DTYPES, OFTPolicy
 from ..core.presets import PRESETS
@@ -115,7 +115,15 @@ def main_args(argv: list[str]) -> int:
         raise ValueError(f"--preset must be one of {[p for p in PRESETS if p != 'off']}, got {args.preset!r}")
     if args.steps < 1 or args.warmup < 0:
         raise ValueError("--steps must be >= 1 and --warmup >= 0")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    for option, path in (("--json", args.json_out), ("--plot", args.plot)):  # before minutes of benchmarking
+        if path and path != "-" and (Path(path).is_dir() or not Path(path).absolute().parent.is_dir()):
+            raise ValueError(f"{option}={path}: not a writable file path (a directory, or its folder does not exist)")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    why = device_problem(device)
+    if why:
+        raise ValueError(why)
     dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
     if args.model == "full" and device == "cpu" and not args.checkpoint:
         raise ValueError("--model=full needs about 30 GB in fp32 on the CPU; use --device=cuda (bf16, ~16 GB)")

@@ -17,6 +17,22 @@ class ConfigError(ValueError):
     """A configuration value is invalid; the message names the field, the value and what is allowed."""
 
 
+def device_problem(device: str) -> str | None:
+    """Why torch cannot use ``device`` on this machine (no CUDA, no such GPU index, no MPS), or None."""
+    import torch
+
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            return f"device={device!r}: no CUDA device is available here (torch.cuda.is_available() is False); use cpu"
+        index = device.partition(":")[2]
+        if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+            n = torch.cuda.device_count()
+            return f"device={device!r}: this machine has {n} CUDA device(s), cuda:0 to cuda:{n - 1}"
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        return "device='mps': Apple's Metal backend is not available here; use cpu"
+    return None
+
+
 def closest(name: str, candidates) -> str:
     """`` (did you mean 'x'?)`` for the closest candidate, or an empty string."""
     match = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.5)

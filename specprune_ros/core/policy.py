@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from .checkpoint import Checkpoint, inspect_checkpoint, load_model
-from .config import PolicyConfig
+from .config import ConfigError, PolicyConfig, device_problem
 from .model import OFTModel, SequenceLayout
 from .preprocess import normalize, policy_frame
 from .presets import PRESETS, PruningConfig
@@ -176,5 +176,8 @@ def build_policy(config: PolicyConfig, pruning: PruningConfig | None = None) -> 
         raise ValueError("no checkpoint given: set PolicyConfig.checkpoint to a checkpoint directory")
     ckpt = inspect_checkpoint(config.checkpoint)
     ckpt.resolve_unnorm_key(config.unnorm_key)  # fail before the (slow) weight load
+    why = device_problem(config.device)
+    if why:
+        raise ConfigError(why)
     model = load_model(ckpt, device=config.device, dtype=TORCH_DTYPES[config.dtype])
     return OFTPolicy(config, ckpt, model, pruning)
