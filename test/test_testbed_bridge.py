@@ -148,6 +148,13 @@ def test_node_closed_loop_over_ros(ros_context):
                 chunk.sequence = sent
                 chunk.rows, chunk.cols = rows.shape
                 chunk.actions = rows.reshape(-1).tolist()
+                if sent == 0:  # first a chunk from an observation older than the episode: dropped
+                    pub.publish(chunk)
+                    t_wait = time.monotonic() + 5.0
+                    while bridge.runner.dropped == 0 and time.monotonic() < t_wait:
+                        ex.spin_once(timeout_sec=0.01)
+                    assert bridge.runner.dropped == 1 and not bridge.runner.rows
+                chunk.header.stamp = got["joints"].header.stamp  # the observation it answers
                 pub.publish(chunk)
                 sent += 1
                 # wait until the bridge has it, so that the next chunk is planned from the right state

@@ -242,6 +242,7 @@ def make_node(config_overrides: dict | None = None, **node_kwargs):
         # -- episodes
         def _start(self) -> None:
             task = self.runner.start_episode()
+            self._episode_start_ns = self.get_clock().now().nanoseconds  # the first observation's stamp
             self._pub_instruction.publish(String(data=task.instruction))
             self.get_logger().info(f"episode {self.runner.episode} (seed {task.seed}): {task.instruction!r}")
             self._publish_state(images=True)
@@ -274,6 +275,12 @@ def make_node(config_overrides: dict | None = None, **node_kwargs):
             why = step_dt_problem(float(msg.step_dt))  # a row is one task step, whatever the wall-clock pace
             if why is not None:
                 self.get_logger().error(f"action chunk {msg.sequence}: {why}; refused")
+                return
+            stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+            if stamp_ns < self._episode_start_ns:  # computed from an observation of an earlier episode
+                self.runner.dropped += 1
+                self.get_logger().info(f"action chunk {msg.sequence} dropped: its observation predates episode "
+                                       f"{self.runner.episode}", throttle_duration_sec=2.0)
                 return
             why = self.runner.on_chunk(actions.reshape(msg.rows, msg.cols))
             if why is not None:
