@@ -77,6 +77,12 @@ def test_infer_errors(tiny_checkpoint, images, capsys, extra, message):
     assert message in capsys.readouterr().err
 
 
+def test_infer_unknown_view(tiny_checkpoint, images, capsys):
+    args = args_for(tiny_checkpoint, images, f"--proprio={PROPRIO}") + [f"--image=side={images['primary']}"]
+    assert infer.main(args) == 2
+    assert "view(s) ['side'] that the policy does not take" in capsys.readouterr().err
+
+
 def test_infer_missing_view(tiny_checkpoint, images, capsys):
     args = [a for a in args_for(tiny_checkpoint, images, f"--proprio={PROPRIO}") if "wrist" not in a]
     assert infer.main(args) == 2

@@ -54,6 +54,9 @@ def main_args(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     config = policy_config_from_args(args)
     images = parse_images(args.image)
+    extra = sorted(set(images) - set(config.views))
+    if extra:  # a typo in a view name would otherwise be ignored
+        raise ValueError(f"--image names view(s) {extra} that the policy does not take; its views: {list(config.views)}")
     policy = build_policy(config)
     proprio = np.asarray(args.proprio, dtype=np.float64) if args.proprio is not None else None
     chunk = policy.infer(Observation(images=images, proprio=proprio, instruction=args.instruction))
