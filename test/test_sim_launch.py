@@ -29,7 +29,7 @@ from specprune_ros.ros.parameters import configs_from_values, read_params_file
 LAUNCH_FILE = REPO_ROOT / "launch" / "sim.launch.py"
 SHARE = INSTALL_PREFIX / "share" / "specprune_ros"
 EXPECTED_ARGUMENTS = {
-    "suite", "task_id", "init_state", "checkpoint", "preset", "unnorm_key", "fake_policy", "device",
+    "suite", "task_id", "init_state", "checkpoint", "preset", "proportional", "merge", "unnorm_key", "fake_policy", "device",
     "max_steps", "seed", "auto_reset", "publish_every_step", "sim_python", "sim_env_script",
     "libero_params_file", "log_level",
 }
@@ -87,7 +87,8 @@ def test_every_argument_is_declared_with_a_description(launch_module):
 def test_starts_the_bridge_in_the_sim_venv_and_the_policy_on_sim_time(launch_module, sim_python):
     actions, cmd, node, files, overrides = _resolve(
         launch_module,
-        {"suite": "libero_goal", "task_id": "3", "init_state": "5", "checkpoint": "/models/oft-goal", "preset": "off"},
+        {"suite": "libero_goal", "task_id": "3", "init_state": "5", "checkpoint": "/models/oft-goal", "preset": "paper",
+         "proportional": "true", "merge": "true"},
         sim_python,
     )
     assert str(sim_python) in cmd and f"VENV={sim_python.parent.parent}" in cmd
@@ -98,7 +99,7 @@ def test_starts_the_bridge_in_the_sim_venv_and_the_policy_on_sim_time(launch_mod
     assert node.node_executable == "policy_node" and node.node_name == "/specprune_policy"
     preset = read_params_file(SHARE / "config" / "libero.yaml")
     run = {
-        "use_sim_time": True, "checkpoint": "/models/oft-goal", "preset": "off",
+        "use_sim_time": True, "checkpoint": "/models/oft-goal", "preset": "paper", "proportional": True, "merge": True,
         "unnorm_key": "libero_goal_no_noops", "device": "cpu", "fake_policy": False, "autostart": False,
     }
     assert overrides == {**preset, **run}  # the LIBERO preset with this run on top, in one file
