@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -158,3 +159,88 @@ def test_min_max_normalization_is_selectable(tiny_checkpoint_copy):
     (tiny_checkpoint_copy / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="action_normalization"):
         inspect_checkpoint(tiny_checkpoint_copy)
+
+
+def _edit_json(path, edit):
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda a: a.pop("q99"), "lacks 'q01'/'q99'"),
+    (lambda a: a.__setitem__("q01", a["q01"][:3]), "q01 must be a list of 7 finite numbers"),
+    (lambda a: a.__setitem__("q01", [float("nan")] * 7), "q01 must be a list of 7 finite numbers"),
+    (lambda a: a.__setitem__("q01", [v + 10 for v in a["q99"]]), "q01 exceeds q99 in dimension(s) [0, 1"),
+    (lambda a: a.__setitem__("mask", ["false"] * 7), "mask must be a list of 7 true/false values"),
+])
+def test_bad_statistics_are_refused_before_the_weights_load(tiny_checkpoint_copy, edit, message):
+    _edit_json(tiny_checkpoint_copy / "dataset_statistics.json", lambda d: edit(d["tiny_sim"]["action"]))
+    with pytest.raises(CheckpointError, match=re.escape(message)) as info:
+        build_policy(PolicyConfig(checkpoint=str(tiny_checkpoint_copy)))
+    assert "dataset_statistics.json: tiny_sim.action" in str(info.value)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c["text_config"].__setitem__("hidden_size", "64"), "hidden_size='64' must be a positive integer"),
+    (lambda c: c.__setitem__("text_config", None), "text_config must be an object"),
+    (lambda c: c.__setitem__("num_actions_chunk", 0), "num_actions_chunk=0 must be a positive integer"),
+    (lambda c: c.__setitem__("timm_overrides", "big"), "timm_overrides must be a list of objects"),
+])
+def test_bad_config_values_are_named(tiny_checkpoint_copy, edit, message):
+    _edit_json(tiny_checkpoint_copy / "config.json", edit)
+    with pytest.raises(CheckpointError, match=re.escape(message)):
+        inspect_checkpoint(tiny_checkpoint_copy)
+
+
+def test_a_config_the_libraries_reject_is_a_checkpoint_error(tiny_checkpoint_copy):
+    _edit_json(tiny_checkpoint_copy / "config.json", lambda c: c["timm_model_ids"].__setitem__(0, "no_such_vit"))
+    with pytest.raises(CheckpointError, match="config.json: cannot build the model it describes"):
+        load_model(inspect_checkpoint(tiny_checkpoint_copy))
+    (tiny_checkpoint_copy / "config.json").write_bytes(b"\xff\xfe{}")
+    with pytest.raises(CheckpointError, match="config.json is not valid JSON"):
+        inspect_checkpoint(tiny_checkpoint_copy)
+
+
+def test_damaged_tokenizer_is_named(tiny_checkpoint_copy):
+    (tiny_checkpoint_copy / "tokenizer.json").write_text('{"not": "a tokenizer"}')
+    with pytest.raises(CheckpointError, match="tokenizer.json: cannot load the tokenizer"):
+        build_policy(PolicyConfig(checkpoint=str(tiny_checkpoint_copy)))
+
+
+def test_bad_head_tensors_and_mixed_steps(tiny_checkpoint_copy):
+    head = next(tiny_checkpoint_copy.glob("action_head--*"))
+    good = torch.load(head, weights_only=True)
+    torch.save({**good, "module.model.fc2.weight": torch.zeros(7)}, head)
+    with pytest.raises(CheckpointError, match="fc2.weight has shape"):
+        inspect_checkpoint(tiny_checkpoint_copy)
+    torch.save({**good, "module.model.fc2.bias": torch.zeros(7, dtype=torch.int64)}, head)
+    with pytest.raises(CheckpointError, match="not floating-point tensors"):
+        inspect_checkpoint(tiny_checkpoint_copy)
+    torch.save(good, head)
+    head.rename(head.with_name("action_head--5000_checkpoint.pt"))
+    with pytest.raises(CheckpointError, match="different training steps"):
+        inspect_checkpoint(tiny_checkpoint_copy)
+
+
+def test_a_weight_stored_twice_is_refused(tiny_checkpoint_copy):
+    index_file = tiny_checkpoint_copy / "model.safetensors.index.json"
+    shards = sorted(set(json.loads(index_file.read_text())["weight_map"].values()))
+    first, second = (tiny_checkpoint_copy / n for n in shards[:2])
+    extra = load_file(str(first))
+    key = next(iter(extra))
+    save_file({**load_file(str(second)), key: extra[key] + 1}, str(second))
+    with pytest.raises(CheckpointError, match=re.escape(f"{key!r} is stored twice")):
+        load_model(inspect_checkpoint(tiny_checkpoint_copy))
+
+
+def test_nan_weights_never_give_actions(tiny_checkpoint_copy):
+    from conftest import make_observation
+
+    head = next(tiny_checkpoint_copy.glob("action_head--*"))
+    state = torch.load(head, weights_only=True)
+    state["module.model.fc2.weight"][0, 0] = float("nan")
+    torch.save(state, head)
+    policy = build_policy(PolicyConfig(checkpoint=str(tiny_checkpoint_copy), preset="off"))
+    with pytest.raises(FloatingPointError, match="NaN or inf actions"):
+        policy.infer(make_observation())

@@ -149,3 +149,25 @@ def test_min_max_bounds():
     stats = {"q01": [-1.0], "q99": [1.0], "min": [-2.0], "max": [2.0], "mask": [True]}
     np.testing.assert_allclose(unnormalize_actions(np.array([[1.0]]), stats, "bounds"), [[2.0]], atol=1e-6)
     np.testing.assert_allclose(normalize_proprio(np.array([1.0]), stats, "bounds"), [0.5], atol=1e-6)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"instruction": 5}, "the instruction must be text, got int"),
+    ({"instruction": b"pick up the cube"}, "the instruction must be text, got bytes"),
+    ({"proprio": np.full(8, 1 + 2j)}, "proprio must hold real numbers"),
+    ({"proprio": np.array(["a"] * 8)}, "proprio must hold real numbers"),
+    ({"ee_speed": 0.1}, "ee_speed must be (linear m/s, angular rad/s)"),
+    ({"ee_speed": ("a", "b")}, "ee_speed must hold real numbers"),
+    ({"executed_actions": np.zeros(7)}, "executed_actions must have shape (N, A)"),
+    ({"executed_actions": np.array([[None] * 7], dtype=object)}, "executed_actions must hold real numbers"),
+    ({"instruction": "pick " * 3000}, "prompt tokens; this checkpoint takes at most 2048"),
+])
+def test_observations_of_the_wrong_kind_are_refused(tiny_checkpoint, observation, change, message):
+    import dataclasses
+    import re
+
+    from specprune_ros.core.types import InputError
+
+    policy = build_policy(PolicyConfig(checkpoint=str(tiny_checkpoint), preset="off"))
+    with pytest.raises(InputError, match=re.escape(message)):
+        policy.infer(dataclasses.replace(observation, **change))

@@ -8,6 +8,7 @@ file or keys and, for names, the closest valid one.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,10 +53,12 @@ class Checkpoint:
         keys = sorted(self.stats)
         if key is None or key == "":
             if len(keys) == 1:
-                return keys[0]
+                return self.resolve_unnorm_key(keys[0])
             raise CheckpointError(f"{self.path}: several unnorm keys {keys}; choose one with unnorm_key")
         if key not in self.stats:
             raise CheckpointError(f"unknown unnorm_key {key!r}{closest(key, keys)}; this checkpoint has {keys}")
+        check_statistics(f"{self.path / 'dataset_statistics.json'}: {key}", self.stats[key],
+                         self.spec.action_normalization, self.spec.action_dim, self.spec.proprio_dim)
         return key
 
 
@@ -63,9 +66,12 @@ def _read_json(path: Path) -> Any:
     if not path.is_file():
         raise CheckpointError(f"missing checkpoint file: {path}")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+        value = json.loads(path.read_bytes().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{path} is not valid JSON: {err}") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(value).__name__}, not an object")
+    return value
 
 
 def _one(path: Path, pattern: str, required: bool) -> Path | None:
@@ -86,8 +92,15 @@ def _load_pt(path: Path) -> dict:
         raise CheckpointError(f"cannot read {path}: {err}") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} does not hold a state dict")
+    bad = [repr(k) for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)
+           or not v.is_floating_point()]
+    if bad:
+        raise CheckpointError(f"{path}: entries that are not floating-point tensors under string keys: {bad[:5]}")
     # Saved from DDP-wrapped modules: every key starts with "module.".
-    return {k.removeprefix("module."): v for k, v in state.items()}
+    out = {k.removeprefix("module."): v for k, v in state.items()}
+    if len(out) != len(state):
+        raise CheckpointError(f"{path}: a key appears both with and without the 'module.' prefix")
+    return out
 
 
 def _weight_files(path: Path) -> list[Path]:
@@ -107,15 +120,53 @@ def _weight_files(path: Path) -> list[Path]:
     raise CheckpointError(f"missing checkpoint weights: neither {index} nor {single} exists")
 
 
+#: statistics keys of the low/high bounds per normalization type
+BOUNDS = {"bounds_q99": ("q01", "q99"), "bounds": ("min", "max")}
+
+
+def _numbers(where: str, value: Any, length: int, kind: type = float) -> list:
+    """``value`` as a list of ``length`` finite numbers (``kind=bool``: booleans); CheckpointError otherwise."""
+    ok = isinstance(value, list) and len(value) == length and all(
+        isinstance(v, bool) if kind is bool else (isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                   and math.isfinite(v)) for v in value)  # fmt: skip
+    if not ok:
+        what = "true/false values" if kind is bool else "finite numbers"
+        raise CheckpointError(f"{where} must be a list of {length} {what}, got {str(value)[:120]}")
+    return value
+
+
 def _stats(path: Path, config: dict) -> dict:
     """dataset_statistics.json overrides config.norm_stats (which holds the base model's keys)."""
     stats_file = path / "dataset_statistics.json"
-    stats = dict(config.get("norm_stats") or {})
+    base = config.get("norm_stats") or {}
+    if not isinstance(base, dict):
+        raise CheckpointError(f"{path / 'config.json'}: norm_stats must be an object")
+    stats = dict(base)
     stats.update(_read_json(stats_file))
     for key, entry in stats.items():
-        if "action" not in entry:
+        if not isinstance(entry, dict) or "action" not in entry:
             raise CheckpointError(f"{stats_file}: entry {key!r} has no 'action' statistics")
     return stats
+
+
+def check_statistics(where: str, entry: dict, norm: str, action_dim: int, proprio_dim: int | None) -> None:
+    """The action (and proprio) bounds of one statistics entry: finite numbers of the model's widths, low <= high,
+    an optional boolean mask of the same width. CheckpointError naming ``where`` and the field otherwise."""
+    lo_key, hi_key = BOUNDS[norm]
+    for part, width in (("action", action_dim), ("proprio", proprio_dim)):
+        block = entry.get(part)
+        if width is None or (block is None and part == "proprio"):
+            continue
+        field = f"{where}.{part}"
+        if not isinstance(block, dict) or lo_key not in block or hi_key not in block:
+            raise CheckpointError(f"{field} lacks {lo_key!r}/{hi_key!r} (action_normalization {norm!r})")
+        lo = _numbers(f"{field}.{lo_key}", block[lo_key], width)
+        hi = _numbers(f"{field}.{hi_key}", block[hi_key], width)
+        inverted = [i for i, (a, b) in enumerate(zip(lo, hi)) if a > b]
+        if inverted:
+            raise CheckpointError(f"{field}: {lo_key} exceeds {hi_key} in dimension(s) {inverted}")
+        if "mask" in block:
+            _numbers(f"{field}.mask", block["mask"], width, kind=bool)
 
 
 def inspect_checkpoint(path: str | Path) -> Checkpoint:
@@ -127,9 +178,13 @@ def inspect_checkpoint(path: str | Path) -> Checkpoint:
     for key in ("timm_model_ids", "text_config"):
         if key not in config:
             raise CheckpointError(f"{path / 'config.json'} lacks {key!r}; is this an OpenVLA(-OFT) checkpoint?")
+    if not isinstance(config["text_config"], dict) or not isinstance(config["timm_model_ids"], list):
+        raise CheckpointError(f"{path / 'config.json'}: text_config must be an object and timm_model_ids a list")
     weight_files = _weight_files(path)
     head_file = _one(path, HEAD_GLOB, required=True)
     proprio_file = _one(path, PROPRIO_GLOB, required=False)
+    if proprio_file is not None and _step(head_file) != _step(proprio_file):
+        raise CheckpointError(f"{path}: {head_file.name} and {proprio_file.name} come from different training steps")
     tokenizer_file = path / "tokenizer.json"
     if not tokenizer_file.is_file():
         raise CheckpointError(f"missing checkpoint file: {tokenizer_file}")
@@ -137,18 +192,26 @@ def inspect_checkpoint(path: str | Path) -> Checkpoint:
     proprio_state = _load_pt(proprio_file) if proprio_file else None
 
     text = config["text_config"]
-    hidden = int(text.get("hidden_size", 4096))
+    hidden = _positive_int(config, text, "hidden_size", 4096)
+    for key in ("num_hidden_layers", "num_attention_heads", "vocab_size"):
+        _positive_int(config, text, key, 1)
     try:
         out_w = head_state["model.fc2.weight"]  # (A, D)
     except KeyError:
         raise CheckpointError(f"{head_file} lacks 'module.model.fc2.weight'; is it an L1 regression head?") from None
+    if out_w.ndim != 2:
+        raise CheckpointError(f"{head_file}: model.fc2.weight has shape {tuple(out_w.shape)}, not (actions, width)")
     action_dim = int(out_w.shape[0])
     proprio_dim = None
     if proprio_state is not None:
         if "fc1.weight" not in proprio_state:
             raise CheckpointError(f"{proprio_file} lacks 'module.fc1.weight'")
+        if proprio_state["fc1.weight"].ndim != 2:
+            raise CheckpointError(f"{proprio_file}: fc1.weight has shape {tuple(proprio_state['fc1.weight'].shape)}")
         proprio_dim = int(proprio_state["fc1.weight"].shape[1])
     overrides = config.get("timm_overrides") or []
+    if not isinstance(overrides, list) or not all(o is None or isinstance(o, dict) for o in overrides):
+        raise CheckpointError(f"{path / 'config.json'}: timm_overrides must be a list of objects")
     ids = tuple(config["timm_model_ids"])
     if overrides and len(overrides) != len(ids):
         raise CheckpointError(f"config.json: timm_overrides has {len(overrides)} entries for {len(ids)} timm_model_ids")
@@ -168,16 +231,29 @@ def inspect_checkpoint(path: str | Path) -> Checkpoint:
         text_config={k: v for k, v in text.items() if k not in ("architectures", "model_type", "torch_dtype", "dtype")},
         proprio_dim=proprio_dim,
         action_dim=action_dim,
-        chunk_len=int(config.get("num_actions_chunk", DEFAULT_CHUNK_LEN)),
+        chunk_len=_positive_int(config, config, "num_actions_chunk", DEFAULT_CHUNK_LEN),
         use_fused_vision_backbone=bool(config.get("use_fused_vision_backbone", True)),
         action_normalization=action_norm,
         raw_config=config,
     )
     if hidden != int(out_w.shape[1]):
         raise CheckpointError(f"{head_file}: fc2 expects width {out_w.shape[1]}, the LLM has hidden_size {hidden}")
+    stats = _stats(path, config)
     return Checkpoint(
-        path, config, spec, _stats(path, config), weight_files, head_file, proprio_file, tokenizer_file, head_state, proprio_state
+        path, config, spec, stats, weight_files, head_file, proprio_file, tokenizer_file, head_state, proprio_state
     )
+
+
+def _positive_int(config: dict, where: dict, key: str, default: int) -> int:
+    value = where.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise CheckpointError(f"config.json: {key}={value!r} must be a positive integer")
+    return value
+
+
+def _step(path: Path) -> str:
+    """The training step in ``<name>--<step>_checkpoint.pt``."""
+    return path.name.partition("--")[2].removesuffix("_checkpoint.pt")
 
 
 def to_model_key(key: str) -> str:
@@ -211,8 +287,12 @@ def _check_keys(where: str, provided: dict, expected: dict) -> None:
 
 def load_model(ckpt: Checkpoint, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> OFTModel:
     """Build the network on the meta device and fill it strictly from the checkpoint files."""
-    with torch.device("meta"):
-        model = OFTModel(ckpt.spec)
+    try:
+        with torch.device("meta"):
+            model = OFTModel(ckpt.spec)
+    except Exception as err:  # noqa: BLE001 - transformers/timm reject the configuration in their own ways
+        detail = " ".join(str(err).split())[:300] or type(err).__name__
+        raise CheckpointError(f"{ckpt.path / 'config.json'}: cannot build the model it describes: {detail}") from None
     expected = model.state_dict()
 
     main: dict[str, torch.Tensor] = {}
@@ -220,7 +300,13 @@ def load_model(ckpt: Checkpoint, device: str | torch.device = "cpu", dtype: torc
         try:
             with safe_open(str(f), framework="pt", device="cpu") as sf:
                 for key in sf.keys():
-                    main[to_model_key(key)] = sf.get_tensor(key)
+                    name = to_model_key(key)
+                    if name in main:
+                        raise CheckpointError(f"{f}: weight {key!r} is stored twice (another shard, or both the "
+                                              "LayerScale 'gamma' and 'scale_factor' names)")
+                    main[name] = sf.get_tensor(key)
+        except CheckpointError:
+            raise
         except Exception as err:  # noqa: BLE001 - truncated / corrupt shard
             raise CheckpointError(f"cannot read {f}: {err}") from None
     core_expected = {k: v for k, v in expected.items() if not k.startswith(("action_head.", "proprio_projector."))}

@@ -6,7 +6,7 @@ import time
 import numpy as np
 import torch
 
-from .checkpoint import Checkpoint, inspect_checkpoint, load_model
+from .checkpoint import BOUNDS, Checkpoint, CheckpointError, inspect_checkpoint, load_model
 from .config import ConfigError, PolicyConfig, device_problem
 from .model import OFTModel, SequenceLayout
 from .preprocess import normalize, policy_frame
@@ -18,8 +18,6 @@ from .types import MODE_OFF, ActionChunk, InputError, Observation, StepStats
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-#: statistics keys of the low/high bounds per normalization type
-BOUNDS = {"bounds_q99": ("q01", "q99"), "bounds": ("min", "max")}
 
 
 def _bounds(stats: dict, norm: str) -> tuple[np.ndarray, np.ndarray]:
@@ -68,7 +66,17 @@ class OFTPolicy:
             raise InputError(f"statistics {self.unnorm_key!r} have no 'proprio' entry but the checkpoint takes proprio")
         self.action_dim = spec.action_dim
         self.chunk_len = spec.chunk_len
-        self.tokenizer = PromptTokenizer(checkpoint.tokenizer_file)
+        try:
+            self.tokenizer = PromptTokenizer(checkpoint.tokenizer_file)
+        except Exception as err:  # noqa: BLE001 - the tokenizers library raises plain Exception
+            detail = " ".join(str(err).split())[:300] or type(err).__name__
+            raise CheckpointError(f"{checkpoint.tokenizer_file}: cannot load the tokenizer: {detail}") from None
+        vocab = checkpoint.spec.text_config.get("vocab_size")
+        if isinstance(vocab, int) and self.tokenizer.vocab_size > vocab:
+            raise CheckpointError(f"{checkpoint.tokenizer_file}: {self.tokenizer.vocab_size} tokens, but the model's "
+                                  f"vocab_size is {vocab}")
+        limit = checkpoint.config.get("llm_max_length", 2048)
+        self.max_prompt_tokens = limit if isinstance(limit, int) and limit > 0 else 2048
         self.device = torch.device(config.device)
         self.dtype = TORCH_DTYPES[config.dtype]
         self.preset = config.preset
@@ -94,6 +102,9 @@ class OFTPolicy:
             p = normalize_proprio(obs.proprio, self.proprio_stats, self.checkpoint.spec.action_normalization)
             proprio = torch.as_tensor(p, dtype=self.dtype, device=self.device)[None]  # (1, P)
         ids, prefix_len = self.tokenizer.encode(obs.instruction)
+        if len(ids) > self.max_prompt_tokens:
+            raise InputError(f"the instruction makes {len(ids)} prompt tokens; this checkpoint takes at most "
+                             f"{self.max_prompt_tokens} (llm_max_length)")
         prompt_ids = torch.tensor([ids], dtype=torch.long, device=self.device)  # (1, 1+P)
         return frames, pixels, proprio, prompt_ids, prefix_len, self.model.layout(len(self.views), len(ids) - 1)
 
@@ -127,6 +138,8 @@ class OFTPolicy:
             normalized = self.model.action_head(self.model.readout(final, layout))  # (1, T, A)
             timings["head"] = self._ms_since(t)
         actions = unnormalize_actions(normalized.float().cpu().numpy().squeeze(0), self.action_stats, self.checkpoint.spec.action_normalization)  # (T, A)
+        if not np.all(np.isfinite(actions)):  # e.g. a NaN in the weights: never hand out such a chunk
+            raise FloatingPointError("the model produced NaN or inf actions; check the checkpoint's weights")
         if self.config.libero_gripper:
             actions = libero_gripper(actions)
         if self.pruner is not None:

@@ -25,12 +25,17 @@ class PromptTokenizer:
         config_file = Path(tokenizer_file).with_name("tokenizer_config.json")
         bos = BOS
         if config_file.exists():
-            value = json.loads(config_file.read_text()).get("bos_token", BOS)
-            bos = value["content"] if isinstance(value, dict) else value
+            try:
+                settings = json.loads(config_file.read_bytes().decode("utf-8"))
+                value = settings.get("bos_token", BOS)
+                bos = value["content"] if isinstance(value, dict) else value
+            except (ValueError, AttributeError, KeyError, TypeError) as err:
+                raise ValueError(f"{config_file}: not a tokenizer configuration ({type(err).__name__}: {err})") from None
         bos_id = self.tok.token_to_id(bos)
         if bos_id is None:
             raise ValueError(f"{tokenizer_file}: BOS token {bos!r} is not in the vocabulary")
         self.bos_id = bos_id
+        self.vocab_size = self.tok.get_vocab_size(with_added_tokens=True)
         self._cache: dict[str, tuple[list[int], int]] = {}
 
     def encode(self, instruction: str) -> tuple[list[int], int]:

@@ -5,7 +5,6 @@ only through :class:`Policy`: ``infer(observation) -> ActionChunk`` and ``reset(
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Mapping, Protocol, runtime_checkable
 
@@ -67,17 +66,33 @@ class Observation:
         if proprio_dim is not None:
             if self.proprio is None:
                 raise InputError(f"the policy needs a {proprio_dim}-D proprio state and got none")
-            p = np.asarray(self.proprio, dtype=np.float64)
+            p = _real_array("proprio", self.proprio)
             if p.shape != (proprio_dim,):
                 raise InputError(f"proprio must have shape ({proprio_dim},), got {p.shape}")
             if not np.all(np.isfinite(p)):
                 raise InputError(f"proprio contains NaN or inf: {p.tolist()}")
-        if not self.instruction or not self.instruction.strip():
+        if not isinstance(self.instruction, str):
+            raise InputError(f"the instruction must be text, got {type(self.instruction).__name__}")
+        if not self.instruction.strip():
             raise InputError("no instruction: set one before asking for actions")
-        if self.ee_speed is not None and not all(math.isfinite(float(s)) for s in self.ee_speed):
-            raise InputError(f"ee_speed is not finite: {self.ee_speed}")
-        if self.executed_actions is not None and not np.all(np.isfinite(self.executed_actions)):
-            raise InputError("executed_actions contain NaN or inf")
+        if self.ee_speed is not None:
+            speed = _real_array("ee_speed", self.ee_speed)
+            if speed.shape != (2,) or not np.all(np.isfinite(speed)):
+                raise InputError(f"ee_speed must be (linear m/s, angular rad/s), finite; got {self.ee_speed}")
+        if self.executed_actions is not None:
+            executed = _real_array("executed_actions", self.executed_actions)
+            if executed.ndim != 2:
+                raise InputError(f"executed_actions must have shape (N, A), got {executed.shape}")
+            if not np.all(np.isfinite(executed)):
+                raise InputError("executed_actions contain NaN or inf")
+
+
+def _real_array(name: str, value) -> np.ndarray:
+    """``value`` as a float64 array; InputError for text, objects or complex numbers."""
+    a = np.asarray(value)
+    if a.dtype.kind not in "biuf":
+        raise InputError(f"{name} must hold real numbers, got dtype {a.dtype} ({str(value)[:60]})")
+    return a.astype(np.float64)
 
 
 @dataclass
