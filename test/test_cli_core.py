@@ -147,6 +147,10 @@ def test_demo_policy_stage(tmp_path, capsys, monkeypatch):
 def test_demo_refuses_unknown_presets_before_doing_anything(tmp_path, capsys):
     from specprune_ros.cli import demo
 
+    with pytest.raises(SystemExit) as exc:
+        demo.main_args([f"--out={tmp_path / 'out'}", "--episodes=-1"])
+    assert exc.value.code == 2 and "--episodes=-1 must lie in [0, 10000]" in capsys.readouterr().err
+
     for flag in ("--preset", "--ros-preset"):
         with pytest.raises(SystemExit) as exc:
             demo.main_args([f"--out={tmp_path / 'out'}", f"{flag}=papr"])

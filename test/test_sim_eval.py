@@ -71,6 +71,9 @@ def test_plot_is_written(tmp_path):
         (["--checkpoint=/no/such/dir"], "no such directory"),
         (["--fake-policy", "--tasks=3-12"], "--tasks='3-12': values must lie in 0..9"),
         (["--fake-policy", "--episodes=5", "--first-init-state=48"], "each task has 50"),
+        (["--fake-policy", "--episodes=99999999999999999999"], "--episodes=99999999999999999999 must lie in [1, 50]"),
+        (["--fake-policy", "--episode-timeout=-1"], "--episode-timeout=-1.0 must be a finite number"),
+        (["--fake-policy", "--episode-timeout=nan"], "--episode-timeout=nan must be a finite number"),
     ],
 )
 def test_cli_errors_are_one_line(args, message, tmp_path):

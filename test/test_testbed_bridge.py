@@ -199,3 +199,7 @@ def test_ros_loop_refuses_a_missing_checkpoint(tmp_path):
     cmd = [sys.executable, "-m", "specprune_ros.testbed.ros_loop", f"--checkpoint={tmp_path / 'nope'}"]
     out = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "config.json" in out.stderr
+    # an unknown preset is refused at once (the node would refuse it and the loop wait for statuses)
+    cmd = [sys.executable, "-m", "specprune_ros.testbed.ros_loop", "--fake-policy", "--preset=papr"]
+    out = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "did you mean 'paper'" in out.stderr

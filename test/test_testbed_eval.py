@@ -111,6 +111,17 @@ def test_variants_and_config_validation():
     with pytest.raises(ValueError, match="needs paper\\+random evaluated before"):
         ev.EvalConfig(variants=("paper", "paper+matched+random"))
     ev.EvalConfig(variants=("paper+random", "paper+matched+random"))
+    for bad, message in [({"overlay_episodes": -3}, "overlay_episodes=-3"), ({"episodes": 10**20}, "episodes=")]:
+        with pytest.raises(ValueError, match=message):
+            ev.EvalConfig(**bad)
+
+
+def test_an_unusable_out_is_refused_before_any_episode(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert ev.main([f"--out={afile}", "--variants=off", "--episodes=1", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "specprune-testbed-eval: error:" in err and "afile" in err and "Traceback" not in err
 
 
 def test_run_episode_feeds_executed_actions_and_succeeds_with_the_expert():

@@ -99,7 +99,7 @@ def test_resume_continues_and_refuses_a_different_configuration(tmp_path):
     assert res.steps_done == 3 and any("resuming" in m and "step 2" in m for m in logs)
     state = torch.load(tmp_path / "ckpt" / tr.WORK_DIR / tr.STATE_FILE, weights_only=True)
     assert len(state["losses"]) == 3
-    with pytest.raises(ValueError, match="different configuration"):
+    with pytest.raises(ValueError, match="different configuration \\(lr: 0.001 there, 0.0005 now\\)"):
         tr.train(tr.TrainConfig(out_dir=out, steps=4, **{**TINY, "lr": 5e-4}), progress=False, log=lambda m: None)
 
 
@@ -257,6 +257,29 @@ def test_cli_help_and_bad_values(capsys):
         tr.TrainConfig(llm_layers=6, probe_layer=5)
     with pytest.raises(ValueError, match="excursion_rate"):
         tr.TrainConfig(excursion_rate=0.5)
+    for bad, message in [({"max_minutes": float("nan")}, "max_minutes=nan must be a finite number"),
+                         ({"sparse_weight": float("inf")}, "sparse_weight=inf must be a finite number"),
+                         ({"seed": -5}, r"seed=-5 must lie in \[0, 2\*\*32\)"),
+                         ({"weight_decay": -1.0}, "weight_decay=-1.0 must be >= 0"),
+                         ({"batch_size": 10**11}, "batch_size=100000000000 must be <= 4096")]:
+        with pytest.raises(ValueError, match=message):
+            tr.TrainConfig(**bad)
+
+
+def test_training_refuses_an_unusable_output_directory_before_making_anything(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert tr.main([f"--out-dir={afile}", "--steps=1", "--no-progress"]) == 2
+    assert "exists and is not a directory" in capsys.readouterr().err
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text("{}")  # e.g. a checkpoint that no training run made
+    with pytest.raises(ValueError, match="non-empty directory that no training run made"):
+        tr.train(tr.TrainConfig(out_dir=str(other), steps=1, **TINY), progress=False, log=lambda m: None)
+    with pytest.raises(ValueError, match="checkpoint directory not found"):
+        tr.train(tr.TrainConfig(out_dir=str(tmp_path / "new"), steps=1, init_from=str(tmp_path / "missing"), **TINY),
+                 progress=False, log=lambda m: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "other"]  # nothing made for the refused runs
 
 
 def test_every_training_option_is_explained_in_help():

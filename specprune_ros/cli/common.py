@@ -74,7 +74,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from ..core.checkpoint import CheckpointError
     from ..core.types import InputError
 
-    return (ConfigError, CheckpointError, InputError, FileNotFoundError, ValueError, FloatingPointError)
+    return (ConfigError, CheckpointError, InputError, OSError, ValueError, FloatingPointError)
 
 
 def interruptible() -> None:

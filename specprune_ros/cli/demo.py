@@ -121,6 +121,9 @@ def main_args(argv: list[str]) -> int:
                    "solves the task; the test-bed policy loses most of its successes pruned, stage 2 shows it)")
     p.add_argument("--skip-ros", action="store_true", help="skip the ROS 2 stages")
     args = p.parse_args(argv)
+    for flag, count in (("--episodes", args.episodes), ("--ros-episodes", args.ros_episodes)):
+        if not 0 <= count <= 10_000:
+            p.error(f"{flag}={count} must lie in [0, 10000] (0 skips the stage)")
     for flag, name in (("--preset", args.preset), ("--ros-preset", args.ros_preset)):
         if name not in PRESETS:
             p.error(f"{flag}={name!r} is not a preset{closest(name, list(PRESETS))}; choose from {', '.join(PRESETS)}")

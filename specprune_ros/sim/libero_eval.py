@@ -112,8 +112,10 @@ class Results:
             return cls(path, config)
         try:
             data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, ValueError) as exc:
             raise EvalError(f"{path} is not a results file of this tool ({exc}); use another --out") from None
+        if not isinstance(data, dict) or not isinstance(data.get("config", {}), dict):
+            raise EvalError(f"{path} is not a results file of this tool; use another --out")
         old = data.get("config", {})
         diff = [k for k in CONFIG_KEYS if old.get(k) != config.get(k)]
         if diff:
@@ -498,6 +500,11 @@ def _plan(ns: argparse.Namespace) -> EvalPlan:
         raise EvalError("give --checkpoint=<dir> (a released OFT LIBERO checkpoint, or `specprune-make-tiny`'s) or --fake-policy")
     if ns.checkpoint and not Path(ns.checkpoint).is_dir():
         raise EvalError(f"--checkpoint={ns.checkpoint}: no such directory")
+    if not (math.isfinite(ns.episode_timeout) and ns.episode_timeout > 0):
+        raise EvalError(f"--episode-timeout={ns.episode_timeout} must be a finite number of seconds > 0")
+    if not 1 <= ns.episodes <= TRIALS_PER_TASK:
+        raise EvalError(f"--episodes={ns.episodes} must lie in [1, {TRIALS_PER_TASK}] (each task has {TRIALS_PER_TASK} "
+                        "initial states)")
     if ns.episodes < 1 or ns.first_init_state < 0 or ns.max_steps < 0:
         raise EvalError("--episodes must be >= 1, --first-init-state and --max-steps >= 0")
     n_tasks = 90 if ns.suite == "libero_90" else 10
@@ -596,7 +603,7 @@ def main(argv: list[str] | None = None) -> int:
         results.save()
         summary = results.summary()
         figure = plot(summary, plan.out / PLOT, f"{plan.suite}: {len(plan.tasks)} task(s) x {len(plan.init_states)} episode(s) ({plan.path})")
-    except EvalError as exc:
+    except (EvalError, OSError) as exc:  # OSError: an --out that cannot be written
         print(f"specprune-libero-eval: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -26,6 +26,8 @@ from .expert import FINE_SPEED, expert_action, expert_plan
 from .task import FINGER_OPEN, VIEWS, TabletopTask, TaskConfig
 
 CHUNK_LEN = 8
+#: dataset_statistics.json key of every test-bed checkpoint
+UNNORM_KEY = "testbed"
 ACTION_DIM = 7
 PROPRIO_DIM = 8
 

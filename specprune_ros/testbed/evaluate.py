@@ -199,6 +199,11 @@ class EvalConfig:
         if self.episodes < 0 or (self.episodes == 0 and not any(extra)):
             raise ValueError(f"episodes={self.episodes} must be >= 1 (or 0 with open_loop_seeds, grounding_seeds or "
                              "agreement_seeds > 0)")
+        if self.overlay_episodes < 0:
+            raise ValueError(f"overlay_episodes={self.overlay_episodes} must be >= 0")
+        for name in ("episodes", "open_loop_seeds", "grounding_seeds", "agreement_seeds", "first_seed"):
+            if getattr(self, name) > 1_000_000:
+                raise ValueError(f"{name}={getattr(self, name)} must be <= 1000000")
         if min(extra) < 0:
             raise ValueError(f"open_loop_seeds={self.open_loop_seeds}, grounding_seeds={self.grounding_seeds} and "
                              f"agreement_seeds={self.agreement_seeds} must be >= 0")
@@ -718,15 +723,18 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.write_reproduce is not None:
         try:
-            seeds = [int(x) for x in args.write_reproduce.split(",") if x.strip()]
+            try:
+                seeds = [int(x) for x in args.write_reproduce.split(",") if x.strip()]
+            except ValueError:
+                seeds = []
             if not seeds or min(seeds) < 0:
                 raise ValueError(f"--write-reproduce={args.write_reproduce!r}: give non-negative seeds, e.g. 0,1,2")
             rec = reproduce_record(args.checkpoint, seeds, max_steps=args.max_steps)
-        except (ValueError, FileNotFoundError) as err:
-            print(f"error: {err}", file=sys.stderr)
+            path = Path(args.checkpoint) / "reproduce.json"
+            path.write_text(json.dumps(rec, indent=1) + "\n")
+        except (ValueError, OSError) as err:
+            print(f"specprune-testbed-eval: error: {err}", file=sys.stderr)
             return 2
-        path = Path(args.checkpoint) / "reproduce.json"
-        path.write_text(json.dumps(rec, indent=1) + "\n")
         print(json.dumps({k: rec[k] for k in ("seeds", "success", "grasped", "steps")}) if args.json else
               f"seeds {seeds}: success {rec['success']}, grasped {rec['grasped']}, steps {rec['steps']}; wrote {path}")
         return 0
@@ -736,9 +744,10 @@ def main(argv: list[str] | None = None) -> int:
                          measured_speed=args.measured_speed, open_loop_seeds=args.open_loop_seeds,
                          overlay_episodes=args.overlays, grounding_seeds=args.grounding_seeds,
                          agreement_seeds=args.agreement_seeds, threads=args.threads)
+        Path(args.out).mkdir(parents=True, exist_ok=True)  # an unusable --out fails now, not after the episodes
         res = evaluate(cfg, args.out, progress=not args.no_progress)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (ValueError, OSError) as err:
+        print(f"specprune-testbed-eval: error: {err}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(res["summary"], indent=1))

@@ -150,8 +150,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-dir", default=None, help="where the nodes' logs go (default: a temporary directory)")
     p.add_argument("--json", action="store_true", help="print the episode records as JSON")
     args = p.parse_args(argv)
-    if args.episodes < 1 or args.seed < 0 or args.max_steps < 1:
-        print("error: --episodes and --max-steps must be >= 1 and --seed >= 0", file=sys.stderr)
+    if not (1 <= args.episodes <= 10_000 and 0 <= args.seed < 2**31 and 1 <= args.max_steps <= 100_000):
+        print("error: --episodes must lie in [1, 10000], --max-steps in [1, 100000] and --seed in [0, 2**31)",
+              file=sys.stderr)
+        return 2
+    from specprune_ros.core.config import closest
+    from specprune_ros.core.presets import PRESETS
+
+    if args.preset not in PRESETS:  # the node would refuse it and the loop wait for statuses that never come
+        print(f"error: --preset={args.preset!r} is not a preset{closest(args.preset, list(PRESETS))}; choose from "
+              f"{', '.join(PRESETS)}", file=sys.stderr)
         return 2
     if not args.fake_policy and not (Path(args.checkpoint) / "config.json").is_file():
         print(f"error: --checkpoint={args.checkpoint} has no config.json", file=sys.stderr)
@@ -170,6 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     except LoopError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except OSError as err:  # an unusable --log-dir
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as err:  # rclpy or the generated messages: not in the ROS environment
+        print(f"error: {err}; run it in the ROS environment (tools/ros_env.sh, docs/development.md)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     if args.json:

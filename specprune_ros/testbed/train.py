@@ -42,11 +42,10 @@ from ..core.policy import normalize_proprio
 from ..core.preprocess import normalize, policy_frame
 from ..core.prompt import PROMPT_TEMPLATE, PromptTokenizer, make_tiny_tokenizer_files
 from ..core.tiny import VOCAB, make_checkpoint_config
-from .data import CHUNK_LEN, Episode, check_perturbations, dataset_statistics, generate
+from .data import CHUNK_LEN, UNNORM_KEY, Episode, check_perturbations, dataset_statistics, generate
 from .expert import expert_plan
 from .task import OBJECT_COLORS, PLATE_COLORS, SHAPES, TEMPLATES, VIEWS, Scene, TabletopTask, TaskConfig
 
-UNNORM_KEY = "testbed"
 #: attention function of the Llama layers while training (:func:`training_attention`)
 TRAIN_ATTENTION = "specprune_train_math"
 #: resumable state and scratch files live in <out_dir>/WORK_DIR (not part of the checkpoint)
@@ -164,11 +163,24 @@ class TrainConfig:
     threads: int = 1
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # NaN would pass every comparison below (and mean "no limit", "no saves", ...)
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{f.name}={value} must be a finite number")
         positive = ("episodes", "steps", "batch_size", "vit_dim", "vit_depth", "vit_heads", "llm_hidden", "llm_layers",
                     "llm_heads", "llm_intermediate", "threads")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        for name, most in (("episodes", 100_000), ("batch_size", 4096), ("steps", 10**9)):
+            if getattr(self, name) > most:
+                raise ValueError(f"{name}={getattr(self, name)} must be <= {most}")
+        for name in ("seed", "data_seed"):
+            if not 0 <= getattr(self, name) < 2**32:
+                raise ValueError(f"{name}={getattr(self, name)} must lie in [0, 2**32)")
+        for name in ("weight_decay", "noise"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
         if self.vit_depth < 2:
             raise ValueError(f"vit_depth={self.vit_depth} must be >= 2 (features come from the second-to-last block)")
         if self.vit_dim % self.vit_heads:
@@ -814,12 +826,19 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainResult:
     if cfg.bf16 and not bf16:
         log("this CPU has no native bfloat16 matrix products: training in float32 (bfloat16 autocast would be ~8x slower)")
     out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     work = out / WORK_DIR
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out_dir={out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not work.is_dir():
+        raise ValueError(f"out_dir={out} is a non-empty directory that no training run made (no {WORK_DIR}/); "
+                         "choose a new or empty directory")
+    init = inspect_checkpoint(cfg.init_from) if cfg.init_from else None  # fails early on a bad directory
+    if init is not None:
+        init.resolve_unnorm_key(UNNORM_KEY)  # a test-bed checkpoint, with sane statistics
+    out.mkdir(parents=True, exist_ok=True)
     work.mkdir(exist_ok=True)
     state_file = work / STATE_FILE
 
-    init = inspect_checkpoint(cfg.init_from) if cfg.init_from else None  # fails early on a bad directory
     episodes = generate(cfg.episodes + cfg.val_episodes, seed=cfg.data_seed, noise=cfg.noise, progress=progress,
                         excursion_rate=cfg.excursion_rate, fine_excursion_rate=cfg.fine_excursion_rate,
                         late_release=cfg.late_release)
@@ -857,8 +876,11 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainResult:
         state = torch.load(state_file, map_location="cpu", weights_only=True)
         saved = {k: v for k, v in json.loads(state["train_config"]).items() if k not in RESUMABLE_CHANGES}
         if json.dumps(saved, sort_keys=True) != _identity(cfg):
-            raise ValueError(f"{state_file} was written by a different configuration; remove it or use the same flags "
-                             f"(only {', '.join(RESUMABLE_CHANGES)} may change; saved: {state['train_config']})")
+            now = json.loads(_identity(cfg))
+            diff = [f"{k}: {saved.get(k)!r} there, {now.get(k)!r} now" for k in sorted(set(saved) | set(now))
+                    if saved.get(k) != now.get(k)]
+            raise ValueError(f"{state_file} was written by a different configuration ({'; '.join(diff)}); remove it or "
+                             f"use the same flags (only {', '.join(RESUMABLE_CHANGES)} may change)")
         model.load_state_dict(state["model"])
         if aux is not None:
             aux.load_state_dict(state["aux"])
@@ -1006,8 +1028,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = TrainConfig(**kw)
         res = train(cfg, progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (ValueError, OSError) as err:
+        print(f"specprune-train: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
