@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from ..core.tiny import SIZES, make_tiny_checkpoint
@@ -26,12 +27,21 @@ def main_args(argv: list[str]) -> int:
     p.add_argument("--force", action="store_true", help="replace an existing directory")
     args = p.parse_args(argv)
     out = Path(args.out_dir)
-    if out.exists() and any(out.iterdir()):
-        if not args.force:
-            raise ValueError(f"{out} exists and is not empty; pass --force to replace it")
-        shutil.rmtree(out)
-    path = make_tiny_checkpoint(out, seed=args.seed, size=args.size)
-    print(path)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} exists and is not a directory")
+    if out.exists() and any(out.iterdir()) and not args.force:
+        raise ValueError(f"{out} exists and is not empty; pass --force to replace it")
+    # written beside the target first: a failed write leaves the old directory as it was
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.absolute().parent))
+    try:
+        make_tiny_checkpoint(staging, seed=args.seed, size=args.size)
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    print(out)
     return 0
 
 
