@@ -186,6 +186,7 @@ def test_bad_statistics_are_refused_before_the_weights_load(tiny_checkpoint_copy
     (lambda c: c.__setitem__("text_config", None), "text_config must be an object"),
     (lambda c: c.__setitem__("num_actions_chunk", 0), "num_actions_chunk=0 must be a positive integer"),
     (lambda c: c.__setitem__("timm_overrides", "big"), "timm_overrides must be a list of objects"),
+    (lambda c: c.__setitem__("use_fused_vision_backbone", "false"), "use_fused_vision_backbone='false' must be true"),
 ])
 def test_bad_config_values_are_named(tiny_checkpoint_copy, edit, message):
     _edit_json(tiny_checkpoint_copy / "config.json", edit)
@@ -244,3 +245,9 @@ def test_nan_weights_never_give_actions(tiny_checkpoint_copy):
     policy = build_policy(PolicyConfig(checkpoint=str(tiny_checkpoint_copy), preset="off"))
     with pytest.raises(FloatingPointError, match="NaN or inf actions"):
         policy.infer(make_observation())
+
+
+def test_single_file_and_index_together_are_refused(tiny_checkpoint_copy):
+    save_file({"x": torch.zeros(1)}, str(tiny_checkpoint_copy / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="both model.safetensors and model.safetensors.index.json exist"):
+        inspect_checkpoint(tiny_checkpoint_copy)

@@ -105,6 +105,9 @@ def _load_pt(path: Path) -> dict:
 
 def _weight_files(path: Path) -> list[Path]:
     index = path / INDEX_FILE
+    if index.exists() and (path / SINGLE_FILE).exists():
+        raise CheckpointError(f"{path}: both {SINGLE_FILE} and {INDEX_FILE} exist; loaders disagree on which wins, "
+                              "keep one")
     if index.exists():
         weight_map = _read_json(index).get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
@@ -232,7 +235,7 @@ def inspect_checkpoint(path: str | Path) -> Checkpoint:
         proprio_dim=proprio_dim,
         action_dim=action_dim,
         chunk_len=_positive_int(config, config, "num_actions_chunk", DEFAULT_CHUNK_LEN),
-        use_fused_vision_backbone=bool(config.get("use_fused_vision_backbone", True)),
+        use_fused_vision_backbone=_flag(config, "use_fused_vision_backbone", True),
         action_normalization=action_norm,
         raw_config=config,
     )
@@ -248,6 +251,13 @@ def _positive_int(config: dict, where: dict, key: str, default: int) -> int:
     value = where.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise CheckpointError(f"config.json: {key}={value!r} must be a positive integer")
+    return value
+
+
+def _flag(config: dict, key: str, default: bool) -> bool:
+    value = config.get(key, default)
+    if not isinstance(value, bool):
+        raise CheckpointError(f"config.json: {key}={value!r} must be true or false")
     return value
 
 
