@@ -353,3 +353,18 @@ def test_inputs_come_from_the_node_config_derivation(monkeypatch):
     monkeypatch.setattr(NodeConfig, "proprio_config", lambda self: marker_proprio)
     inputs = inputs_from_node_config(node_cfg)
     assert inputs.sync is marker_sync and inputs.proprio is marker_proprio
+
+
+def test_non_finite_actions_are_counted_not_reported_as_chunks():
+    from specprune_ros.bags.evaluate import RunRecord, _infer
+    from specprune_ros.core.fake import FakePolicy
+
+    class Raising(FakePolicy):
+        def infer(self, obs):
+            raise FloatingPointError("the model produced NaN or inf actions")
+
+    run = RunRecord("paper", "paper", Raising(views=("primary", "wrist"), proprio_dim=8))
+    from conftest import make_observation
+
+    assert _infer(run, make_observation()) is None
+    assert run.refused["non_finite_actions"] == 1 and run.chunks == []

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -102,6 +103,10 @@ def test_console_script(tiny_checkpoint, images):
 def test_make_tiny(tmp_path, capsys):
     assert make_tiny.main([str(tmp_path / "a"), "--seed=3"]) == 0
     assert (tmp_path / "a" / "config.json").is_file()
+    assert make_tiny.main([str(tmp_path / "new" / "sub" / "b")]) == 0  # parents are made
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "new" / "sub" / "b").stat().st_mode & 0o777 == 0o777 & ~umask
     assert make_tiny.main([str(tmp_path / "a")]) == 2  # exists: refuse without --force
     assert "--force" in capsys.readouterr().err
 

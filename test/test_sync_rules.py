@@ -244,26 +244,22 @@ def test_repeated_joint_names_are_refused(sync):
     assert info.value.reason == BAD_JOINT_STATE
 
 
-def test_each_joint_stamp_obeys_age_and_skew():
+def test_each_joint_stamp_obeys_the_age_rule():
     kin = KinematicModel(URDF, "panda_hand_tcp", ARM)
     b = ProprioBuilder(ProprioConfig(sources=("libero",), gripper_joints=tuple(FINGERS)), kin)
     s = Synchronizer(SyncConfig(views=("primary",), max_age=0.5, max_skew=0.1), b)
     s.set_instruction("x")
-    s.add_joint_state(9.6, ARM, READY)  # the arm controller lags the camera by 0.4 s
-    s.add_joint_state(10.0, FINGERS, [0.02, 0.02])
+    # a gripper driver at 5 Hz beside a fast arm controller: its last value lags the frame by up to its period
+    s.add_joint_state(9.85, FINGERS, [0.02, 0.02])
+    s.add_joint_state(10.0, ARM, READY)
     s.add_image("primary", 10.0, frame(1))
-    with pytest.raises(StaleInput, match="joint 'panda_joint1' stamp 9.600 is 0.400 s from") as info:
-        s.sync(10.0)
-    assert info.value.reason == SKEW
+    assert s.sync(10.0).skew == pytest.approx(0.0)
     s.add_joint_state(15.0, ARM, READY)  # an arm stamp 5 s ahead of this node's clock
     s.add_joint_state(10.05, FINGERS, [0.02, 0.02])
     s.add_image("primary", 10.05, frame(2))
     with pytest.raises(StaleInput, match="joint 'panda_joint1' stamp 15.000 is 4.950 s in the future") as info:
         s.sync(10.05)
     assert info.value.reason == STALE
-    s.add_joint_state(10.1, ARM, READY)
-    s.add_image("primary", 10.1, frame(3))
-    assert s.sync(10.1).skew == pytest.approx(0.05)  # the fingers' own stamp, 10.05, counts
 
 
 def test_nan_on_an_unlisted_chain_joint_is_refused_not_raised():

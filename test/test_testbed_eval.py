@@ -164,6 +164,13 @@ def test_run_episode_reports_invalid_actions_as_failure():
     rec = ev.run_episode(NaNPolicy(), 0)
     assert not rec["success"] and "invalid action" in rec["error"]
 
+    class RaisingPolicy(FakePolicy):  # what OFTPolicy does when the model's actions are not finite
+        def infer(self, obs):
+            raise FloatingPointError("the model produced NaN or inf actions")
+
+    rec = ev.run_episode(RaisingPolicy(), 0)
+    assert not rec["success"] and "invalid action from the policy: the model produced NaN" in rec["error"]
+
 
 def test_evaluate_end_to_end_writes_json_and_plot(tiny_checkpoint, tmp_path, capsys):
     # the tiny checkpoint has random weights: this checks the plumbing, not success

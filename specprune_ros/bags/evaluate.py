@@ -286,6 +286,9 @@ def _infer(run: RunRecord, obs: Observation) -> ActionChunk | None:
     except InputError as err:
         run.refused[getattr(err, "reason", "policy_input")] += 1
         return None
+    except FloatingPointError:  # the model produced NaN/inf actions: counted, nothing executed, as the node does
+        run.refused["non_finite_actions"] += 1
+        return None
     wall = (time.perf_counter() - t0) * 1e3
     actions = np.asarray(chunk.actions, dtype=np.float64)  # (T, A)
     run.chunks.append(actions)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -32,8 +33,12 @@ def main_args(argv: list[str]) -> int:
     if out.exists() and any(out.iterdir()) and not args.force:
         raise ValueError(f"{out} exists and is not empty; pass --force to replace it")
     # written beside the target first: a failed write leaves the old directory as it was
+    out.absolute().parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.absolute().parent))
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        staging.chmod(0o777 & ~umask)  # mkdtemp makes it owner-only; a checkpoint is as readable as any new folder
         make_tiny_checkpoint(staging, seed=args.seed, size=args.size)
         if out.exists():
             shutil.rmtree(out)

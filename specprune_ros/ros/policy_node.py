@@ -630,8 +630,8 @@ class PolicyNode(LifecycleNode):
             except ValueError as exc:
                 self.health.failure(f"twist adapter: {exc}")
         if "gripper" in self._pubs and cfg.gripper_index >= row.shape[0]:
-            self.health.failure(f"gripper adapter: gripper_index {cfg.gripper_index} but the policy's action rows "
-                                f"have {row.shape[0]} columns; the gripper is not commanded")
+            self.health.error(f"gripper adapter: gripper_index {cfg.gripper_index} but the policy's action rows "
+                              f"have {row.shape[0]} columns; the gripper is not commanded")
         elif "gripper" in self._pubs:
             gmap = GripperMap(cfg.gripper_close_above, cfg.gripper_open_position, cfg.gripper_closed_position)
             try:

@@ -263,6 +263,9 @@ def run_episode(policy: Policy, seed: int, task_config: TaskConfig = TaskConfig(
         except InputError as err:
             error = f"policy refused the observation: {err}"
             break
+        except FloatingPointError as err:  # non-finite actions: the episode fails, the evaluation goes on
+            error = f"invalid action from the policy: {err}"
+            break
         st = chunk.stats
         named = named_kept_fraction(task, st.kept_patches) if st.kept_patches else {}
         if overlay_dir is not None and len(queries) < overlay_queries and st.kept_patches:

@@ -274,10 +274,12 @@ def make_node(config_overrides: dict | None = None, **node_kwargs):
                 return
             why = step_dt_problem(float(msg.step_dt))  # a row is one task step, whatever the wall-clock pace
             if why is not None:
+                self.runner.dropped += 1
                 self.get_logger().error(f"action chunk {msg.sequence}: {why}; refused")
                 return
             stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-            if stamp_ns < self._episode_start_ns:  # computed from an observation of an earlier episode
+            # computed from an observation of an earlier episode (10 us of slack: stamps pass through float seconds)
+            if stamp_ns < self._episode_start_ns - 10_000:
                 self.runner.dropped += 1
                 self.get_logger().info(f"action chunk {msg.sequence} dropped: its observation predates episode "
                                        f"{self.runner.episode}", throttle_duration_sec=2.0)
