@@ -124,7 +124,8 @@ def test_bench_tiny_json(tmp_path):
     assert bench.main(["--model=tiny", "--steps=2", "--warmup=0", f"--json={out}", "--device=cpu", "--proportional"]) == 0
     assert json.loads(out.read_text())["proportional"] is True
     assert bench.main(["--model=tiny", "--steps=2", "--warmup=0", f"--json={out}", "--device=cpu", "--merge"]) == 0
-    assert json.loads(out.read_text())["merge"] is True
+    merged = json.loads(out.read_text())
+    assert merged["merge"] is True and merged["proportional"] is True  # --merge implies --proportional
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -76,7 +76,7 @@ def random_policy(size: str, config: PolicyConfig, seed: int, workdir: Path) -> 
 def share_policy(base: OFTPolicy, preset: str, proportional: bool = False, merge: bool = False) -> OFTPolicy:
     """Same weights, another preset (``proportional``, ``merge``: those PolicyConfig fields)."""
     cfg = PolicyConfig.from_mapping({**{k: getattr(base.config, k) for k in PolicyConfig.fields_doc()}, "preset": preset,
-                                     "proportional": proportional or merge, "merge": merge})
+                                     "proportional": proportional, "merge": merge})
     return OFTPolicy(cfg, base.checkpoint, base.model)
 
 
@@ -111,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main_args(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    args.proportional = args.proportional or args.merge  # --merge implies --proportional, decided once
     if args.preset not in PRESETS or args.preset == "off":
         raise ValueError(f"--preset must be one of {[p for p in PRESETS if p != 'off']}, got {args.preset!r}")
     if args.steps < 1 or args.warmup < 0:
@@ -192,7 +193,7 @@ def summarize(runs: dict, args, device: str, dtype: str, base: OFTPolicy) -> dic
     return {
         "model": args.checkpoint or args.model,
         "preset": args.preset,
-        "proportional": args.proportional or args.merge,
+        "proportional": args.proportional,
         "merge": args.merge,
         "device": device,
         "device_name": torch.cuda.get_device_name(device) if device.startswith("cuda") else platform.processor() or platform.machine(),
