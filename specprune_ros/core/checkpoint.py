@@ -195,9 +195,9 @@ def inspect_checkpoint(path: str | Path) -> Checkpoint:
     proprio_state = _load_pt(proprio_file) if proprio_file else None
 
     text = config["text_config"]
-    hidden = _positive_int(config, text, "hidden_size", 4096)
+    hidden = _positive_int(text, "hidden_size", 4096)
     for key in ("num_hidden_layers", "num_attention_heads", "vocab_size"):
-        _positive_int(config, text, key, 1)
+        _positive_int(text, key, 1)
     try:
         out_w = head_state["model.fc2.weight"]  # (A, D)
     except KeyError:
@@ -234,7 +234,7 @@ def inspect_checkpoint(path: str | Path) -> Checkpoint:
         text_config={k: v for k, v in text.items() if k not in ("architectures", "model_type", "torch_dtype", "dtype")},
         proprio_dim=proprio_dim,
         action_dim=action_dim,
-        chunk_len=_positive_int(config, config, "num_actions_chunk", DEFAULT_CHUNK_LEN),
+        chunk_len=_positive_int(config, "num_actions_chunk", DEFAULT_CHUNK_LEN),
         use_fused_vision_backbone=_flag(config, "use_fused_vision_backbone", True),
         action_normalization=action_norm,
         raw_config=config,
@@ -247,8 +247,9 @@ def inspect_checkpoint(path: str | Path) -> Checkpoint:
     )
 
 
-def _positive_int(config: dict, where: dict, key: str, default: int) -> int:
-    value = where.get(key, default)
+def _positive_int(section: dict, key: str, default: int) -> int:
+    """``section[key]`` (a config.json object) as a positive integer, ``default`` when absent."""
+    value = section.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise CheckpointError(f"config.json: {key}={value!r} must be a positive integer")
     return value

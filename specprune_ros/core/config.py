@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -15,6 +16,12 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names the field, the value and what is allowed."""
+
+
+def non_finite(value: Any) -> bool:
+    """True when ``value``, or an item of a list or tuple ``value``, is a float NaN or inf."""
+    values = value if isinstance(value, (list, tuple)) else (value,)
+    return any(isinstance(v, float) and not math.isfinite(v) for v in values)
 
 
 def device_problem(device: str) -> str | None:

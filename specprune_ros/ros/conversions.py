@@ -17,12 +17,21 @@ def stamp_to_sec(stamp) -> float:
     return float(stamp.sec) + float(stamp.nanosec) * 1e-9
 
 
-def sec_to_stamp(t: float):
-    """float seconds -> ``builtin_interfaces/Time`` (rounded to the nearest nanosecond)."""
+def stamp_to_ns(stamp) -> int:
+    """``builtin_interfaces/Time`` -> integer nanoseconds (exact, unlike float seconds)."""
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def ns_to_stamp(ns: int):
+    """Integer nanoseconds -> ``builtin_interfaces/Time``."""
     from builtin_interfaces.msg import Time
 
-    ns = int(round(t * 1e9))
-    return Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
+    return Time(sec=int(ns // 1_000_000_000), nanosec=int(ns % 1_000_000_000))
+
+
+def sec_to_stamp(t: float):
+    """float seconds -> ``builtin_interfaces/Time`` (rounded to the nearest nanosecond)."""
+    return ns_to_stamp(int(round(t * 1e9)))
 
 
 def image_to_rgb(msg) -> np.ndarray:

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
+
+from specprune_ros.core.config import non_finite
 
 NODE_NAME = "specprune_policy"
 
@@ -139,9 +140,7 @@ class NodeConfig:
             raise NodeConfigError(f"parameter {name}={getattr(self, name)!r}: {why}")
 
         for f in dataclasses.fields(self):  # no parameter means anything as NaN or inf (a scale of inf makes NaN twists)
-            value = getattr(self, f.name)
-            values = value if isinstance(value, (list, tuple)) else (value,)
-            if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            if non_finite(getattr(self, f.name)):
                 bad(f.name, "must be finite (not NaN or inf)")
         views = tuple(self.camera_views)
         if not views:
@@ -329,7 +328,7 @@ def declare_typed(node, name: str, default: Any, doc: str) -> Any:
         value = float(value)
     if type(value) is not type(default):
         raise ValueError(f"parameter {name}={value!r}: expected {type(default).__name__}")
-    if isinstance(value, float) and not math.isfinite(value):
+    if non_finite(value):
         raise ValueError(f"parameter {name}={value!r}: must be finite (not NaN or inf)")
     return value
 
@@ -344,8 +343,7 @@ def check_value(name: str, value: Any) -> str | None:
         coerced = _coerce(spec, value)
     except NodeConfigError as exc:
         return str(exc)
-    values = coerced if isinstance(coerced, tuple) else (coerced,)
-    if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+    if non_finite(coerced):
         return f"parameter {name}={value!r}: must be finite (not NaN or inf)"
     return None
 

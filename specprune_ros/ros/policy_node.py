@@ -155,7 +155,7 @@ class PolicyNode(LifecycleNode):
         unknown = unknown_parameters(list(overrides))
         self.health = NodeHealth(tuple(cfg.camera_views))
         self.health.unknown_parameters = unknown
-        if abs(self._diag_timer.timer_period_ns - round(cfg.diagnostics_period * 1e9)) > 0:
+        if self._diag_timer.timer_period_ns != round(cfg.diagnostics_period * 1e9):
             self.destroy_timer(self._diag_timer)
             self._diag_timer = self.create_timer(cfg.diagnostics_period, self.publish_diagnostics)
         if unknown:

@@ -48,6 +48,7 @@ from std_msgs.msg import Float64MultiArray, MultiArrayDimension, String
 from std_srvs.srv import Trigger
 
 from ..core.controller import requery_rows, step_dt_problem
+from ..ros.conversions import ns_to_stamp, stamp_to_ns
 from ..ros.parameters import declare_typed
 from .protocol import (
     ACTION_DIM,
@@ -131,16 +132,6 @@ PARAM_DOC = {
     "start_time": "simulated time (s) of the first observation",
     "world_frame": "frame_id of ee_pose (the URDF root link)",
 }
-
-
-def _time_msg(ns: int):
-    from builtin_interfaces.msg import Time
-
-    return Time(sec=int(ns // 1_000_000_000), nanosec=int(ns % 1_000_000_000))
-
-
-def _stamp_ns(stamp) -> int:
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
 def make_backend(config: BridgeConfig) -> SimBackend:
@@ -315,7 +306,7 @@ class LiberoBridge(Node):
             self.dropped_chunks += 1
             self.get_logger().debug("action chunk dropped: no episode is running")
             return
-        stamp = _stamp_ns(msg.header.stamp)
+        stamp = stamp_to_ns(msg.header.stamp)
         if not self.pause_ns <= stamp <= self.now_ns:
             self.dropped_chunks += 1
             self.get_logger().debug(
@@ -383,11 +374,11 @@ class LiberoBridge(Node):
     # ---------------------------------------------------------------- publishing
 
     def _publish_clock(self) -> None:
-        self._pub_clock.publish(Clock(clock=_time_msg(self.now_ns)))
+        self._pub_clock.publish(Clock(clock=ns_to_stamp(self.now_ns)))
 
     def _publish_observation(self, frame: SimFrame, images: bool) -> None:
         """Joint states, pose and (optionally) images at the current time, then the clock tick."""
-        stamp = _time_msg(self.now_ns)
+        stamp = ns_to_stamp(self.now_ns)
         js = JointState()
         js.header.stamp = stamp
         js.name = list(ARM_JOINTS + GRIPPER_JOINTS)
@@ -420,7 +411,7 @@ class LiberoBridge(Node):
     def _publish_status(self, status: str | None = None) -> None:
         ep = self.episode
         msg = self._EpisodeStatus()
-        msg.header.stamp = _time_msg(self.now_ns)
+        msg.header.stamp = ns_to_stamp(self.now_ns)
         msg.task = self.task
         msg.instruction = self.instruction
         msg.episode = max(self.episode_index, 0)

@@ -180,16 +180,11 @@ class TestbedRunner:
         return True
 
 
-def _time_msg_from_ns(ns: int):
-    from builtin_interfaces.msg import Time
-
-    return Time(sec=int(ns // 1_000_000_000), nanosec=int(ns % 1_000_000_000))
-
-
 def make_node(config_overrides: dict | None = None, **node_kwargs):
     """Create the bridge node (rclpy must be initialized). ``config_overrides`` set parameters in tests."""
     from rclpy.node import Node
 
+    from specprune_ros.ros.conversions import stamp_to_ns
     from specprune_ros.ros.parameters import declare_typed
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
     from sensor_msgs.msg import Image, JointState
@@ -277,7 +272,7 @@ def make_node(config_overrides: dict | None = None, **node_kwargs):
                 self.runner.dropped += 1
                 self.get_logger().error(f"action chunk {msg.sequence}: {why}; refused")
                 return
-            stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+            stamp_ns = stamp_to_ns(msg.header.stamp)
             # computed from an observation of an earlier episode (10 us of slack: stamps pass through float seconds)
             if stamp_ns < self._episode_start_ns - 10_000:
                 self.runner.dropped += 1

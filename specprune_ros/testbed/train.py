@@ -36,7 +36,7 @@ import torch
 from transformers.modeling_utils import AttentionInterface
 
 from ..core.checkpoint import inspect_checkpoint, load_model, write_checkpoint
-from ..core.config import PreprocessConfig
+from ..core.config import PreprocessConfig, non_finite
 from ..core.model import PATCHES_PER_VIEW, ModelSpec, OFTModel, SequenceLayout
 from ..core.policy import normalize_proprio
 from ..core.preprocess import normalize, policy_frame
@@ -164,9 +164,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):  # NaN would pass every comparison below (and mean "no limit", "no saves", ...)
-            value = getattr(self, f.name)
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ValueError(f"{f.name}={value} must be a finite number")
+            if non_finite(getattr(self, f.name)):
+                raise ValueError(f"{f.name}={getattr(self, f.name)} must be a finite number")
         positive = ("episodes", "steps", "batch_size", "vit_dim", "vit_depth", "vit_heads", "llm_hidden", "llm_layers",
                     "llm_heads", "llm_intermediate", "threads")
         for name in positive:
