@@ -387,6 +387,9 @@ def test_presets_are_ordered():
     c, p, a = PRESETS["conservative"], PRESETS["paper"], PRESETS["aggressive"]
     assert c.local_k_coarse > p.local_k_coarse > a.local_k_coarse
     assert all(f >= k for f, k in zip(p.local_k_fine, p.local_k_coarse))  # fine keeps more (paper)
+    ff = PRESETS["fine-focus"]  # coarse as aggressive, fine far above paper's, everything else paper's
+    assert ff.local_k_coarse == a.local_k_coarse and min(ff.local_k_fine) > max(p.local_k_fine)
+    assert ff.replace(local_k_coarse=p.local_k_coarse, local_k_fine=p.local_k_fine) == p
 
 
 def test_preset_lists_take_weighting_suffixes():

@@ -529,7 +529,8 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog=(
             "Example: specprune-eval episode/ --checkpoint ckpt/ --presets paper,aggressive --out report/\n"
-            "Presets: off (unpruned, a second instance: a determinism check), paper, conservative, aggressive."
+            "Presets: off (unpruned, a second instance: a determinism check), paper, conservative, aggressive, "
+            "static-only, fine-focus."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

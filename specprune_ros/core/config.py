@@ -85,7 +85,7 @@ class PolicyConfig:
     )
     device: str = _doc("torch device: cpu, cuda, cuda:1, ...", default="cpu")
     dtype: str = _doc("weights and activations: float32 (CPU) or bfloat16 (CUDA)", default="float32")
-    preset: str = _doc("pruning preset: off, conservative, paper, aggressive, static-only (docs/method.md)", default="paper")
+    preset: str = _doc("pruning preset: off, conservative, paper, aggressive, static-only, fine-focus (docs/method.md)", default="paper")
     proportional: bool = _doc("with a pruning preset: each dropped visual token's attention weight goes to the nearest "
                               "kept token of its view (not in the paper; docs/method.md)", default=False)
     merge: bool = _doc("with proportional: each kept token's hidden state also becomes the weighted mean of those it "

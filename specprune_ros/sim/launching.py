@@ -78,7 +78,7 @@ ARG_DOC: dict[str, str] = {
     "task_id": "task index within the suite (0-based, OFT task order)",
     "init_state": "official initial state of the first episode (0..49); the bridge's ~/reset moves to the next",
     "checkpoint": "OpenVLA-OFT checkpoint directory (released layout); empty only with fake_policy:=true",
-    "preset": "pruning preset: off (unpruned baseline), conservative, paper, aggressive, static-only",
+    "preset": "pruning preset: off (unpruned baseline), conservative, paper, aggressive, static-only, fine-focus",
     "proportional": "true: each dropped visual token's attention weight goes to the nearest kept token of its view "
     "(docs/method.md, section 6; not in the paper)",
     "merge": "true (with proportional:=true): each kept token's hidden state also becomes the weighted mean of "

@@ -34,7 +34,7 @@ from .task import TabletopTask, TaskConfig
 
 NO_CONTROLLER = "+nocontroller"
 DEFAULT_VARIANTS = ("off", "conservative", "paper", "aggressive", "static-only", "paper+nocontroller", "paper+matched",
-                    "paper+random")
+                    "paper+random", "fine-focus", "fine-focus+matched")
 
 
 def _mean_or_none(values) -> float | None:
