@@ -43,3 +43,27 @@ def test_unknown_parameters_warn_only_over_ok():
     assert health.snapshot()[:2] == (WARN, "unknown parameters ignored: foo")
     health.failure("inference failed: boom")
     assert health.snapshot()[0] == ERROR
+
+
+def test_bridge_health_levels():
+    from specprune_ros.ros.diagnostics import BridgeHealth
+
+    health = BridgeHealth()
+    assert health.snapshot()[:2] == (WARN, "simulator starting")
+    health.episode_update(0, "running", started=True)
+    health.chunk_dropped("stale_chunk")  # answers no pending observation: counted, not an error
+    level, message, values = health.snapshot()
+    assert (level, message) == (OK, "episode 0: running") and values["dropped.stale_chunk"] == "1"
+    health.failure("the simulator failed: boom")
+    health.episode_update(0, "failure")  # the episode's end does not hide the failure
+    assert health.snapshot()[:2] == (ERROR, "the simulator failed: boom")
+    assert health.snapshot()[:2] == (ERROR, "the simulator failed: boom")  # still current
+    health.episode_update(1, "running", started=True)  # a new episode clears it
+    level, message, values = health.snapshot()
+    assert (level, message) == (OK, "episode 1: running") and values["last_error"] == "the simulator failed: boom"
+    health.chunk_refused("step_dt", "action chunk 3 rejected: step_dt=0.1")
+    assert health.snapshot()[0] == ERROR
+    health.chunk_accepted()
+    level, message, values = health.snapshot()
+    assert (level, message) == (OK, "episode 1: executing action chunks")
+    assert values["refused.step_dt"] == "1" and values["chunks_accepted"] == "1" and values["chunks_refused"] == "1"

@@ -96,8 +96,46 @@ def test_bridge_refuses_a_bad_chunk_whole(ros_context):
         for step_dt in (float("nan"), -0.05, 0.1):  # not finite, negative, another control rate
             assert send(chunk(8), False, None, step_dt=step_dt, expect_steps=False) == 0
         assert bridge.requeries == 0 and bridge.episode.executed == []
+        level, message, values = bridge.health.snapshot()  # the last refusal: another control period
+        assert level == 2 and "step_dt=0.1" in message and values["last_error"] == message
+        assert values["refused.invalid_chunk"] == "1" and values["refused.step_dt"] == "3"
         assert send(chunk(8), True, 2, step_dt=P.CONTROL_DT) == 3
         assert bridge.requeries == 1 and bridge.dropped_chunks == 4
+        level, message, values = bridge.health.snapshot()
+        assert (level, message) == (0, "episode 0: executing action chunks") and values["chunks_accepted"] == "1"
+
+
+def test_bridge_reports_refusals_on_diagnostics(ros_context):
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    with scripted_bridge(ros_context) as (bridge, send, sim):
+        got: list = []
+        probe = rclpy.create_node("diagnostics_probe", context=ros_context)
+        probe.create_subscription(DiagnosticArray, "/diagnostics", got.append, 10)
+        executor = SingleThreadedExecutor(context=ros_context)
+        executor.add_node(probe)
+        try:
+            bad = chunk(8)
+            bad[0, 3] = np.inf
+            assert send(bad, False, None, expect_steps=False) == 0
+            assert send(chunk(8), False, None) == 8  # recovered before anyone read /diagnostics
+            name = f"{bridge.get_name()}: simulator"
+            bridge.publish_diagnostics()  # (the bridge's 1 s timer may have published some already)
+            bridge.publish_diagnostics()
+            ours = lambda: [st for m in got for st in m.status if st.name == name]  # noqa: E731
+            _spin_until(executor, lambda: len(ours()) >= 2 and ours()[-1].level == b"\x00", "/diagnostics")
+            statuses = ours()
+            errors = [i for i, st in enumerate(statuses) if st.level == b"\x02"]
+            assert len(errors) == 1, "the refusal is reported once, then the current level"
+            first, second = statuses[errors[0]], statuses[errors[0] + 1]
+            assert "NaN or inf in row(s) [0]" in first.message
+            assert "since recovered: episode 0: executing action chunks" in first.message
+            assert second.level == b"\x00" and second.message == "episode 0: executing action chunks"
+            values = {kv.key: kv.value for kv in second.values}
+            assert values["refused.invalid_chunk"] == "1" and values["chunks_accepted"] == "1"
+        finally:
+            executor.shutdown(timeout_sec=5)
+            probe.destroy_node()
 
 
 def test_requery_rows_rule():

@@ -33,7 +33,7 @@ def expert_chunk(task: TabletopTask, rows: int = 8) -> np.ndarray:
 def test_runner_executes_rows_and_replaces_chunks():
     r = TestbedRunner(BridgeConfig(seed=3, max_steps=50))
     assert r.status == "waiting"
-    assert r.on_chunk(np.zeros((2, 7))) is not None  # no episode yet
+    assert r.on_chunk(np.zeros((2, 7)))[0] == "no_episode"  # no episode yet
     r.start_episode()
     assert r.status == "running" and r.task.seed == 3
     assert not r.tick()  # nothing queued: the gantry holds and no step is counted
@@ -55,9 +55,9 @@ def test_runner_executes_rows_and_replaces_chunks():
 def test_runner_refuses_bad_chunks_with_reasons():
     r = TestbedRunner()
     r.start_episode()
-    assert "shape" in r.on_chunk(np.zeros((3, 6)))
-    assert "shape" in r.on_chunk(np.zeros((0, 7)))
-    assert "NaN" in r.on_chunk(np.full((2, 7), np.nan))
+    assert "shape" in r.on_chunk(np.zeros((3, 6)))[1]
+    assert "shape" in r.on_chunk(np.zeros((0, 7)))[1]
+    assert r.on_chunk(np.full((2, 7), np.nan)) == ("invalid_chunk", "action chunk with NaN or inf refused")
     assert r.dropped == 3 and not r.rows and r.chunks == 0
 
 
@@ -107,6 +107,11 @@ def test_node_parameters_are_typed(ros_context):
 
 
 # ------------------------------------------------------------------------------------------- over rclpy
+def _errors(diagnostics: list) -> list:
+    """The ERROR statuses among received DiagnosticArray messages."""
+    return [st for m in diagnostics for st in m.status if st.level == b"\x02"]
+
+
 def test_node_closed_loop_over_ros(ros_context):
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
@@ -122,7 +127,7 @@ def test_node_closed_loop_over_ros(ros_context):
                         "camera_every": 5}, context=ros_context)
     probe = rclpy.create_node("testbed_probe", context=ros_context)
     latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-    got: dict = {"images": {}, "joints": None, "status": [], "instruction": None, "urdf": None}
+    got: dict = {"images": {}, "joints": None, "status": [], "instruction": None, "urdf": None, "diagnostics": []}
     probe.create_subscription(String, "/instruction", lambda m: got.__setitem__("instruction", m.data), latched)
     probe.create_subscription(String, "/robot_description", lambda m: got.__setitem__("urdf", m.data), latched)
     probe.create_subscription(msg.EpisodeStatus, "/episode_status", lambda m: got["status"].append(m), latched)
@@ -130,6 +135,9 @@ def test_node_closed_loop_over_ros(ros_context):
     for view in ("primary", "wrist"):
         probe.create_subscription(Image, f"/{view}/image_raw",
                                   lambda m, v=view: got["images"].__setitem__(v, m), qos_profile_sensor_data)
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    probe.create_subscription(DiagnosticArray, "/diagnostics", lambda m: got["diagnostics"].append(m), 10)
     pub = probe.create_publisher(msg.ActionChunk, topic, 10)
     ex = SingleThreadedExecutor(context=ros_context)
     ex.add_node(bridge)
@@ -155,6 +163,19 @@ def test_node_closed_loop_over_ros(ros_context):
                         ex.spin_once(timeout_sec=0.01)
                     assert bridge.runner.dropped == 1 and not bridge.runner.rows
                 chunk.header.stamp = got["joints"].header.stamp  # the observation it answers
+                if sent == 0:  # then one with a NaN: refused, and /diagnostics says so
+                    good = list(chunk.actions)
+                    chunk.actions = [float("nan")] + good[1:]
+                    pub.publish(chunk)
+                    t_wait = time.monotonic() + 5.0
+                    while bridge.runner.dropped == 1 and time.monotonic() < t_wait:
+                        ex.spin_once(timeout_sec=0.01)
+                    assert bridge.runner.dropped == 2 and not bridge.runner.rows
+                    bridge.publish_diagnostics()
+                    t_wait = time.monotonic() + 5.0
+                    while not _errors(got["diagnostics"]) and time.monotonic() < t_wait:
+                        ex.spin_once(timeout_sec=0.01)
+                    chunk.actions = good
                 pub.publish(chunk)
                 sent += 1
                 # wait until the bridge has it, so that the next chunk is planned from the right state
@@ -178,6 +199,14 @@ def test_node_closed_loop_over_ros(ros_context):
         img = got["images"][view]
         assert (img.encoding, img.height, img.width, img.step) == ("rgb8", 224, 224, 224 * 3)
     assert 1 < sent < 40
+    errors = _errors(got["diagnostics"])
+    assert errors, "no ERROR on /diagnostics after the NaN chunk"
+    status = errors[0]
+    values = {kv.key: kv.value for kv in status.values}
+    assert status.name == "testbed_sim_node: simulator" and status.level == b"\x02"
+    assert "NaN" in status.message and values["refused.invalid_chunk"] == "1" and values["dropped.stale_chunk"] == "1"
+    level, message, values = bridge.health.snapshot()  # the chunks after it ran: OK again
+    assert (level, message) == (0, "episode 0: success") and values["chunks_accepted"] == str(sent)
 
 
 def test_ros_loop_runs_both_nodes_and_reports_each_episode(tmp_path):

@@ -1,20 +1,28 @@
-"""Counters, rates and health level of the policy node, and their ``diagnostic_msgs/DiagnosticArray`` form.
+"""Counters, rates and health level of the policy node and of the simulator bridges, and their
+``diagnostic_msgs/DiagnosticArray`` form.
 
-:class:`NodeHealth` is plain Python (thread-safe, no ROS); :func:`to_diagnostic_array` builds the message.
-Levels: OK = the last attempt produced a chunk; WARN = inputs refused (stale, skewed, frozen, missing, no
-instruction) or not active yet; ERROR = the last inference raised, or configuration failed. An error is
-reported at least once: one that the next chunk clears before the next report is still the next report's
-level and message (marked "since recovered").
+:class:`NodeHealth` (policy node) and :class:`BridgeHealth` (simulator bridges) are plain Python (thread-safe,
+no ROS); :func:`to_diagnostic_array` builds the message. Policy node levels: OK = the last attempt produced a
+chunk; WARN = inputs refused (stale, skewed, frozen, missing, no instruction) or not active yet; ERROR = the
+last inference raised, or configuration failed. An error is reported at least once (:class:`StatusLatch`):
+one that the next chunk clears before the next report is still the next report's level and message (marked
+"since recovered").
 """
 from __future__ import annotations
 
 import threading
 import time
 from collections import Counter, deque
-from dataclasses import dataclass
 
 OK, WARN, ERROR = 0, 1, 2
 LEVEL_NAMES = {OK: "OK", WARN: "WARN", ERROR: "ERROR"}
+
+# Why a simulator bridge did not run an action chunk (BridgeHealth): refused, an ERROR ...
+INVALID_CHUNK = "invalid_chunk"  # wrong shape, rows*cols not the number of values, NaN or inf
+STEP_DT = "step_dt"  # planned for another control period
+# ... or dropped, counted only: it answers no pending observation
+STALE_CHUNK = "stale_chunk"  # computed from an observation older than the one the simulator waits on
+NO_EPISODE = "no_episode"  # no episode is running
 
 
 class RateMeter:
@@ -37,11 +45,31 @@ class RateMeter:
         return (len(self._times) - 1) / span if span > 0 else 0.0
 
 
-@dataclass
-class _Last:
-    level: int = WARN
-    message: str = "not configured"
-    error: str = ""
+class StatusLatch:
+    """The level and message a status reports, where an ERROR is reported at least once: cleared before the next
+    report, it is still that report's level, its message followed by "(since recovered: <current>)". Not
+    thread-safe: its owner holds a lock. ``last_problem``: the last ERROR or refusal message, kept after recovery."""
+
+    def __init__(self, level: int = WARN, message: str = "not configured") -> None:
+        self.level, self.message = level, message
+        self.last_problem = ""
+        self._unreported: str | None = None
+
+    def set(self, level: int, message: str, problem: bool = False) -> None:
+        """The current level and message; ``problem`` (implied by ERROR) also makes it ``last_problem``."""
+        self.level, self.message = level, message
+        if problem or level == ERROR:
+            self.last_problem = message
+        if level == ERROR:
+            self._unreported = message
+
+    def report(self) -> tuple[int, str]:
+        """``(level, message)`` to publish now; reading it counts as reporting a cleared error."""
+        level, message = self.level, self.message
+        if self._unreported is not None and level != ERROR:
+            level, message = ERROR, f"{self._unreported} (since recovered: {message})"
+        self._unreported = None
+        return level, message
 
 
 class NodeHealth:
@@ -68,8 +96,7 @@ class NodeHealth:
         self.tokens_total = 0
         self.ee_speed_source = "none"
         self.unknown_parameters: list[str] = []
-        self._last = _Last()
-        self._unreported_error: str | None = None
+        self._status = StatusLatch()
 
     # --- events
     def frame(self, view: str, busy: bool) -> None:
@@ -95,19 +122,17 @@ class NodeHealth:
     def refusal(self, reason: str, message: str) -> None:
         with self._lock:
             self.refused[reason] += 1
-            self._last = _Last(WARN, message, message)
+            self._status.set(WARN, message, problem=True)
 
     def failure(self, message: str) -> None:
         with self._lock:
             self.inference_errors += 1
-            self._last = _Last(ERROR, message, message)
-            self._unreported_error = message
+            self._status.set(ERROR, message)
 
     def error(self, message: str) -> None:
         """An ERROR that is not an inference error: configuration failed, inputs could not be assembled."""
         with self._lock:
-            self._last = _Last(ERROR, message, message)
-            self._unreported_error = message
+            self._status.set(ERROR, message)
 
     def chunk(self, latency_s: float, mode: str, preset: str, kept: int, total: int, ee_speed_source: str) -> None:
         with self._lock:
@@ -116,13 +141,13 @@ class NodeHealth:
             self.latencies_ms.append(latency_s * 1e3)
             self.mode, self.preset, self.tokens_kept, self.tokens_total = mode, preset, kept, total
             self.ee_speed_source = ee_speed_source
-            self._last = _Last(OK, "producing action chunks", self._last.error)
+            self._status.set(OK, "producing action chunks")
 
     def set_state(self, state: str, message: str | None = None, level: int | None = None) -> None:
         with self._lock:
             self.state = state
             if message is not None:
-                self._last = _Last(WARN if level is None else level, message, self._last.error)
+                self._status.set(WARN if level is None else level, message)
 
     # --- report
     def snapshot(self) -> tuple[int, str, dict[str, str]]:
@@ -151,7 +176,7 @@ class NodeHealth:
                 "tokens_kept": str(self.tokens_kept),
                 "tokens_total": str(self.tokens_total),
                 "ee_speed_source": self.ee_speed_source,
-                "last_error": self._last.error,
+                "last_error": self._status.last_problem,
                 "unknown_parameters": ",".join(self.unknown_parameters),
             }
             for view, meter in self.camera_rates.items():
@@ -159,23 +184,84 @@ class NodeHealth:
                 values[f"frames_received.{view}"] = str(self.frames_received[view])
             for reason, n in sorted(self.refused.items()):
                 values[f"refused.{reason}"] = str(n)
-            level, message = self._last.level, self._last.message
-            if self._unreported_error is not None and level != ERROR:
-                level, message = ERROR, f"{self._unreported_error} (since recovered: {message})"
-            self._unreported_error = None
+            level, message = self._status.report()
             if self.unknown_parameters and level == OK:
                 level, message = WARN, f"unknown parameters ignored: {values['unknown_parameters']}"
             return level, message, values
 
 
-def to_diagnostic_array(health: NodeHealth, node_name: str, stamp) -> object:
-    """A ``diagnostic_msgs/DiagnosticArray`` with one status named ``<node_name>: policy``."""
+class BridgeHealth:
+    """What a simulator bridge reports on /diagnostics. Methods are called from the executor and worker threads.
+
+    OK while episodes run; ERROR from a refused action chunk (malformed, NaN, another control period) or a
+    simulator failure until a chunk is accepted again or an episode starts (reported at least once, as the policy
+    node's errors). Chunks dropped because they answer no pending observation (computed before the episode
+    began, or for an older observation, or sent while no episode runs) are counted, not errors: a policy that
+    queried while an episode ended sends them in normal operation.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.accepted = 0
+        self.refused: Counter[str] = Counter()
+        self.dropped: Counter[str] = Counter()
+        self.episode = -1
+        self.episode_status = "waiting"
+        self._status = StatusLatch(WARN, "simulator starting")
+
+    def chunk_accepted(self) -> None:
+        with self._lock:
+            self.accepted += 1
+            self._status.set(OK, f"episode {max(self.episode, 0)}: executing action chunks")
+
+    def chunk_refused(self, reason: str, message: str) -> None:
+        with self._lock:
+            self.refused[reason] += 1
+            self._status.set(ERROR, message)
+
+    def chunk_dropped(self, reason: str) -> None:
+        with self._lock:
+            self.dropped[reason] += 1
+
+    def failure(self, message: str) -> None:
+        """The simulator failed (could not start, a step raised): ERROR until the next episode starts."""
+        with self._lock:
+            self._status.set(ERROR, message)
+
+    def episode_update(self, episode: int, status: str, started: bool = False) -> None:
+        """The episode's index and status (waiting, running, success, timeout, failure); ``started``: it has
+        just begun, which clears an earlier failure."""
+        with self._lock:
+            self.episode, self.episode_status = episode, status
+            if started or self._status.level != ERROR:
+                self._status.set(OK, f"episode {max(episode, 0)}: {status}")
+
+    def snapshot(self) -> tuple[int, str, dict[str, str]]:
+        """``(level, message, key -> value)``, as :meth:`NodeHealth.snapshot`."""
+        with self._lock:
+            values = {
+                "episode": str(max(self.episode, 0)),
+                "episode_status": self.episode_status,
+                "chunks_accepted": str(self.accepted),
+                "chunks_refused": str(sum(self.refused.values())),
+                "chunks_dropped": str(sum(self.dropped.values())),
+                "last_error": self._status.last_problem,
+            }
+            for name, counter in (("refused", self.refused), ("dropped", self.dropped)):
+                for reason, n in sorted(counter.items()):
+                    values[f"{name}.{reason}"] = str(n)
+            level, message = self._status.report()
+            return level, message, values
+
+
+def to_diagnostic_array(health: NodeHealth | BridgeHealth, node_name: str, stamp, what: str = "policy") -> object:
+    """A ``diagnostic_msgs/DiagnosticArray`` with one status named ``<node_name>: <what>``."""
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
     level, message, values = health.snapshot()
     status = DiagnosticStatus()
     status.level = bytes([level])
-    status.name = f"{node_name}: policy"
+    status.name = f"{node_name}: {what}"
     status.hardware_id = node_name
     status.message = message[:500]
     status.values = [KeyValue(key=k, value=v) for k, v in values.items()]

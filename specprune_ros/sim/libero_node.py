@@ -11,7 +11,9 @@ Publishes (names relative, so a namespace or remapping applies):
     ``world`` frame, LIBERO's robot0_eef_pos / robot0_eef_quat), ``instruction`` and
     ``robot_description`` (std_msgs/String, reliable + transient local), ``episode_status``
     (specprune_ros/EpisodeStatus), ``~/executed_action`` (std_msgs/Float64MultiArray, every executed row)
-    and ``/clock`` (rosgraph_msgs/Clock: simulated time, 0.05 s per control step).
+    ``/clock`` (rosgraph_msgs/Clock: simulated time, 0.05 s per control step) and ``/diagnostics`` once a
+    wall-clock second (diagnostic_msgs/DiagnosticArray, status ``libero_sim_node: simulator``: ERROR after a
+    refused chunk or a simulator failure, with counts of refused and dropped chunks).
 Subscribes: ``action_chunk`` (specprune_ros/ActionChunk). Service: ``~/reset`` (std_srvs/Trigger): start
 the next episode on the next initial state. A chunk with ``requery_after >= 0`` (and ``requery``) has only
 rows ``0..requery_after`` executed before the next pause, as the direct path's ``run_episode`` does.
@@ -38,6 +40,7 @@ from typing import Callable
 
 import numpy as np
 import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
@@ -49,6 +52,7 @@ from std_srvs.srv import Trigger
 
 from ..core.controller import requery_rows, step_dt_problem
 from ..ros.conversions import ns_to_stamp, stamp_to_ns
+from ..ros.diagnostics import INVALID_CHUNK, NO_EPISODE, STALE_CHUNK, STEP_DT, BridgeHealth, to_diagnostic_array
 from ..ros.parameters import declare_typed
 from .protocol import (
     ACTION_DIM,
@@ -165,6 +169,9 @@ class LiberoBridge(Node):
         self._pub_status = self.create_publisher(EpisodeStatus, "episode_status", latched)
         self._pub_executed = self.create_publisher(Float64MultiArray, "~/executed_action", 50)
         self._pub_clock = self.create_publisher(Clock, "/clock", 10)
+        self._pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.health = BridgeHealth()
+        self._diagnostics_timer = self.create_timer(1.0, self.publish_diagnostics)
         self.create_subscription(ActionChunk, "action_chunk", self._on_chunk, 10)
         self.create_service(Trigger, "~/reset", self._on_reset)
 
@@ -200,6 +207,10 @@ class LiberoBridge(Node):
         else:
             response.success, response.message = holder.get("ok", False), holder.get("message", "")
         return response
+
+    def publish_diagnostics(self) -> None:
+        self._pub_diagnostics.publish(
+            to_diagnostic_array(self.health, self.get_name(), self.get_clock().now().to_msg(), "simulator"))
 
     def stop(self) -> None:
         """Stop the worker thread and close the simulator."""
@@ -274,6 +285,7 @@ class LiberoBridge(Node):
 
     def _fail(self, message: str) -> None:
         self.failure = message
+        self.health.failure(message)
         self.get_logger().error(message)
         self._publish_status(status="failure")
 
@@ -298,39 +310,41 @@ class LiberoBridge(Node):
         )
         self.pause_ns = self.now_ns
         self._publish_status()
+        self.health.episode_update(self.episode_index, self.episode.status, started=True)
         return True
+
+    def _refuse(self, reason: str, message: str) -> None:
+        self.dropped_chunks += 1
+        self.health.chunk_refused(reason, message)
+        self.get_logger().error(message)
 
     def _execute(self, msg) -> None:
         ep = self.episode
         if ep is None or not ep.running or self.pause_ns is None:
             self.dropped_chunks += 1
+            self.health.chunk_dropped(NO_EPISODE)
             self.get_logger().debug("action chunk dropped: no episode is running")
             return
         stamp = stamp_to_ns(msg.header.stamp)
         if not self.pause_ns <= stamp <= self.now_ns:
             self.dropped_chunks += 1
+            self.health.chunk_dropped(STALE_CHUNK)
             self.get_logger().debug(
                 f"action chunk for t={stamp * 1e-9:.3f} s dropped: it must answer the observation of "
                 f"t={self.pause_ns * 1e-9:.3f} s or later"
             )
             return
         if msg.cols != ACTION_DIM or msg.rows < 1 or len(msg.actions) != msg.rows * msg.cols:
-            self.dropped_chunks += 1
-            self.get_logger().error(
-                f"action chunk {msg.sequence} rejected: rows={msg.rows} cols={msg.cols} with {len(msg.actions)} "
-                f"values; LIBERO needs cols={ACTION_DIM} and rows*cols values"
-            )
-            return
+            return self._refuse(INVALID_CHUNK, f"action chunk {msg.sequence} rejected: rows={msg.rows} cols={msg.cols} "
+                                               f"with {len(msg.actions)} values; LIBERO needs cols={ACTION_DIM} and "
+                                               "rows*cols values")
         why = step_dt_problem(float(msg.step_dt), CONTROL_DT)
-        try:
-            if why:
-                raise ProtocolError(why)
-            # the whole chunk, before an early re-query cuts it: a chunk with a NaN anywhere is not executed at all
+        if why:
+            return self._refuse(STEP_DT, f"action chunk {msg.sequence} rejected: {why}")
+        try:  # the whole chunk, before an early re-query cuts it: a chunk with a NaN anywhere is not executed at all
             actions = check_chunk(np.asarray(msg.actions, dtype=np.float64).reshape(msg.rows, msg.cols))  # (T, A)
         except ProtocolError as exc:
-            self.dropped_chunks += 1
-            self.get_logger().error(f"action chunk {msg.sequence} rejected: {exc}")
-            return
+            return self._refuse(INVALID_CHUNK, f"action chunk {msg.sequence} rejected: {exc}")
         requery_after = int(getattr(msg, "requery_after", -1))
         cut = requery_rows(bool(msg.requery), requery_after if requery_after >= 0 else None, msg.rows)
         if cut is not None:  # early re-query: rows 0..requery_after, then pause for the next chunk
@@ -341,18 +355,18 @@ class LiberoBridge(Node):
             ep.execute(actions, on_step=self._after_step)
         except ProtocolError as exc:  # nothing was executed
             self.pause_ns = pause
-            self.dropped_chunks += 1
-            self.get_logger().error(f"action chunk {msg.sequence} rejected: {exc}")
-            return
+            return self._refuse(INVALID_CHUNK, f"action chunk {msg.sequence} rejected: {exc}")
         except Exception as exc:
             self._fail(f"episode {self.episode_index}: the simulator failed: {type(exc).__name__}: {exc}")
             return
         self.episode_chunks += 1
         self.requeries += cut is not None
+        self.health.chunk_accepted()
         self._publish_status()
         if ep.running:
             self.pause_ns = self.now_ns
             return
+        self.health.episode_update(self.episode_index, ep.status)
         self.get_logger().info(f"episode {self.episode_index} ended: {ep.status} after {ep.step} steps")
         if self.config.auto_reset:
             self._start_episode()

@@ -7,7 +7,8 @@ Publishes (relative names, so a namespace or remapping applies):
     ``joint_states`` (sensor_msgs/JointState: gantry_x/y/z, gripper_yaw, finger_left/right; positions and
     velocities), ``instruction`` and ``robot_description`` (std_msgs/String, reliable + transient local; the
     gantry URDF whose ``tcp`` frame is the tool point) and ``episode_status`` (specprune_ros/EpisodeStatus,
-    transient local).
+    transient local), and ``/diagnostics`` once a second (diagnostic_msgs/DiagnosticArray, status
+    ``testbed_sim_node: simulator``: ERROR after a refused chunk, with counts of refused and dropped chunks).
 Subscribes: ``action_chunk_topic`` (specprune_ros/ActionChunk, default ``/specprune_policy/action_chunk``,
 the policy node's output). Service: ``~/reset`` (std_srvs/Trigger): start the next episode now.
 
@@ -28,6 +29,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from ..core.controller import step_dt_problem
+from ..ros.diagnostics import INVALID_CHUNK, NO_EPISODE, STALE_CHUNK, STEP_DT
 from .task import GANTRY_URDF, JOINT_NAMES, TabletopTask, TaskConfig
 
 NODE_NAME = "testbed_sim_node"
@@ -154,18 +156,20 @@ class TestbedRunner:
         self.chunks = 0
         return self.task
 
-    def on_chunk(self, actions: np.ndarray) -> str | None:
-        """Queue a chunk; returns None, or why it was refused (nothing changes then)."""
+    def on_chunk(self, actions: np.ndarray) -> tuple[str, str] | None:
+        """Queue a chunk; returns None, or ``(reason, message)`` why it was refused (nothing changes then):
+        ``invalid_chunk`` or ``no_episode`` (ros.diagnostics)."""
         a = np.asarray(actions, dtype=np.float64)
         if a.ndim != 2 or a.shape[0] < 1 or a.shape[1] != ACTION_DIM:
             self.dropped += 1
-            return f"action chunk of shape {a.shape} refused: the test bed needs (rows >= 1, {ACTION_DIM})"
+            return INVALID_CHUNK, (f"action chunk of shape {a.shape} refused: the test bed needs "
+                                   f"(rows >= 1, {ACTION_DIM})")
         if not np.all(np.isfinite(a)):
             self.dropped += 1
-            return "action chunk with NaN or inf refused"
+            return INVALID_CHUNK, "action chunk with NaN or inf refused"
         if self.status != "running":
             self.dropped += 1
-            return f"action chunk dropped: no episode is running ({self.status})"
+            return NO_EPISODE, f"action chunk dropped: no episode is running ({self.status})"
         self.rows = list(a)
         self.chunks += 1
         return None
@@ -185,7 +189,9 @@ def make_node(config_overrides: dict | None = None, **node_kwargs):
     from rclpy.node import Node
 
     from specprune_ros.ros.conversions import stamp_to_ns
+    from specprune_ros.ros.diagnostics import BridgeHealth, to_diagnostic_array
     from specprune_ros.ros.parameters import declare_typed
+    from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
     from sensor_msgs.msg import Image, JointState
     from std_msgs.msg import String
@@ -226,6 +232,8 @@ def make_node(config_overrides: dict | None = None, **node_kwargs):
                                     durability=DurabilityPolicy.TRANSIENT_LOCAL)
             self._pub_status = self.create_publisher(EpisodeStatus, "episode_status", status_qos)
             self._EpisodeStatus = EpisodeStatus
+            self.health = BridgeHealth()
+            self._pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
             self.create_subscription(ActionChunk, self.config.action_chunk_topic, self._on_chunk, 10)
             self.create_service(Trigger, "~/reset", self._on_reset)
             self._pub_description.publish(String(data=GANTRY_URDF))
@@ -233,6 +241,7 @@ def make_node(config_overrides: dict | None = None, **node_kwargs):
             self._reset_timer = None
             self._start()
             self._timer = self.create_timer(1.0 / self.config.control_rate, self._tick)
+            self._diagnostics_timer = self.create_timer(1.0, self.publish_diagnostics)
 
         # -- episodes
         def _start(self) -> None:
@@ -240,6 +249,7 @@ def make_node(config_overrides: dict | None = None, **node_kwargs):
             self._episode_start_ns = self.get_clock().now().nanoseconds  # the first observation's stamp
             self._pub_instruction.publish(String(data=task.instruction))
             self.get_logger().info(f"episode {self.runner.episode} (seed {task.seed}): {task.instruction!r}")
+            self.health.episode_update(self.runner.episode, self.runner.status, started=True)
             self._publish_state(images=True)
             self._publish_status()
 
@@ -261,27 +271,36 @@ def make_node(config_overrides: dict | None = None, **node_kwargs):
             self._start()
 
         # -- control loop
+        def _refuse(self, reason: str, message: str) -> None:
+            self.runner.dropped += 1
+            self.health.chunk_refused(reason, message)
+            self.get_logger().error(message, throttle_duration_sec=2.0)
+
         def _on_chunk(self, msg) -> None:
             actions = np.asarray(msg.actions, dtype=np.float64)
             if msg.rows * msg.cols != actions.size:
-                self.get_logger().error(f"action chunk {msg.sequence}: rows*cols={msg.rows * msg.cols} but "
-                                        f"{actions.size} values; refused")
-                return
+                return self._refuse(INVALID_CHUNK, f"action chunk {msg.sequence}: rows*cols={msg.rows * msg.cols} "
+                                                   f"but {actions.size} values; refused")
             why = step_dt_problem(float(msg.step_dt))  # a row is one task step, whatever the wall-clock pace
             if why is not None:
-                self.runner.dropped += 1
-                self.get_logger().error(f"action chunk {msg.sequence}: {why}; refused")
-                return
+                return self._refuse(STEP_DT, f"action chunk {msg.sequence}: {why}; refused")
             stamp_ns = stamp_to_ns(msg.header.stamp)
             # computed from an observation of an earlier episode (10 us of slack: stamps pass through float seconds)
             if stamp_ns < self._episode_start_ns - 10_000:
                 self.runner.dropped += 1
+                self.health.chunk_dropped(STALE_CHUNK)
                 self.get_logger().info(f"action chunk {msg.sequence} dropped: its observation predates episode "
                                        f"{self.runner.episode}", throttle_duration_sec=2.0)
                 return
-            why = self.runner.on_chunk(actions.reshape(msg.rows, msg.cols))
-            if why is not None:
-                self.get_logger().warning(why, throttle_duration_sec=2.0)
+            refusal = self.runner.on_chunk(actions.reshape(msg.rows, msg.cols))
+            if refusal is None:
+                self.health.chunk_accepted()
+            elif refusal[0] == NO_EPISODE:
+                self.health.chunk_dropped(NO_EPISODE)
+                self.get_logger().info(refusal[1], throttle_duration_sec=2.0)
+            else:
+                self.health.chunk_refused(*refusal)
+                self.get_logger().error(refusal[1], throttle_duration_sec=2.0)
 
         def _tick(self) -> None:
             was_running = self.runner.status == "running"
@@ -290,6 +309,8 @@ def make_node(config_overrides: dict | None = None, **node_kwargs):
             self._publish_state(images=self._ticks % self.config.camera_every == 0)
             if stepped or was_running != (self.runner.status == "running"):
                 self._publish_status()
+                if was_running != (self.runner.status == "running"):
+                    self.health.episode_update(self.runner.episode, self.runner.status)
             if was_running and self.runner.status != "running":
                 t = self.runner.task
                 self.get_logger().info(f"episode {self.runner.episode} ended: {self.runner.status} after {t.state.step} steps")
@@ -297,6 +318,10 @@ def make_node(config_overrides: dict | None = None, **node_kwargs):
                     self._reset_timer = self.create_timer(max(self.config.reset_delay, 1e-3), self._scheduled_reset)
 
         # -- publishing
+        def publish_diagnostics(self) -> None:
+            self._pub_diagnostics.publish(
+                to_diagnostic_array(self.health, self.get_name(), self.get_clock().now().to_msg(), "simulator"))
+
         def _publish_state(self, images: bool) -> None:
             task = self.runner.task
             stamp = self.get_clock().now().to_msg()
