@@ -237,6 +237,7 @@ class LiberoBridge(Node):
                 self.get_logger().warning(f"no robot_description: {type(exc).__name__}: {exc}")
         self.episode = Episode(self.sim, self.config.protocol)
         self._publish_status()
+        self.health.episode_update(0, "waiting")  # the simulator is up
         self.ready.set()
         if self.config.autostart:
             self._start_episode()
