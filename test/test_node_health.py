@@ -55,6 +55,7 @@ def test_bridge_health_levels():
     level, message, values = health.snapshot()
     assert (level, message) == (OK, "episode 0: running") and values["dropped.stale_chunk"] == "1"
     health.failure("the simulator failed: boom")
+    assert health.snapshot()[2]["episode_status"] == "failure"
     health.episode_update(0, "failure")  # the episode's end does not hide the failure
     assert health.snapshot()[:2] == (ERROR, "the simulator failed: boom")
     assert health.snapshot()[:2] == (ERROR, "the simulator failed: boom")  # still current

@@ -128,8 +128,7 @@ def test_bridge_reports_refusals_on_diagnostics(ros_context):
             errors = [i for i, st in enumerate(statuses) if st.level == b"\x02"]
             assert len(errors) == 1, "the refusal is reported once, then the current level"
             first, second = statuses[errors[0]], statuses[errors[0] + 1]
-            assert "NaN or inf in row(s) [0]" in first.message
-            assert "since recovered: episode 0: executing action chunks" in first.message
+            assert "NaN or inf in row(s) [0]" in first.message  # "(since recovered: ...)" unless the 1 s timer ran
             assert second.level == b"\x00" and second.message == "episode 0: executing action chunks"
             values = {kv.key: kv.value for kv in second.values}
             assert values["refused.invalid_chunk"] == "1" and values["chunks_accepted"] == "1"

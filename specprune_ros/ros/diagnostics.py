@@ -224,8 +224,10 @@ class BridgeHealth:
             self.dropped[reason] += 1
 
     def failure(self, message: str) -> None:
-        """The simulator failed (could not start, a step raised): ERROR until the next episode starts."""
+        """The simulator failed (could not start, a step raised; the bridge reports the episode as failed): ERROR
+        until a chunk is accepted again or the next episode starts."""
         with self._lock:
+            self.episode_status = "failure"
             self._status.set(ERROR, message)
 
     def episode_update(self, episode: int, status: str, started: bool = False) -> None:

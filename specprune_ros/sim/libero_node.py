@@ -315,21 +315,21 @@ class LiberoBridge(Node):
         return True
 
     def _refuse(self, reason: str, message: str) -> None:
+        self.health.chunk_refused(reason, message)  # before the counter that tests wait on
         self.dropped_chunks += 1
-        self.health.chunk_refused(reason, message)
         self.get_logger().error(message)
 
     def _execute(self, msg) -> None:
         ep = self.episode
         if ep is None or not ep.running or self.pause_ns is None:
-            self.dropped_chunks += 1
             self.health.chunk_dropped(NO_EPISODE)
+            self.dropped_chunks += 1
             self.get_logger().debug("action chunk dropped: no episode is running")
             return
         stamp = stamp_to_ns(msg.header.stamp)
         if not self.pause_ns <= stamp <= self.now_ns:
-            self.dropped_chunks += 1
             self.health.chunk_dropped(STALE_CHUNK)
+            self.dropped_chunks += 1
             self.get_logger().debug(
                 f"action chunk for t={stamp * 1e-9:.3f} s dropped: it must answer the observation of "
                 f"t={self.pause_ns * 1e-9:.3f} s or later"

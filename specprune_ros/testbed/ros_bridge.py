@@ -272,8 +272,8 @@ def make_node(config_overrides: dict | None = None, **node_kwargs):
 
         # -- control loop
         def _refuse(self, reason: str, message: str) -> None:
-            self.runner.dropped += 1
             self.health.chunk_refused(reason, message)
+            self.runner.dropped += 1
             self.get_logger().error(message, throttle_duration_sec=2.0)
 
         def _on_chunk(self, msg) -> None:
