@@ -134,8 +134,8 @@ AGGRESSIVE = PruningConfig(
 #: static pruning only (no layer-level pruning, no controller): the paper's first ablation row
 STATIC_ONLY = PruningConfig(dynamic=False, controller=ControllerConfig(enabled=False))
 #: a wider coarse/fine split than the paper's (not in the paper): coarse mode at aggressive's budget, fine mode
-#: ranks half of each view; on the test bed the controller is worth ~20 points at an equal budget with it
-#: (docs/testbed.md), and nothing with paper's 24/19 against 40/32
+#: ranks half of each view; on the test bed the controller is worth ~12 points at an equal kept-token count with
+#: it (docs/testbed.md), and nothing with paper's 24/19 against 40/32
 FINE_FOCUS = PruningConfig(local_k_coarse=(16, 12), local_k_fine=(128, 128))
 
 PRESETS: dict[str, PruningConfig] = {
