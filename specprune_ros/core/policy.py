@@ -18,8 +18,6 @@ from .types import MODE_OFF, ActionChunk, InputError, Observation, StepStats
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-
-
 def _bounds(stats: dict, norm: str) -> tuple[np.ndarray, np.ndarray]:
     lo_key, hi_key = BOUNDS[norm]
     return np.asarray(stats[lo_key], dtype=np.float64), np.asarray(stats[hi_key], dtype=np.float64)

@@ -223,6 +223,11 @@ class BridgeHealth:
         with self._lock:
             self.dropped[reason] += 1
 
+    def chunks_not_run(self) -> int:
+        """Chunks refused or dropped so far."""
+        with self._lock:
+            return sum(self.refused.values()) + sum(self.dropped.values())
+
     def failure(self, message: str) -> None:
         """The simulator failed (could not start, a step raised; the bridge reports the episode as failed): ERROR
         until a chunk is accepted again or the next episode starts."""

@@ -505,8 +505,8 @@ def _plan(ns: argparse.Namespace) -> EvalPlan:
     if not 1 <= ns.episodes <= TRIALS_PER_TASK:
         raise EvalError(f"--episodes={ns.episodes} must lie in [1, {TRIALS_PER_TASK}] (each task has {TRIALS_PER_TASK} "
                         "initial states)")
-    if ns.episodes < 1 or ns.first_init_state < 0 or ns.max_steps < 0:
-        raise EvalError("--episodes must be >= 1, --first-init-state and --max-steps >= 0")
+    if ns.first_init_state < 0 or ns.max_steps < 0:
+        raise EvalError("--first-init-state and --max-steps must be >= 0")
     n_tasks = 90 if ns.suite == "libero_90" else 10
     tasks = _range_list(ns.tasks, "tasks", n_tasks) if ns.tasks else list(range(n_tasks))
     init_states = list(range(ns.first_init_state, ns.first_init_state + ns.episodes))

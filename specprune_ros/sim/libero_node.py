@@ -184,7 +184,6 @@ class LiberoBridge(Node):
         self.now_ns = int(round(self.config.start_time * 1e9))
         self.pause_ns: int | None = None  # first stamp of the pending observation; None while not waiting
         self._rows_left = 0  # simulator steps left before the next pause (decides when images go out)
-        self.dropped_chunks = 0
         self.episode_chunks = 0  # chunks executed in the current episode
         self.requeries = 0  # chunks cut short by their requery_after
         self.failure = ""
@@ -314,22 +313,24 @@ class LiberoBridge(Node):
         self.health.episode_update(self.episode_index, self.episode.status, started=True)
         return True
 
+    @property
+    def dropped_chunks(self) -> int:
+        """Chunks refused or dropped, none of their rows executed (as /diagnostics counts them)."""
+        return self.health.chunks_not_run()
+
     def _refuse(self, reason: str, message: str) -> None:
-        self.health.chunk_refused(reason, message)  # before the counter that tests wait on
-        self.dropped_chunks += 1
+        self.health.chunk_refused(reason, message)
         self.get_logger().error(message)
 
     def _execute(self, msg) -> None:
         ep = self.episode
         if ep is None or not ep.running or self.pause_ns is None:
             self.health.chunk_dropped(NO_EPISODE)
-            self.dropped_chunks += 1
             self.get_logger().debug("action chunk dropped: no episode is running")
             return
         stamp = stamp_to_ns(msg.header.stamp)
         if not self.pause_ns <= stamp <= self.now_ns:
             self.health.chunk_dropped(STALE_CHUNK)
-            self.dropped_chunks += 1
             self.get_logger().debug(
                 f"action chunk for t={stamp * 1e-9:.3f} s dropped: it must answer the observation of "
                 f"t={self.pause_ns * 1e-9:.3f} s or later"
