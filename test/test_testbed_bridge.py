@@ -58,7 +58,7 @@ def test_runner_refuses_bad_chunks_with_reasons():
     assert "shape" in r.on_chunk(np.zeros((3, 6)))[1]
     assert "shape" in r.on_chunk(np.zeros((0, 7)))[1]
     assert r.on_chunk(np.full((2, 7), np.nan)) == ("invalid_chunk", "action chunk with NaN or inf refused")
-    assert r.dropped == 3 and not r.rows and r.chunks == 0
+    assert not r.rows and r.chunks == 0  # nothing queued
 
 
 def test_runner_solves_episodes_with_expert_chunks_and_counts_episodes():
@@ -159,18 +159,18 @@ def test_node_closed_loop_over_ros(ros_context):
                 if sent == 0:  # first a chunk from an observation older than the episode: dropped
                     pub.publish(chunk)
                     t_wait = time.monotonic() + 5.0
-                    while bridge.runner.dropped == 0 and time.monotonic() < t_wait:
+                    while bridge.dropped_chunks == 0 and time.monotonic() < t_wait:
                         ex.spin_once(timeout_sec=0.01)
-                    assert bridge.runner.dropped == 1 and not bridge.runner.rows
+                    assert bridge.dropped_chunks == 1 and not bridge.runner.rows
                 chunk.header.stamp = got["joints"].header.stamp  # the observation it answers
                 if sent == 0:  # then one with a NaN: refused, and /diagnostics says so
                     good = list(chunk.actions)
                     chunk.actions = [float("nan")] + good[1:]
                     pub.publish(chunk)
                     t_wait = time.monotonic() + 5.0
-                    while bridge.runner.dropped == 1 and time.monotonic() < t_wait:
+                    while bridge.dropped_chunks == 1 and time.monotonic() < t_wait:
                         ex.spin_once(timeout_sec=0.01)
-                    assert bridge.runner.dropped == 2 and not bridge.runner.rows
+                    assert bridge.dropped_chunks == 2 and not bridge.runner.rows
                     bridge.publish_diagnostics()
                     t_wait = time.monotonic() + 5.0
                     while not _errors(got["diagnostics"]) and time.monotonic() < t_wait:

@@ -131,7 +131,6 @@ class TestbedRunner:
         self.episode = -1
         self.task: TabletopTask | None = None
         self.rows: list[np.ndarray] = []
-        self.dropped = 0
         self.executed = 0
         self.chunks = 0  # chunks accepted in the current episode
 
@@ -161,14 +160,11 @@ class TestbedRunner:
         ``invalid_chunk`` or ``no_episode`` (ros.diagnostics)."""
         a = np.asarray(actions, dtype=np.float64)
         if a.ndim != 2 or a.shape[0] < 1 or a.shape[1] != ACTION_DIM:
-            self.dropped += 1
             return INVALID_CHUNK, (f"action chunk of shape {a.shape} refused: the test bed needs "
                                    f"(rows >= 1, {ACTION_DIM})")
         if not np.all(np.isfinite(a)):
-            self.dropped += 1
             return INVALID_CHUNK, "action chunk with NaN or inf refused"
         if self.status != "running":
-            self.dropped += 1
             return NO_EPISODE, f"action chunk dropped: no episode is running ({self.status})"
         self.rows = list(a)
         self.chunks += 1
@@ -271,9 +267,13 @@ def make_node(config_overrides: dict | None = None, **node_kwargs):
             self._start()
 
         # -- control loop
+        @property
+        def dropped_chunks(self) -> int:
+            """Chunks refused or dropped, none of their rows executed (as /diagnostics counts them)."""
+            return self.health.chunks_not_run()
+
         def _refuse(self, reason: str, message: str) -> None:
             self.health.chunk_refused(reason, message)
-            self.runner.dropped += 1
             self.get_logger().error(message, throttle_duration_sec=2.0)
 
         def _on_chunk(self, msg) -> None:
@@ -287,7 +287,6 @@ def make_node(config_overrides: dict | None = None, **node_kwargs):
             stamp_ns = stamp_to_ns(msg.header.stamp)
             # computed from an observation of an earlier episode (10 us of slack: stamps pass through float seconds)
             if stamp_ns < self._episode_start_ns - 10_000:
-                self.runner.dropped += 1
                 self.health.chunk_dropped(STALE_CHUNK)
                 self.get_logger().info(f"action chunk {msg.sequence} dropped: its observation predates episode "
                                        f"{self.runner.episode}", throttle_duration_sec=2.0)
