@@ -28,8 +28,8 @@ $(STAMP): requirements.txt setup.py
 # install/specprune_ros/lib even without LD_LIBRARY_PATH. flock keeps two concurrent `make` runs from
 # building into the same tree at once. See docs/development.md.
 # $(ROS_STAMP): the messages (re-built when msg/, CMakeLists.txt, package.xml change; after changing the
-# colcon flags below: rm .setup/ros.stamp). $(ROS_SHARE_STAMP): re-installs launch/ and config/ when
-# they change, without touching $(ROS_STAMP) (what other set-up steps depend on).
+# colcon flags below: rm .setup/ros.stamp). $(ROS_SHARE_STAMP): re-installs launch/, config/ and the
+# test-bed checkpoint when they change, without touching $(ROS_STAMP) (what other set-up steps depend on).
 ROS_STAMP := .setup/ros.stamp
 ROS_SHARE_STAMP := .setup/ros-share.stamp
 ROS_INPUTS := package.xml CMakeLists.txt tools/fix_ros_wheels_cmake.py specprune_ros/__init__.py \
@@ -46,7 +46,7 @@ ros: $(ROS_STAMP) $(ROS_SHARE_STAMP)
 $(ROS_STAMP): $(STAMP) $(ROS_INPUTS)
 	$(COLCON_BUILD)
 	touch $@
-$(ROS_SHARE_STAMP): $(ROS_STAMP) $(wildcard launch/*.py config/*.yaml)
+$(ROS_SHARE_STAMP): $(ROS_STAMP) $(wildcard launch/*.py config/*.yaml checkpoints/testbed/*)
 	$(COLCON_BUILD)
 	touch $@
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -405,3 +406,16 @@ def test_preset_lists_take_weighting_suffixes():
                           ("off+proportional", "prunes nothing")]:
         with pytest.raises(ValueError, match=re.escape(message)):
             preset_list(text)
+
+
+def test_every_preset_is_named_where_presets_are_listed():
+    root = Path(__file__).resolve().parents[1]
+    msg = (root / "msg" / "ActionChunk.msg").read_text()
+    listed = {
+        "ActionChunk.msg": msg.split("\nstring preset")[0].rsplit("\n", 1)[-1],  # the comment above the field
+        "PolicyConfig.preset": PolicyConfig.__dataclass_fields__["preset"].metadata.get("doc", ""),
+        "config/policy.yaml": (root / "config" / "policy.yaml").read_text(),
+    }
+    for where, text in listed.items():
+        missing = [name for name in PRESETS if not re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", text)]
+        assert not missing, f"{where} does not name {missing}"

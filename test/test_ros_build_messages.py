@@ -231,8 +231,16 @@ def test_package_xml_is_a_valid_format_3_interface_package():
     assert {"ament_cmake", "ament_cmake_python", "rosidl_default_generators"} <= build
     runtime = {d.name for d in package.exec_depends + package.build_export_depends}
     # everything the node, the bridges and the launch file import at run time
-    assert {"rclpy", "rosidl_default_runtime", "std_msgs", "sensor_msgs", "geometry_msgs", "trajectory_msgs",
-            "diagnostic_msgs", "lifecycle_msgs", "launch_ros", "python3-numpy"} <= runtime
+    assert {"rclpy", "rosidl_default_runtime", "lifecycle_msgs", "python3-numpy"} <= runtime
+    # every ROS package whose interfaces or modules the sources and launch files import (rosdep installs these)
+    imported = set()
+    for path in [*(REPO_ROOT / "specprune_ros").rglob("*.py"), *(REPO_ROOT / "launch").glob("*.py")]:
+        imported |= set(re.findall(r"^\s*(?:from|import) ([a-z_]+)\.(?:msg|srv|action)\b", path.read_text(), re.M))
+        imported |= set(re.findall(r"^\s*(?:from|import) (launch|launch_ros|ament_index_python)\b", path.read_text(), re.M))
+    imported.discard("specprune_ros")  # its own messages
+    assert {"std_srvs", "diagnostic_msgs", "launch_ros"} <= imported  # the scan finds what it should
+    depends = runtime | {d.name for d in package.build_depends}
+    assert imported <= depends, f"imported but not in package.xml: {sorted(imported - depends)}"
 
 
 def test_install_tree_of_make_setup():
@@ -245,7 +253,17 @@ def test_install_tree_of_make_setup():
         for src in (REPO_ROOT / sub).glob("*"):
             if src.is_file() and src.suffix in (".py", ".yaml", ".xml"):
                 assert (share / sub / src.name).is_file(), f"{sub}/{src.name} is not installed"
+    _check_installed_checkpoint(share)
     _check_executables(INSTALL_PREFIX / "lib" / "specprune_ros")
+
+
+def _check_installed_checkpoint(share: Path) -> None:
+    """The committed test-bed checkpoint is in the share directory, where testbed.launch.py looks for it."""
+    src = REPO_ROOT / "checkpoints" / "testbed"
+    names = subprocess.run(["git", "ls-files", "."], cwd=src, capture_output=True, text=True, check=True).stdout.split()
+    assert "config.json" in names
+    for name in names:
+        assert (share / "checkpoints" / "testbed" / name).is_file(), f"checkpoints/testbed/{name} is not installed"
 
 
 def test_fix_ros_wheels_cmake_rewrites_builder_paths_once():
@@ -279,6 +297,7 @@ def test_colcon_build_from_scratch_installs_a_self_contained_package(tmp_path):
     assert build.returncode == 0, build.stdout[-4000:] + build.stderr[-4000:]
     prefix = tmp_path / "install" / "specprune_ros"
     _check_executables(prefix / "lib" / "specprune_ros")
+    _check_installed_checkpoint(prefix / "share" / "specprune_ros")
     (site,) = prefix.glob("lib/python3.*/site-packages")
     assert (site / "specprune_ros" / "core" / "types.py").is_file()
     # the project's __init__.py (package path extension, version) replaced the generator's empty one

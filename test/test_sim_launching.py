@@ -82,3 +82,13 @@ def test_policy_params_layer_the_run_over_the_preset(tmp_path):
     assert [cmd[j + 1] for j, a in enumerate(cmd) if a == "--params-file"] == [str(path)]
     alone = read_params_file(L.write_policy_params(tmp_path / "b.yaml", args, tmp_path / "none.yaml"), NODE_NAME)
     assert alone == L.policy_parameters(args)
+
+
+def test_default_sim_python_follows_the_sim_venv(tmp_path, monkeypatch):
+    monkeypatch.delenv("SPECPRUNE_SIM_PYTHON", raising=False)
+    monkeypatch.delenv("SPECPRUNE_SIM_VENV", raising=False)
+    assert L.default_sim_python() == str(L.REPO_ROOT / ".venv-sim" / "bin" / "python")
+    monkeypatch.setenv("SPECPRUNE_SIM_VENV", str(tmp_path / "moved"))  # the venv moved: every tool follows it
+    assert L.default_sim_python() == str(tmp_path / "moved" / "bin" / "python")
+    monkeypatch.setenv("SPECPRUNE_SIM_PYTHON", "/opt/ros/python3")  # an explicit interpreter wins
+    assert L.default_sim_python() == "/opt/ros/python3"

@@ -95,8 +95,11 @@ ARG_DOC: dict[str, str] = {
 
 
 def default_sim_python() -> str:
-    """``$SPECPRUNE_SIM_PYTHON``, else ``.venv-sim/bin/python`` beside this repository."""
-    return os.environ.get("SPECPRUNE_SIM_PYTHON", str(REPO_ROOT / ".venv-sim" / "bin" / "python"))
+    """``$SPECPRUNE_SIM_PYTHON``, else the simulator venv's interpreter (``$SPECPRUNE_SIM_VENV``, by default
+    ``.venv-sim`` beside this repository: the venv the other simulator tools use)."""
+    from .simenv import sim_python  # late: only this default needs it
+
+    return os.environ.get("SPECPRUNE_SIM_PYTHON") or str(sim_python())
 
 
 def default_env_script() -> str:

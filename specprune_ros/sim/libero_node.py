@@ -28,7 +28,8 @@ images also come before its clock tick, so a policy node whose control timer run
 the complete observation when that tick fires. If no chunk arrives for ``idle_tick_period`` wall
 seconds (the policy started late, refused an input, or is still computing), the clock advances one
 tick without a simulator step and the unchanged observation is re-sent at the new time, so the
-policy's timer keeps running and its inputs stay fresh; ``EpisodeStatus.step`` counts simulator steps only.
+policy's timer keeps running and its inputs stay fresh; ``EpisodeStatus.step`` counts policy steps only (not
+these idle ticks, nor the wait steps at the start of an episode).
 """
 from __future__ import annotations
 
