@@ -109,6 +109,20 @@ def test_make_tiny(tmp_path, capsys):
     assert (tmp_path / "new" / "sub" / "b").stat().st_mode & 0o777 == 0o777 & ~umask
     assert make_tiny.main([str(tmp_path / "a")]) == 2  # exists: refuse without --force
     assert "--force" in capsys.readouterr().err
+    assert make_tiny.main([str(tmp_path / "a"), "--force", "--seed=4"]) == 0  # a checkpoint: replaced
+
+
+@pytest.mark.parametrize("name, message", [("", "out_dir is empty"), (".", "the current directory"),
+                                           ("..", "the current directory or one above it"),
+                                           ("../other", "not a checkpoint directory")])
+def test_make_tiny_force_never_replaces_a_folder_that_is_not_a_checkpoint(tmp_path, monkeypatch, capsys, name, message):
+    for folder in ("work", "other"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "precious.txt").write_text("keep")
+    monkeypatch.chdir(tmp_path / "work")
+    assert make_tiny.main([name, "--force"]) == 2
+    assert message in capsys.readouterr().err
+    assert all((tmp_path / folder / "precious.txt").read_text() == "keep" for folder in ("work", "other"))
 
 
 def test_bench_tiny_json(tmp_path):

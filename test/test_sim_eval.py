@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -70,6 +71,7 @@ def test_plot_is_written(tmp_path):
         ([], "--checkpoint=<dir>"),
         (["--checkpoint=/no/such/dir"], "no such directory"),
         (["--fake-policy", "--tasks=3-12"], "--tasks='3-12': values must lie in 0..9"),
+        (["--fake-policy", "--tasks=0-999999999999"], "values must lie in 0..9"),  # refused, not expanded
         (["--fake-policy", "--episodes=5", "--first-init-state=48"], "each task has 50"),
         (["--fake-policy", "--episodes=99999999999999999999"], "--episodes=99999999999999999999 must lie in [1, 50]"),
         (["--fake-policy", "--episode-timeout=-1"], "--episode-timeout=-1.0 must be a finite number"),
@@ -137,3 +139,20 @@ def test_checkpoint_problems_are_reported_before_anything_starts(tiny_checkpoint
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "unknown unnorm_key 'libero_spatial_no_noops'" in out.stderr and "tiny_sim" in out.stderr
     assert not (tmp_path / E.RESULTS).exists()
+
+
+@needs_sim
+@pytest.mark.parametrize("path", ["--direct", "--episode-timeout=600"])
+def test_a_checkpoint_that_cannot_load_stops_the_run_with_its_reason(tiny_checkpoint, tmp_path, path):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    shard = sorted(ckpt.glob("*.safetensors"))[0]
+    shard.write_bytes(shard.read_bytes()[:1000])  # the layout checks pass, the weights cannot be read
+    cmd = [sys.executable, "-m", "specprune_ros.sim.libero_eval", f"--checkpoint={ckpt}", "--unnorm-key=tiny_sim",
+           "--tasks=0", "--episodes=1", "--max-steps=2", "--presets=off", f"--out={tmp_path / 'out'}", path]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(OMP_NUM_THREADS="1"), timeout=600)
+    # the ROS path: the policy node stays up, unconfigured; its /diagnostics stops the run long before the timeout
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert "cannot read" in out.stderr and shard.name in out.stderr
+    results = tmp_path / "out" / E.RESULTS
+    assert not results.exists() or json.loads(results.read_text())["episodes"] == []  # nothing recorded as a failure

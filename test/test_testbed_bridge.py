@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 from ros_env import messages, ros_context, subprocess_env  # noqa: F401  (ros_context is a fixture)
 
+from specprune_ros.testbed import TESTBED_CHECKPOINT
 from specprune_ros.testbed.expert import expert_action
 from specprune_ros.testbed.ros_bridge import BridgeConfig, TestbedRunner
 from specprune_ros.testbed.task import GANTRY_URDF, JOINT_NAMES, TabletopTask
@@ -232,3 +234,15 @@ def test_ros_loop_refuses_a_missing_checkpoint(tmp_path):
     cmd = [sys.executable, "-m", "specprune_ros.testbed.ros_loop", "--fake-policy", "--preset=papr"]
     out = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "did you mean 'paper'" in out.stderr
+
+
+def test_ros_loop_stops_when_the_policy_node_cannot_load_its_checkpoint(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(TESTBED_CHECKPOINT, ckpt)
+    (ckpt / "model.safetensors").write_bytes((TESTBED_CHECKPOINT / "model.safetensors").read_bytes()[:1000])
+    cmd = [sys.executable, "-m", "specprune_ros.testbed.ros_loop", f"--checkpoint={ckpt}", "--episodes=1",
+           f"--log-dir={tmp_path / 'logs'}"]
+    # the node stays up, unconfigured, and says why on /diagnostics: the loop stops there instead of waiting
+    out = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=240)
+    assert out.returncode == 1 and "the policy node could not start: configure failed" in out.stderr, out.stderr
+    assert "model.safetensors" in out.stderr

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -200,6 +201,11 @@ def test_evaluate_end_to_end_writes_json_and_plot(tiny_checkpoint, tmp_path, cap
     assert (tmp_path / "results.png").stat().st_size > 10_000
     assert ev.main([f"--checkpoint={tmp_path / 'missing'}", "--episodes=1", "--variants=off", "--no-progress"]) == 2
     assert "missing" in capsys.readouterr().err
+
+
+def test_default_checkpoint_is_found_from_any_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # not the repository root
+    assert (Path(ev.EvalConfig().checkpoint) / "config.json").is_file()
 
 
 class NameReader(MirrorExpertPolicy):

@@ -101,6 +101,11 @@ def test_resume_continues_and_refuses_a_different_configuration(tmp_path):
     assert len(state["losses"]) == 3
     with pytest.raises(ValueError, match="different configuration \\(lr: 0.001 there, 0.0005 now\\)"):
         tr.train(tr.TrainConfig(out_dir=out, steps=4, **{**TINY, "lr": 5e-4}), progress=False, log=lambda m: None)
+    state_file = tmp_path / "ckpt" / tr.WORK_DIR / tr.STATE_FILE
+    for broken in (state_file.read_bytes()[:500], b"not a torch file"):  # a truncated save, another file
+        state_file.write_bytes(broken)
+        with pytest.raises(ValueError, match="is unreadable .*remove it to start over"):
+            tr.train(tr.TrainConfig(out_dir=out, steps=4, **TINY), progress=False, log=lambda m: None)
 
 
 def test_init_from_starts_from_a_checkpoint_with_its_statistics_and_refuses_another_architecture(tmp_path):

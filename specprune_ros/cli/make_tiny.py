@@ -25,13 +25,22 @@ def main_args(argv: list[str]) -> int:
     p.add_argument("out_dir", help="directory to create")
     p.add_argument("--size", choices=sorted(SIZES), default="tiny", help="model size (default: tiny)")
     p.add_argument("--seed", type=int, default=0, help="weight seed (default: 0)")
-    p.add_argument("--force", action="store_true", help="replace an existing directory")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing checkpoint directory (one with a config.json; other folders are never replaced)")
     args = p.parse_args(argv)
+    if not args.out_dir.strip():
+        raise ValueError("out_dir is empty")
     out = Path(args.out_dir)
+    cwd = Path.cwd().resolve()
+    if out.resolve() == cwd or out.resolve() in cwd.parents:
+        raise ValueError(f"out_dir {args.out_dir!r} is the current directory or one above it; name a new directory")
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out} exists and is not a directory")
-    if out.exists() and any(out.iterdir()) and not args.force:
-        raise ValueError(f"{out} exists and is not empty; pass --force to replace it")
+    if out.exists() and any(out.iterdir()):
+        if not args.force:
+            raise ValueError(f"{out} exists and is not empty; pass --force to replace it")
+        if not (out / "config.json").is_file():
+            raise ValueError(f"{out} is not empty and not a checkpoint directory (no config.json): not replacing it")
     # written beside the target first: a failed write leaves the old directory as it was
     out.absolute().parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.absolute().parent))

@@ -261,6 +261,19 @@ class BridgeHealth:
             return level, message, values
 
 
+#: how the policy node's /diagnostics message starts after a failed configure transition
+CONFIGURE_FAILED = "configure failed"
+
+
+def configure_failure(array, node_name: str) -> str | None:
+    """The configure error that ``node_name`` reports in a ``DiagnosticArray``, else None (a process that starts a
+    policy node sees it fail to load a checkpoint here: the node keeps running, unconfigured)."""
+    for status in array.status:
+        if status.hardware_id == node_name and status.message.startswith(CONFIGURE_FAILED):
+            return status.message
+    return None
+
+
 def to_diagnostic_array(health: NodeHealth | BridgeHealth, node_name: str, stamp, what: str = "policy") -> object:
     """A ``diagnostic_msgs/DiagnosticArray`` with one status named ``<node_name>: <what>``."""
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue

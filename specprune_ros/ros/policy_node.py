@@ -31,7 +31,7 @@ from specprune_ros.core.types import ActionChunk, InputError, Policy
 
 from . import conversions as conv
 from .adapters import GripperMap, TwistLimits, joint_trajectory, rows_to_twists
-from .diagnostics import NodeHealth, to_diagnostic_array
+from .diagnostics import CONFIGURE_FAILED, NodeHealth, to_diagnostic_array
 from .parameters import (
     NODE_NAME, NodeConfig, ParamSpec, check_value, configs_from_values, parameter_specs, unknown_parameters,
 )
@@ -133,7 +133,7 @@ class PolicyNode(LifecycleNode):
             self._configure()
         except Exception as exc:  # noqa: BLE001 - every failure must become a FAILURE transition with its reason
             expected = isinstance(exc, (ValueError, OSError, ImportError))  # config, files, messages
-            message = f"configure failed: {exc}" if expected else f"configure failed: {type(exc).__name__}: {exc}"
+            message = f"{CONFIGURE_FAILED}: {exc}" if expected else f"{CONFIGURE_FAILED}: {type(exc).__name__}: {exc}"
             self.get_logger().error(message)
             if not expected:
                 import traceback

@@ -50,7 +50,7 @@ class EvalError(RuntimeError):
     """A user-facing error: printed without a traceback."""
 
 
-def _range_list(text: str, what: str, upper: int | None = None) -> list[int]:
+def _range_list(text: str, what: str, upper: int) -> list[int]:
     """``"0-3,7"`` -> [0, 1, 2, 3, 7]."""
     out: list[int] = []
     for part in text.split(","):
@@ -60,13 +60,14 @@ def _range_list(text: str, what: str, upper: int | None = None) -> list[int]:
         try:
             if "-" in part:
                 lo, hi = (int(v) for v in part.split("-", 1))
-                out += list(range(lo, hi + 1))
+                out += list(range(max(lo, 0), min(hi, upper) + 1))  # what lies outside is refused below
+                out += [v for v in (lo, hi) if not 0 <= v < upper]
             else:
                 out.append(int(part))
         except ValueError:
             raise EvalError(f"--{what}={text!r}: use numbers and ranges such as 0-3,7") from None
-    if not out or any(v < 0 or (upper is not None and v >= upper) for v in out):
-        raise EvalError(f"--{what}={text!r}: values must lie in 0..{(upper or 1) - 1}")
+    if not out or any(not 0 <= v < upper for v in out):
+        raise EvalError(f"--{what}={text!r}: values must lie in 0..{upper - 1}")
     return sorted(set(out))
 
 
@@ -251,9 +252,14 @@ def _make_policy(plan: EvalPlan, preset: str):
         from specprune_ros.core.fake import FakePolicy
 
         return FakePolicy(views=policy_cfg.views, proprio_dim=8, chunk_len=node_cfg.fake_chunk_len, dt=policy_cfg.control_dt)
+    from specprune_ros.core.checkpoint import CheckpointError
+    from specprune_ros.core.config import ConfigError
     from specprune_ros.core.policy import build_policy
 
-    return build_policy(policy_cfg)
+    try:
+        return build_policy(policy_cfg)
+    except (CheckpointError, ConfigError) as exc:  # e.g. a weight file that cannot be read
+        raise EvalError(f"--checkpoint={plan.checkpoint}: {exc}") from None
 
 
 def run_direct(plan: EvalPlan, results: Results, progress) -> None:
@@ -297,9 +303,13 @@ class _RosRun:
         from rclpy.context import Context
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+        from diagnostic_msgs.msg import DiagnosticArray
         from std_srvs.srv import Trigger
 
         from specprune_ros.msg import ActionChunk, EpisodeStatus
+        from specprune_ros.ros.diagnostics import configure_failure
+
+        from .launching import POLICY_NODE_NAME
 
         self.plan = plan
         self.log_dir = log_dir
@@ -313,6 +323,12 @@ class _RosRun:
         self.chunks: list = []
         self.node.create_subscription(EpisodeStatus, "/episode_status", self.status.append, latched)
         self.node.create_subscription(ActionChunk, "/specprune_policy/action_chunk", self.chunks.append, 50)
+        self.policy_error: str | None = None  # the policy node is alive but could not configure (e.g. a bad checkpoint)
+
+        def on_diagnostics(msg) -> None:
+            self.policy_error = self.policy_error or configure_failure(msg, POLICY_NODE_NAME)
+
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
         self.reset_client = self.node.create_client(Trigger, "/libero_sim_node/reset")
         self.Trigger = Trigger
         self.policy_proc: subprocess.Popen | None = None
@@ -334,6 +350,7 @@ class _RosRun:
             unnorm_key=self.plan.unnorm_key, fake_policy=self.plan.fake_policy, device=self.plan.device,
         )
         params = write_policy_params(self.log_dir / f"policy_{preset}.yaml", args)
+        self.policy_error = None
         log = open(self.log_dir / f"policy_{preset}.log", "w")
         env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
         self.policy_proc = subprocess.Popen(
@@ -364,6 +381,8 @@ class _RosRun:
         self.bridge_proc = None
 
     def _check_alive(self) -> None:
+        if self.policy_error is not None:
+            raise EvalError(f"the policy node could not start: {self.policy_error} (log: {self.policy_log})")
         for name, proc, log in (("policy node", self.policy_proc, getattr(self, "policy_log", "")),
                                 ("bridge", self.bridge_proc, getattr(self, "bridge_log", ""))):
             if proc is not None and proc.poll() is not None:

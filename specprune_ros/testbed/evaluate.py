@@ -30,6 +30,7 @@ from ..core.config import PolicyConfig, PreprocessConfig
 from ..core.controller import requery_rows
 from ..core.presets import MERGE, PRESETS, PROPORTIONAL, ControllerConfig, PruningConfig, split_weighting, weighting_flags
 from ..core.types import MODE_FINE, InputError, Observation, Policy
+from . import TESTBED_CHECKPOINT
 from .task import TabletopTask, TaskConfig
 
 NO_CONTROLLER = "+nocontroller"
@@ -173,7 +174,7 @@ class EvalConfig:
         threads: torch CPU threads.
     """
 
-    checkpoint: str = "checkpoints/testbed"
+    checkpoint: str = str(TESTBED_CHECKPOINT)
     variants: tuple[str, ...] = DEFAULT_VARIANTS
     episodes: int = 50
     first_seed: int = 0

@@ -872,8 +872,11 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainResult:
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     start, elapsed_before, losses, ground_losses = 0, 0.0, [], []
     if state_file.exists():
-        state = torch.load(state_file, map_location="cpu", weights_only=True)
-        saved = {k: v for k, v in json.loads(state["train_config"]).items() if k not in RESUMABLE_CHANGES}
+        try:
+            state = torch.load(state_file, map_location="cpu", weights_only=True)
+            saved = {k: v for k, v in json.loads(state["train_config"]).items() if k not in RESUMABLE_CHANGES}
+        except Exception as err:  # noqa: BLE001 - truncated, not a torch file, or another file's content
+            raise ValueError(f"{state_file} is unreadable ({type(err).__name__}); remove it to start over") from None
         if json.dumps(saved, sort_keys=True) != _identity(cfg):
             now = json.loads(_identity(cfg))
             diff = [f"{k}: {saved.get(k)!r} there, {now.get(k)!r} now" for k in sorted(set(saved) | set(now))
