@@ -142,11 +142,18 @@ def test_bench_tiny_json(tmp_path):
     assert merged["merge"] is True and merged["proportional"] is True  # --merge implies --proportional
 
 
+def test_bench_bare_json_prints_to_stdout(capsys):
+    assert bench.main(["--model=tiny", "--steps=1", "--warmup=0", "--device=cpu", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["steps"] == 1
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--threads=0"], "--threads must be >= 1"),
     (["--json=."], "--json=.: not a writable file path"),
     (["--json=/no/such/folder/b.json"], "not a writable file path"),
     (["--device=mps"], "Metal backend is not available"),
+    (["--plot=tokens.xyz"], "--plot=tokens.xyz: name a .png, .svg, .pdf file"),
+    (["--plot=-"], "--plot=-: name a .png"),
 ])
 def test_bench_refuses_bad_options_before_running(capsys, extra, message):
     assert bench.main(["--model=tiny", "--steps=1", "--warmup=0", *extra]) == 2
@@ -162,6 +169,18 @@ def test_demo_policy_stage(tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "[off] 8x7 actions" in out and "[paper] 8x7 actions" in out and "median latency" in out
     assert (tmp_path / "out" / "tiny-checkpoint" / "config.json").is_file()
+
+
+def test_demo_stages_show_the_chosen_preset(tmp_path, capsys, monkeypatch):
+    from specprune_ros.bags import demo as bag_demo
+    from specprune_ros.cli import demo
+
+    monkeypatch.setattr(demo, "TESTBED_CHECKPOINT", tmp_path / "absent")
+    replayed = []
+    monkeypatch.setattr(bag_demo, "replay_into_node", lambda ckpt, out, preset: replayed.append(preset))
+    assert demo.main([f"--out={tmp_path / 'out'}", "--preset=aggressive", "--episodes=0", "--ros-episodes=0"]) == 0
+    assert "[aggressive] 8x7 actions" in capsys.readouterr().out
+    assert replayed == ["aggressive"]  # the bag stage too
 
 
 def test_demo_refuses_unknown_presets_before_doing_anything(tmp_path, capsys):

@@ -84,6 +84,10 @@ def median(xs) -> float:
     return float(np.median(np.asarray(xs, dtype=np.float64))) if len(xs) else float("nan")
 
 
+#: file types --plot writes
+PLOT_FORMATS = (".png", ".svg", ".pdf")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
@@ -104,8 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: float32 on cpu, bfloat16 on cuda)")
     p.add_argument("--seed", type=int, default=0, help="weights and episode seed (default: 0)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--json", dest="json_out", default=None, metavar="OUT", help="write the results as JSON to OUT ('-' = stdout)")
-    p.add_argument("--plot", default=None, metavar="PNG", help="write a tokens-per-layer plot (default: next to --json)")
+    p.add_argument("--json", dest="json_out", nargs="?", const="-", default=None, metavar="OUT",
+                   help="write the results as JSON to OUT (without OUT or '-': to stdout)")
+    p.add_argument("--plot", default=None, metavar="PNG",
+                   help=f"write a tokens-per-layer plot ({', '.join(PLOT_FORMATS)}; default: next to a --json file)")
     return p
 
 
@@ -121,6 +127,8 @@ def main_args(argv: list[str]) -> int:
     for option, path in (("--json", args.json_out), ("--plot", args.plot)):  # before minutes of benchmarking
         if path and path != "-" and (Path(path).is_dir() or not Path(path).absolute().parent.is_dir()):
             raise ValueError(f"{option}={path}: not a writable file path (a directory, or its folder does not exist)")
+    if args.plot is not None and Path(args.plot).suffix.lower() not in PLOT_FORMATS:
+        raise ValueError(f"--plot={args.plot}: name a {', '.join(PLOT_FORMATS)} file")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     why = device_problem(device)
     if why:

@@ -87,11 +87,11 @@ def stage_closed_loop(ckpt: Path, preset: str, episodes: int) -> None:
     print(table(results))
 
 
-def stage_ros(ckpt: Path, out: Path) -> None:
+def stage_ros(ckpt: Path, preset: str, out: Path) -> None:
     from ..bags.demo import replay_into_node
 
     print("\n== 3. ROS 2: a generated bag replayed into the policy node")
-    replay_into_node(ckpt, out)
+    replay_into_node(ckpt, out, preset=preset)
 
 
 def stage_ros_closed_loop(ckpt: Path, preset: str, episodes: int, out: Path) -> int:
@@ -134,7 +134,7 @@ def main_args(argv: list[str]) -> int:
     if trained and args.episodes > 0:
         stage_closed_loop(ckpt, args.preset, args.episodes)
     if not args.skip_ros:
-        stage_ros(ckpt, out)
+        stage_ros(ckpt, args.preset, out)
         if trained and args.ros_episodes > 0 and stage_ros_closed_loop(ckpt, args.ros_preset, args.ros_episodes, out):
             return 1
     return 0
