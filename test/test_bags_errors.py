@@ -188,3 +188,61 @@ def test_record_refuses_a_bad_topic_name_before_creating_the_bag(tmp_path, capsy
     assert record.main([str(out), "--topics", topic, "--duration=0.1", "--no-progress"]) == 2
     one_line_error(capsys.readouterr().err, "--topics", "not a valid topic name")
     assert not out.exists()
+
+
+def test_eval_names_an_unreadable_params_or_urdf_file(good, tmp_path, capsys):
+    png = tmp_path / "robot.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00\x01")
+    (tmp_path / "bad.yaml").write_text(": : :\n")
+    (tmp_path / "not_xml.urdf").write_text("not xml\n")
+    (tmp_path / "a_dir").mkdir()
+    cases = [
+        (f"--urdf={png}", ("--urdf", "robot.png", "not a text file")),
+        (f"--urdf={tmp_path / 'not_xml.urdf'}", ("--urdf", "not_xml.urdf", "not a URDF")),
+        (f"--urdf={tmp_path / 'a_dir'}", ("--urdf", "a_dir", "is not a file")),
+        (f"--params={tmp_path / 'bad.yaml'}", ("--params", "bad.yaml", "not valid YAML", "line 1")),
+        (f"--params={tmp_path / 'a_dir'}", ("--params", "a_dir", "is not a file")),
+        (f"--params={png}", ("--params", "robot.png", "not a text file")),
+    ]
+    for option, needles in cases:
+        code = evaluate.main([str(good["mcap"]), "--fake-policy", f"--out={tmp_path / 'r'}", "--no-progress", option])
+        assert code == 2, option
+        one_line_error(capsys.readouterr().err, "specprune-eval: error:", *needles)
+    assert not (tmp_path / "r").exists()  # refused before evaluating
+
+
+def test_eval_without_any_observation_fails(good, tmp_path, capsys):
+    """The bag's URDF has no frame 'nope_frame': every tick is refused, which is an error, not an empty report."""
+    out = tmp_path / "r"
+    code = evaluate.main([str(good["mcap"]), "--fake-policy", f"--out={out}", "--no-progress", "--no-plots",
+                          "-p", "ee_frame:=nope_frame"])  # fmt: skip
+    assert code == 2
+    one_line_error(capsys.readouterr().err, "no observation could be built", "'no_robot_description'", "nope_frame")
+    assert (out / "summary.json").is_file()  # the report that shows the refusals is still written
+
+
+@pytest.mark.parametrize("text", ["", "  "])
+def test_eval_refuses_an_empty_instruction(good, tmp_path, capsys, text):
+    code = evaluate.main([str(good["mcap"]), "--fake-policy", f"--out={tmp_path / 'r'}", f"--instruction={text}"])
+    assert code == 2
+    one_line_error(capsys.readouterr().err, "--instruction must not be empty")
+
+
+@pytest.mark.parametrize("given", ["", ","])
+def test_an_empty_topic_list_is_an_error(good, tmp_path, capsys, given):
+    assert replay.main([str(good["mcap"]), f"--topics={given}", "--rate=100", "--no-progress"]) == 2
+    one_line_error(capsys.readouterr().err, "specprune-replay: error:", "--topics names no topic")
+    out = tmp_path / "never"
+    assert record.main([str(out), f"--topics={given}", "--duration=0.1", "--no-progress"]) == 2
+    one_line_error(capsys.readouterr().err, "specprune-record: error:", "--topics names no topic")
+    assert not out.exists()
+
+
+def test_replay_rate_has_a_lower_bound(good, capsys):
+    for rate in (1e-300, 0.009):
+        with pytest.raises(ValueError, match=r"--rate must be a number >= 0.01"):
+            replay.ReplayOptions(bag=good["mcap"], rate=rate)
+    replay.ReplayOptions(bag=good["mcap"], rate=replay.MIN_RATE)
+    with pytest.raises(SystemExit):
+        replay.main(["--help"])
+    assert ">= 0.01" in capsys.readouterr().out

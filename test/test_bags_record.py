@@ -83,16 +83,56 @@ def test_record_until_ctrl_c(ros_context, tmp_path):
 
 
 @pytest.mark.parametrize("storage", ["sqlite3", "mcap"])
-def test_duration_stop_writes_valid_empty_bag(tmp_path, storage):
+def test_nothing_recorded_is_an_error(tmp_path, storage):
+    """No message on any topic: exit 1 with one line saying so, and no empty bag left behind."""
     out = tmp_path / "quiet"
     proc = subprocess.run(
         [str(BIN / "specprune-record"), str(out), f"--storage={storage}", "--topics=/nobody/publishes/this",
          "--duration=0.5", "--no-progress", "--json"],
         env=subprocess_env(), capture_output=True, text=True, timeout=60,
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    (line,) = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert "no message on any of the topics /nobody/publishes/this" in line and "removed the empty bag" in line
     summary = json.loads(proc.stdout)
-    assert summary["messages"] == 0 and summary["not_seen"] == ["/nobody/publishes/this"]
-    assert "no messages on: /nobody/publishes/this" in proc.stderr
-    meta = yaml.safe_load((out / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
-    assert meta["message_count"] == 0 and meta["storage_identifier"] == storage
+    assert summary["messages"] == 0 and summary["not_seen"] == ["/nobody/publishes/this"] and summary["bag"] is None
+    assert not out.exists()
+
+
+def test_relative_topic_names_are_reported_resolved(ros_context, tmp_path):
+    from rclpy.duration import Duration
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import QoSProfile
+    from std_msgs.msg import String
+
+    node = rclpy.create_node("record_relative_source", context=ros_context)
+    pub = node.create_publisher(String, "/rec_rel/text", QoSProfile(depth=100))
+    executor = SingleThreadedExecutor(context=ros_context)
+    executor.add_node(node)
+    proc = subprocess.Popen(
+        [str(BIN / "specprune-record"), str(tmp_path / "rel"), "--topics", "rec_rel/text,rec_rel/silent",
+         "--no-progress", "--json"],
+        env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while pub.get_subscription_count() == 0 and time.monotonic() < deadline:
+            executor.spin_once(timeout_sec=0.05)
+        assert pub.get_subscription_count() > 0, "the recorder never subscribed"
+        for k in range(3):
+            pub.publish(String(data=f"m{k}"))
+        assert pub.wait_for_all_acked(Duration(seconds=30))
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        executor.shutdown()
+        node.destroy_node()
+    assert proc.returncode == 0, stderr
+    summary = json.loads(stdout)
+    assert summary["topics"] == {"/rec_rel/text": 3}
+    assert summary["not_seen"] == ["/rec_rel/silent"]  # the resolved name, and only the topic without messages
+    assert "no messages on: /rec_rel/silent\n" in stderr and "rec_rel/text" not in stderr

@@ -2,6 +2,7 @@
 remapping, /clock, Ctrl-C; JointState with empty efforts (Fast-CDR bytes from rclpy) replays correctly."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import subprocess
@@ -301,3 +302,65 @@ def test_publisher_qos_follows_the_recording():
     assert [(q.reliability.name, q.durability.name) for q in stored] == [
         ("RELIABLE", "TRANSIENT_LOCAL"), ("BEST_EFFORT", "VOLATILE")
     ]
+
+
+class _Publisher:
+    def __init__(self, qos) -> None:
+        self.qos_profile = qos
+        self.sent: list[bytes] = []
+
+    def publish(self, raw: bytes) -> None:
+        self.sent.append(raw)
+
+
+class _Node:
+    """Stands in for the rclpy node: records what the player publishes."""
+
+    def create_publisher(self, cls, name, qos):
+        return _Publisher(qos)
+
+
+class _VirtualTime:
+    """time.monotonic / time.sleep on a virtual clock that only sleeping advances."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_loop_refuses_a_window_without_messages(bags):
+    from specprune_ros.bags import replay
+    from specprune_ros.bags.bagio import BagError
+
+    path = bags["mcap"]
+    with Bag(path) as bag:
+        window = replay.ReplayOptions(bag=path, start=0.905, duration=0.001, loop=True, progress=False)
+        with pytest.raises(BagError, match=r"window \[0.905, 0.906\) s .* no messages .* nothing to loop"):
+            replay.Player(_Node(), bag, window)
+        later = replay.ReplayOptions(bag=path, start=0.5, topics=(INSTRUCTION_TOPIC,), loop=True, progress=False)
+        with pytest.raises(BagError, match="nothing to loop"):
+            replay.Player(_Node(), bag, later)
+        replay.Player(_Node(), bag, dataclasses.replace(window, loop=False))  # one pass: the latched topics only
+
+
+def test_a_loop_pass_lasts_its_window(bags, monkeypatch):
+    """A loop over messages that share one time (here the instruction, recorded once) repeats with the
+    window's period instead of re-publishing without pause."""
+    from specprune_ros.bags import replay
+
+    clock = _VirtualTime()
+    monkeypatch.setattr(replay, "time", clock)
+    path = bags["mcap"]
+    with Bag(path) as bag:
+        opts = replay.ReplayOptions(bag=path, topics=(INSTRUCTION_TOPIC,), loop=True, rate=2.0, progress=False)
+        player = replay.Player(_Node(), bag, opts)
+        player.play(None)
+        assert clock.now == pytest.approx((bag.end_ns - bag.start_ns) / NS / 2.0)
+        player.play(None)
+        assert clock.now == pytest.approx(2 * (bag.end_ns - bag.start_ns) / NS / 2.0)
+    assert len(player.topics[INSTRUCTION_TOPIC].publisher.sent) == 2

@@ -18,7 +18,8 @@ staleness rules. The node's query schedule is replayed on the bag's clock:
   so every preset sees the same observations whatever its speed.
 
 Writes ``summary.json``, PNG plots and ``index.html`` to ``--out`` (see :mod:`specprune_ros.bags.report`).
-Exit status: 0 done, 2 bad input (one-line error), 130 interrupted.
+Exit status: 0 done, 2 bad input or no observation could be built (one-line error; the report is still
+written in the second case), 130 interrupted.
 """
 from __future__ import annotations
 
@@ -310,7 +311,7 @@ def evaluate(bag: Bag, inputs: EvalInputs, runs: list[RunRecord], *, dt: float, 
     sync.set_instruction(instruction if instruction is not None else inputs.instruction)
     feeder = BagFeeder(bag, inputs, sync, instruction)
     if inputs.robot_description_file:
-        feeder.set_kinematics(Path(inputs.robot_description_file).read_text())
+        feeder.set_kinematics(Path(inputs.robot_description_file).read_text(encoding="utf-8"))
     reference = inputs.sync.reference
     tick_ns = int(round(dt * NS))
     now_ns = bag.start_ns
@@ -588,20 +589,59 @@ def _parse_params(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
+def _check_file(option: str, path: Path) -> None:
+    if not path.exists():
+        raise ValueError(f"{option} {str(path)!r} does not exist")
+    if not path.is_file():
+        raise ValueError(f"{option} {str(path)!r} is not a file")
+
+
+def _read_params_file(path: Path) -> dict[str, Any]:
+    """``--params``: the node's parameters from a params YAML; ValueError naming the file if it cannot be read."""
+    import yaml
+
+    from ..ros.parameters import read_params_file
+
+    _check_file("--params", path)
+    try:
+        return read_params_file(path)
+    except UnicodeDecodeError:
+        raise ValueError(f"--params {str(path)!r} is not a text file (expected a params YAML)") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(err, "problem", None) or err
+        raise ValueError(f"--params {str(path)!r} is not valid YAML: {problem}{where}") from None
+
+
+def _check_urdf(option: str, path: str, node_cfg) -> None:
+    """What the node's configure step does with ``robot_description_file``: read the URDF and build the
+    kinematics for ``ee_frame``; ValueError naming the file if that fails."""
+    _check_file(option, Path(path))
+    try:
+        urdf = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{option} {path!r} is not a text file (expected a URDF)") from None
+    if node_cfg.ee_frame:
+        try:
+            KinematicModel(urdf, node_cfg.ee_frame, tuple(node_cfg.arm_joints))
+        except Exception as err:  # KinematicsError and URDF parse errors
+            raise ValueError(f"{option} {path!r}: {' '.join(str(err).split())}") from None
+
+
 def _node_config(args) -> tuple[Any, dict]:
-    from ..ros.parameters import NodeConfig, configs_from_values, read_params_file
+    from ..ros.parameters import NodeConfig, configs_from_values
 
     values: dict[str, Any] = {}
     if args.params is not None:
-        if not args.params.is_file():
-            raise ValueError(f"--params {str(args.params)!r} does not exist")
-        values.update(read_params_file(args.params))
+        values.update(_read_params_file(args.params))
     values.update(_parse_params(args.param))
     node_cfg, policy_kw = configs_from_values(values)  # the node's own checks: unknown names, types, ranges
     if args.urdf is not None:
-        if not args.urdf.is_file():
-            raise ValueError(f"--urdf {str(args.urdf)!r} does not exist")
         node_cfg = dataclasses.replace(node_cfg, robot_description_file=str(args.urdf))
+    if node_cfg.robot_description_file:
+        option = "--urdf" if args.urdf is not None else "robot_description_file"
+        _check_urdf(option, node_cfg.robot_description_file, node_cfg)
     assert isinstance(node_cfg, NodeConfig)
     return node_cfg, policy_kw
 
@@ -628,6 +668,8 @@ def run_evaluation(args: argparse.Namespace) -> tuple[dict, dict[str, Path]]:
             raise ValueError(f"--max-steps must be >= 1, got {args.max_steps}")
         if args.premise and args.fake_policy:
             raise ValueError("--premise needs --checkpoint: the fake policy has no attention to measure")
+        if args.instruction is not None and not args.instruction.strip():
+            raise ValueError("--instruction must not be empty (leave it out to use the bag's instruction topic)")
         node_cfg, policy_kw = _node_config(args)
         inputs = inputs_from_node_config(node_cfg, _parse_views(args.camera_topics))
     except (ValueError, OSError) as err:
@@ -666,7 +708,21 @@ def run_evaluation(args: argparse.Namespace) -> tuple[dict, dict[str, Path]]:
         files = write_report(summary, args.out, plots=not args.no_plots)
     except OSError as err:
         raise EvalError(f"cannot write the report to {str(args.out)!r}: {err}") from None
+    if not summary["counts"]["observations"]:
+        raise EvalError(_no_observation(summary, files["summary"]))
     return summary, files
+
+
+def _no_observation(summary: dict, report: Path) -> str:
+    """Why no observation could be built: the most frequent refusal with its message, and a robot description
+    that could not be used."""
+    refusals = Counter(summary["counts"]["refusals"])  # every tick asked for an observation and was refused
+    reason, n = refusals.most_common(1)[0]
+    why = (f"all {refusals.total()} control ticks were refused, most often as {reason!r} ({n} ticks: "
+           f"{summary['refusal_examples'][reason]})")  # fmt: skip
+    if summary["kinematics_error"]:
+        why += f"; the robot description could not be used: {summary['kinematics_error']}"
+    return f"no observation could be built from {summary['bag']['path']!r}: {why}; counts in {report}"
 
 
 def evaluate_bag(
@@ -686,7 +742,7 @@ def evaluate_bag(
 ) -> dict:
     """Python entry point of ``specprune-eval`` (e.g. for the demo): returns the summary dict, writes the report.
 
-    Raises :class:`EvalError` with a one-line message for bad input.
+    Raises :class:`EvalError` with a one-line message for bad input, and when no observation could be built.
     """
     if (checkpoint is None) == (not fake_policy):
         raise EvalError("give exactly one of checkpoint=... or fake_policy=True")
@@ -724,8 +780,6 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(text_summary(summary), file=sys.stderr)
         print(f"{PROG}: report: {files['index']}", file=sys.stderr)
-    if not summary["counts"]["observations"]:
-        print(f"{PROG}: warning: no observation could be built; see counts.refusals in summary.json", file=sys.stderr)
     return 0
 
 

@@ -7,13 +7,15 @@ profiles are stored in metadata.yaml so ``specprune-replay`` can offer them agai
 
 By default it records what the policy node reads and writes, so a session on the robot can be replayed
 and compared later. Stops on Ctrl-C / SIGTERM or after ``--duration`` and always closes the bag properly
-(metadata.yaml written). Exit status: 0 recorded, 2 bad arguments or output path.
+(metadata.yaml written). Exit status: 0 recorded, 1 no message on any topic (the empty bag is removed),
+2 bad arguments or output path.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import shutil
 import sys
 import time
 from collections import Counter
@@ -236,6 +238,7 @@ def run(opts: RecordOptions, *, as_json: bool = False) -> int:
     except (BagError, WriterError, OSError) as err:
         return fail(PROG, " ".join(str(err).split()))
     progress = None
+    recorder = None
     interrupted = False
     started = time.monotonic()
     try:
@@ -268,7 +271,8 @@ def run(opts: RecordOptions, *, as_json: bool = False) -> int:
         if progress is not None:
             progress.close()
         sink.close()
-    missing = [t for t in opts.topics if t not in sink.counts]
+    wanted = recorder.wanted if recorder is not None else list(opts.topics)  # resolved: joint_states -> /joint_states
+    missing = [t for t in wanted if t not in sink.counts]
     summary = {
         "bag": str(opts.out),
         "storage": opts.storage,
@@ -278,9 +282,19 @@ def run(opts: RecordOptions, *, as_json: bool = False) -> int:
         "topics": dict(sink.counts),
         "not_seen": missing,
     }
+    if not sink.counts:  # an empty bag is of no use (the bag tools refuse it): remove it, so OUT can be used again
+        shutil.rmtree(opts.out, ignore_errors=True)
+        summary["bag"] = None
     if as_json:
         print(json.dumps(summary, indent=2))
-    else:
+    if not sink.counts:
+        return fail(
+            PROG,
+            f"no message on any of the topics {', '.join(wanted)} in {summary['seconds']:g} s; removed the empty bag "
+            f"{str(opts.out)!r} (is anything publishing? check `ros2 topic list` and ROS_DOMAIN_ID)",
+            code=1,
+        )
+    if not as_json:
         print(f"{PROG}: wrote {summary['messages']} messages on {len(sink.counts)} topics to {opts.out}", file=sys.stderr)
     if missing:
         print(f"{PROG}: no messages on: {', '.join(missing)}", file=sys.stderr)
@@ -289,8 +303,8 @@ def run(opts: RecordOptions, *, as_json: bool = False) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    topics = split_topics(args.topics)
     try:
+        topics = split_topics(args.topics, "--topics")
         opts = RecordOptions(
             out=args.out,
             topics=topics or DEFAULT_TOPICS,

@@ -25,6 +25,8 @@ from .rosutil import fail, resolve_classes, rclpy_qos, ros_context, split_topics
 PROG = "specprune-replay"
 #: Topics published transient-local when their recorded QoS is unknown.
 DEFAULT_LATCHED = ("/robot_description", "/instruction")
+#: Slowest playback speed factor (a second of bag time in 100 s).
+MIN_RATE = 0.01
 
 
 @dataclass(frozen=True)
@@ -47,8 +49,8 @@ class ReplayOptions:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.rate) and self.rate > 0):
-            raise ValueError(f"--rate must be a positive number, got {self.rate}")
+        if not (math.isfinite(self.rate) and self.rate >= MIN_RATE):
+            raise ValueError(f"--rate must be a number >= {MIN_RATE}, got {self.rate}")
         if not (math.isfinite(self.start) and self.start >= 0):
             raise ValueError(f"--start must be >= 0 seconds, got {self.start}")
         if self.duration is not None and not (math.isfinite(self.duration) and self.duration > 0):
@@ -93,7 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("bag", type=Path, help="bag directory (with metadata.yaml) or a .db3/.mcap file")
-    p.add_argument("--rate", type=float, default=1.0, help="playback speed factor (2 = twice as fast; default 1)")
+    p.add_argument(
+        "--rate", type=float, default=1.0, help=f"playback speed factor, >= {MIN_RATE} (2 = twice as fast; default 1)"
+    )
     p.add_argument("--start", type=float, default=0.0, metavar="SEC", help="skip the first SEC seconds of the bag")
     p.add_argument("--duration", type=float, default=None, metavar="SEC", help="play only SEC seconds of bag time")
     p.add_argument(
@@ -188,6 +192,15 @@ class Player:
         self.start_ns = bag.start_ns + int(round(opts.start * NS))
         window = None if opts.duration is None else min(opts.duration, length - opts.start + 1.0)  # past the end = to it
         self.stop_ns = None if window is None else self.start_ns + int(round(window * NS))
+        if opts.loop:
+            in_window = self.bag.messages(self.connections, self.start_ns, self.stop_ns)
+            empty = next(in_window, None) is None
+            in_window.close()
+            if empty:
+                span = f"[{opts.start:g} s, end]" if window is None else f"[{opts.start:g}, {opts.start + window:g}) s"
+                raise BagError(
+                    f"--loop: the window {span} of the bag holds no messages on the topics played; nothing to loop"
+                )
         self.counts: Counter[str] = Counter()
         self.total = sum(infos[t].count for t in selected) if opts.start == 0 and opts.duration is None else None
 
@@ -231,32 +244,42 @@ class Player:
             self.counts[topic] += 1
 
     # -- playback --------------------------------------------------------------------------------
-    def play(self, progress) -> None:
-        """One pass over the window, sleeping so message k goes out at (t_k - t_start) / rate after start."""
-        self._latched_before_start()
+    def _sleep_until(self, bag_ns: int, wall0: float) -> None:
+        """Sleep until bag time ``bag_ns`` is due ((bag_ns - start) / rate after ``wall0``), publishing /clock
+        meanwhile when asked."""
         rate = self.opts.rate
         clock_period = 1.0 / self.opts.clock_hz if self.opts.clock_hz else None
+        due = wall0 + (bag_ns - self.start_ns) / NS / rate
+        while True:
+            now = time.monotonic()
+            if now >= due:
+                return
+            if clock_period is not None:
+                self._publish_clock(self.start_ns + int((now - wall0) * rate * NS))
+                time.sleep(min(clock_period, due - now))
+            else:
+                time.sleep(min(0.1, due - now))
+
+    def play(self, progress) -> None:
+        """One pass over the window, sleeping so message k goes out at (t_k - t_start) / rate after start.
+
+        With --loop a pass lasts until the end of the window, so the loop repeats with the window's period
+        even when the messages played (e.g. one latched topic) span less time."""
+        self._latched_before_start()
         wall0 = time.monotonic()
         for conn, stamp, raw in self.bag.messages(self.connections, self.start_ns, self.stop_ns):
             topic = self.topics.get(conn.topic)
             if topic is None:
                 continue
-            due = wall0 + (stamp - self.start_ns) / NS / rate
-            while True:
-                now = time.monotonic()
-                if now >= due:
-                    break
-                if clock_period is not None:
-                    self._publish_clock(self.start_ns + int((now - wall0) * rate * NS))
-                    time.sleep(min(clock_period, due - now))
-                else:
-                    time.sleep(min(0.1, due - now))
+            self._sleep_until(stamp, wall0)
             if self.clock_pub is not None:
                 self._publish_clock(stamp)
             topic.publisher.publish(raw)
             self.counts[conn.topic] += 1
             if progress is not None:
                 progress.update(1)
+        if self.opts.loop:
+            self._sleep_until(self.bag.end_ns if self.stop_ns is None else min(self.stop_ns, self.bag.end_ns), wall0)
 
     def flush(self, timeout: float = 2.0) -> None:
         """Give reliable subscribers up to ``timeout`` seconds to acknowledge the last messages."""
@@ -344,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
             rate=args.rate,
             start=args.start,
             duration=args.duration,
-            topics=split_topics(args.topics),
+            topics=split_topics(args.topics, "--topics"),
             remap=parse_remap(args.remap),
             loop=args.loop,
             clock_hz=args.clock,

@@ -157,7 +157,11 @@ def fail(prog: str, message: str, code: int = 2) -> int:
     return code
 
 
-def split_topics(items: Sequence[str] | None) -> tuple[str, ...]:
+def split_topics(items: Sequence[str] | None, option: str | None = None) -> tuple[str, ...]:
     """Topic arguments given space and/or comma separated (``--topics /a,/b /c``) -> ``("/a", "/b", "/c")``;
-    blanks are dropped."""
-    return tuple(t.strip() for item in items or () for t in item.split(",") if t.strip())
+    blanks are dropped. With ``option``, a list that was given but names no topic (``--topics=``,
+    ``--topics=,``) raises ValueError naming ``option``."""
+    topics = tuple(t.strip() for item in items or () for t in item.split(",") if t.strip())
+    if option is not None and items is not None and not topics:
+        raise ValueError(f"{option} names no topic (got {' '.join(items)!r}); give e.g. {option} /joint_states")
+    return topics
