@@ -3,11 +3,15 @@ when on (clipped), and the debug image with pruned patches dimmed."""
 from __future__ import annotations
 
 import math
+import threading
+import time
 
 import numpy as np
 import pytest
 from node_harness import ARM, PANDA_URDF, READY, Harness, wait_until
 from ros_env import ros_context  # noqa: F401  (fixture)
+
+from rclpy.lifecycle import TransitionCallbackReturn
 
 from specprune_ros.core.images import dim_pruned_patches
 from specprune_ros.core.kinematics import KinematicModel
@@ -168,6 +172,43 @@ def test_twist_zero_on_deactivate(ros_context):
         h.feeder = None
         assert len(h.twists) == n  # nothing after the stop while inactive
     finally:
+        h.close()
+
+
+class GatedPolicy(KnownPolicy):
+    """KnownPolicy whose inference waits until ``release`` is set (an inference kept in flight)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started, self.release = threading.Event(), threading.Event()
+
+    def infer(self, obs):
+        self.started.set()
+        self.release.wait(30.0)
+        return super().infer(obs)
+
+
+def test_a_chunk_computed_before_deactivate_never_runs_after_activate(ros_context):
+    """Deactivate while an inference is in flight, the inputs stop, activate again: that chunk must not move the
+    arm (it answers an observation from before the pause)."""
+    policy = GatedPolicy()
+    params = dict(ADAPTERS_ON, joint_trajectory_enabled=False, gripper_enabled=False)
+    h = Harness(ros_context, params, policy_factory=lambda cfg, pcfg: policy)
+    try:
+        h.feed()
+        assert policy.started.wait(30.0)
+        h.feeder.stop()
+        h.feeder = None
+        assert h.node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+        policy.release.set()
+        wait_until(lambda: not h.node._busy, what="the inference in flight to finish")
+        assert h.node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        with h.node._lock:
+            assert h.node._active is None  # nothing left to execute: the old chunk was dropped
+        time.sleep(0.3)  # six control periods: time for the loop to have run an old chunk
+        assert not [t for t in h.twists if any(_vec(t.twist.linear)) or any(_vec(t.twist.angular))]
+    finally:
+        policy.release.set()
         h.close()
 
 

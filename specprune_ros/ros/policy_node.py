@@ -104,7 +104,7 @@ class PolicyNode(LifecycleNode):
         self._sequence = 0
         self._last_used_seq = 0
         self._reset_pending = False
-        self._epoch = 0  # episode counter: a chunk computed before a reset is never executed
+        self._epoch = 0  # a chunk computed before a reset or a deactivate is never executed
         self._episode_seen: int | None = None  # last EpisodeStatus.episode received
         self._last_gripper: float | None = None
         self._stopped = True
@@ -296,8 +296,10 @@ class PolicyNode(LifecycleNode):
             self._control_timer = None
         self._publish_stop()
         with self._lock:
+            self._epoch += 1  # a chunk still being computed is never executed after the next activate
             self._active = None
             self._executed = []
+            self._rows_in_flight = 0
         self.health.set_state("inactive", "deactivated", level=1)
         return super().on_deactivate(state)
 
@@ -555,8 +557,8 @@ class PolicyNode(LifecycleNode):
     def _publish_chunk(self, chunk: ActionChunk, actions: np.ndarray, latency: float, result, epoch: int) -> None:
         cfg = self.cfg
         with self._lock:
-            if epoch != self._epoch:  # computed before an episode reset: belongs to the old episode
-                self.get_logger().info("chunk computed before the episode reset dropped")
+            if epoch != self._epoch:  # computed before an episode reset or a deactivate
+                self.get_logger().info("chunk computed before the last reset or deactivate dropped")
                 return
             seq = self._sequence
             self._sequence += 1
