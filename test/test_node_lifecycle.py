@@ -62,6 +62,21 @@ def test_wrong_values_are_refused_when_set(ros_context):
             (result,) = h.node.set_parameters([p])
             assert not result.successful and p.name in result.reason, (p.name, result.reason)
         assert h.node.get_parameter("max_age").value == 0.5  # unchanged
+        # values configure would refuse are refused when set, with its reason; a deletion too
+        for p, reason in ((Parameter("max_age", value=-1.0), "max_age=-1.0: must be > 0"),
+                          (Parameter("buffer_size", value=0), "buffer_size=0: must be >= 1"),
+                          (Parameter("gripper_msg_type", value="bogus"), "gripper_msg_type='bogus': choose one of"),
+                          (Parameter("preset", value="nonsense"), "preset='nonsense' is unknown"),
+                          (Parameter("camera_topics", type_=Parameter.Type.NOT_SET), "camera_topics cannot be deleted")):
+            (result,) = h.node.set_parameters([p])
+            assert not result.successful and reason in result.reason, (p.name, result.reason)
+        assert h.node.has_parameter("camera_topics") and h.node.get_parameter("buffer_size").value > 0
+        # one of two related parameters at a time: the conflict is left to configure
+        (ok,) = h.node.set_parameters([Parameter("camera_views", value=["primary", "wrist", "side"])])
+        assert ok.successful
+        assert h.node.trigger_configure() == TransitionCallbackReturn.FAILURE  # camera_topics: one per view
+        (ok,) = h.node.set_parameters([Parameter("camera_views", value=["primary", "wrist"])])
+        assert ok.successful
         (ok,) = h.node.set_parameters([Parameter("max_age", value=0.7)])
         assert ok.successful and h.node.get_parameter("max_age").value == 0.7
         (ok,) = h.node.set_parameters([Parameter("diagnostics_period", value=0.3)])

@@ -348,6 +348,25 @@ def check_value(name: str, value: Any) -> str | None:
     return None
 
 
+def check_update(current: Mapping[str, Any], updates: Mapping[str, Any]) -> str | None:
+    """Why ``updates`` (name -> value) cannot be set over ``current`` (every parameter's value), or None.
+
+    The configuration they make together is checked as configure checks it (without loading the policy); an
+    error naming one of the updated parameters refuses the update. One naming another parameter is left to
+    configure, so that related parameters can change one at a time (``camera_views``, then ``camera_topics``).
+    """
+    from specprune_ros.core.config import ConfigError, PolicyConfig
+
+    try:
+        node_cfg, policy_kw = configs_from_values({**current, **updates})
+        PolicyConfig(**policy_kw, views=tuple(node_cfg.camera_views))
+    except (NodeConfigError, ConfigError) as exc:
+        message = str(exc)
+        if any(message.startswith((f"parameter {name}=", f"{name}=")) for name in updates):
+            return message
+    return None
+
+
 def configs_from_values(values: Mapping[str, Any]) -> tuple[NodeConfig, dict[str, Any]]:
     """Validate parameter values -> (NodeConfig, PolicyConfig keyword arguments without ``views``).
 

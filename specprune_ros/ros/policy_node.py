@@ -33,7 +33,7 @@ from . import conversions as conv
 from .adapters import GripperMap, TwistLimits, joint_trajectory, rows_to_twists
 from .diagnostics import CONFIGURE_FAILED, NodeHealth, to_diagnostic_array
 from .parameters import (
-    NODE_NAME, NodeConfig, ParamSpec, check_value, configs_from_values, parameter_specs, unknown_parameters,
+    NODE_NAME, NodeConfig, ParamSpec, check_update, check_value, configs_from_values, parameter_specs, unknown_parameters,
 )
 
 #: reliable + transient local, depth 1: latched topics (instruction, robot_description)
@@ -391,17 +391,29 @@ class PolicyNode(LifecycleNode):
         self._set_instruction(msg.data)
 
     def _check_parameters(self, params):
-        """Refuse a value that cannot be its parameter's (``ros2 param set`` then says why); checks that involve
-        other parameters run at configure."""
+        """Refuse a value that cannot be its parameter's (``ros2 param set`` then says why): a wrong type, NaN, a
+        deletion, or a value configure would refuse (:func:`check_update`); a conflict with another parameter's
+        value is left to configure."""
         from rcl_interfaces.msg import SetParametersResult
+        from rclpy.parameter import Parameter
 
-        reasons = [r for p in params if (r := check_value(p.name, p.value)) is not None]
+        names = {s.name for s in self._specs}
+        reasons = [f"parameter {p.name} cannot be deleted" for p in params
+                   if p.name in names and p.type_ == Parameter.Type.NOT_SET]
+        reasons += [r for p in params if (r := check_value(p.name, p.value)) is not None]
+        if not reasons:
+            current = {n: self.get_parameter(n).value for n in names}
+            why = check_update(current, {p.name: p.value for p in params if p.name in names})
+            reasons += [why] if why else []
         return SetParametersResult(successful=not reasons, reason="; ".join(reasons))
 
     def _on_parameters_set(self, params) -> None:
         for p in params:
             if p.name == "instruction" and isinstance(p.value, str):
                 self._set_instruction(p.value)
+            elif self.policy is not None and p.name in {s.name for s in self._specs}:
+                self.get_logger().info(f"parameter {p.name} changed: it applies at the next configure (cleanup, then "
+                                       "configure)")
 
     def _on_robot_description(self, msg) -> None:
         cfg = self.cfg
