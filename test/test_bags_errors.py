@@ -246,3 +246,34 @@ def test_replay_rate_has_a_lower_bound(good, capsys):
     with pytest.raises(SystemExit):
         replay.main(["--help"])
     assert ">= 0.01" in capsys.readouterr().out
+
+
+def two_types_bag(good: dict[str, Path], path: Path) -> Path:
+    """The good bag with a second connection on /instruction that carries std_msgs/Header."""
+    with Bag(good["sqlite3"]) as bag:
+        ts = bag.typestore
+        writer = Writer(path, version=9)
+        writer.open()
+        conns = {}
+        for conn, stamp, raw in bag.messages():
+            if conn.topic not in conns:
+                conns[conn.topic] = writer.add_connection(conn.topic, conn.msgtype, typestore=ts)
+            writer.write(conns[conn.topic], stamp, raw)
+        header = writer.add_connection("/instruction", "std_msgs/msg/Header", typestore=ts)
+        writer.write(header, bag.start_ns, ts.serialize_cdr(ts.types["std_msgs/msg/Header"](
+            stamp=ts.types["builtin_interfaces/msg/Time"](sec=0, nanosec=0), frame_id="x"), "std_msgs/msg/Header"))
+        writer.close()
+    return path
+
+
+def test_a_topic_with_two_types_is_refused_only_when_read(good, tmp_path, capsys):
+    bag = two_types_bag(good, tmp_path / "two_types")
+    out = f"--out={tmp_path / 'r'}"
+    assert evaluate.main([str(bag), "--fake-policy", out, "--no-progress", "--no-plots"]) == 2
+    one_line_error(capsys.readouterr().err, "'/instruction' is recorded with two types", "std_msgs/msg/Header")
+    assert replay.main([str(bag), "--rate=100", "--no-progress"]) == 2
+    one_line_error(capsys.readouterr().err, "'/instruction' is recorded with two types")
+    # not read: the evaluator with --instruction, the player with --topics leaving it out
+    assert evaluate.main([str(bag), "--fake-policy", out, "--no-progress", "--no-plots", "--instruction=pick"]) == 0
+    assert replay.main([str(bag), f"--topics={CAMERA_TOPICS['primary']}", "--rate=100", "--no-progress", "--json"]) == 0
+    assert f'"{CAMERA_TOPICS["primary"]}": 5' in capsys.readouterr().out

@@ -368,3 +368,155 @@ def test_non_finite_actions_are_counted_not_reported_as_chunks():
 
     assert _infer(run, make_observation()) is None
     assert run.refused["non_finite_actions"] == 1 and run.chunks == []
+
+
+def rewrite_bag(src: Path, dst: Path, edit) -> Path:
+    """A sqlite3 copy of the bag ``src`` in which ``edit(topic, index, msg)`` changed messages in place (index:
+    the message's number on its topic)."""
+    from rosbags.rosbag2 import Writer
+
+    with Bag(src) as bag:
+        writer = Writer(dst, version=9)
+        writer.open()
+        conns: dict = {}
+        for conn, stamp, raw in bag.messages():
+            if conn.topic not in conns:
+                conns[conn.topic] = [writer.add_connection(conn.topic, conn.msgtype, typestore=bag.typestore), 0]
+            msg = bag.deserialize(raw, conn.msgtype)
+            edit(conn.topic, conns[conn.topic][1], msg)
+            conns[conn.topic][1] += 1
+            writer.write(conns[conn.topic][0], stamp, bag.typestore.serialize_cdr(msg, conn.msgtype))
+        writer.close()
+    return dst
+
+
+def test_a_reference_frame_is_used_at_most_once(episode, tmp_path, capsys):
+    """Queries due faster than frames arrive (execute_steps 1: every 0.05 s; frames every 0.1 s): like the
+    node, the evaluator waits for a new primary frame instead of querying twice on one."""
+    out = tmp_path / "report"
+    code, _, err = run_eval(capsys, episode, "--fake-policy", "--presets=off", "--out", out, "--no-plots",
+                            "-p", "execute_steps:=1")  # fmt: skip
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    seqs = [o["frame_seq"] for o in summary["observations"]]
+    assert seqs == sorted(set(seqs))
+    c = summary["counts"]
+    assert c["unused_reference_frames"] >= 0
+    assert c["observations"] + c["unused_reference_frames"] == c["frames"]["primary"]
+    np.testing.assert_allclose(np.diff([o["t"] for o in summary["observations"]]), 0.1, atol=1e-6)
+
+
+def test_a_refused_frame_is_not_offered_again(episode):
+    """As in the node: after the policy refused an observation, the next query waits for a new frame; the
+    refusal's message is kept per run."""
+    from specprune_ros.bags.evaluate import RunRecord, evaluate, inputs_from_node_config
+    from specprune_ros.core.fake import FakePolicy
+    from specprune_ros.core.types import InputError
+    from specprune_ros.ros.parameters import configs_from_values
+
+    class Refusing(FakePolicy):
+        def infer(self, obs):
+            self.seen.append(obs)
+            raise InputError("view 'primary': image 1x1 is too small")
+
+    inputs = inputs_from_node_config(configs_from_values({})[0])
+    runs = [RunRecord(n, "off", Refusing(proprio_dim=8)) for n in ("baseline", "other")]
+    with Bag(episode) as bag:
+        trace = evaluate(bag, inputs, runs, dt=0.05, instruction=None, progress=False)
+    seqs = [o["frame_seq"] for o in trace["observations"]]
+    assert len(seqs) == len(set(seqs)) == trace["frames"]["primary"] - trace["unused_reference_frames"]
+    for run in runs:
+        assert run.refused == {"policy_input": len(seqs)} and len(run.policy.seen) == len(seqs)
+        assert run.refusal_examples == {"policy_input": "view 'primary': image 1x1 is too small"}
+
+
+def test_a_policy_refusing_every_observation_is_an_error(tmp_path, capsys):
+    """1x1 primary frames: the synchronizer builds observations, the policy refuses each one; that is no
+    report of a successful run, and the refusal's message is said."""
+    src = write_episode_bag(tmp_path / "ep", EpisodeSpec(seconds=1.0, fps=10, joint_rate=20), storage="sqlite3")
+
+    def one_pixel(topic, _, msg):
+        if topic == CAMERA_TOPICS["primary"]:
+            msg.height, msg.width, msg.step, msg.data = 1, 1, 3, np.zeros(3, np.uint8)
+
+    bag = rewrite_bag(src, tmp_path / "tiny_frames", one_pixel)
+    out = tmp_path / "report"
+    code, stdout, err = run_eval(capsys, bag, "--fake-policy", "--presets=paper", "--out", out, "--no-plots", "--json")
+    assert code == 2 and stdout == ""
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "answered none of the" in err and "'policy_input'" in err and "image 1x1 is too small" in err
+    summary = json.loads((out / "summary.json").read_text())
+    for run in (summary["baseline"], summary["presets"]["paper"]):
+        assert run["steps"] == 0 and run["refused"] == {"policy_input": summary["counts"]["observations"]}
+        assert "image 1x1 is too small" in run["refusal_examples"]["policy_input"]
+
+
+def test_two_views_on_one_topic(episode, tmp_path, capsys):
+    """Like the node, which subscribes once per view: a topic mapped to two views feeds both."""
+    out = tmp_path / "report"
+    primary = CAMERA_TOPICS["primary"]
+    code, _, err = run_eval(capsys, episode, "--fake-policy", "--presets=off", "--out", out, "--no-plots",
+                            "--camera-topics", f"primary={primary}", f"wrist={primary}")  # fmt: skip
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    with Bag(episode) as bag:
+        frames = bag.topics()[primary].count
+    assert summary["counts"]["frames"] == {"primary": frames, "wrist": frames}
+    assert summary["counts"]["observations"] > 0
+    assert all(o["image_stamps"]["wrist"] == o["stamp"] for o in summary["observations"])
+
+
+def test_rejected_inputs_are_reported_with_their_reason(tmp_path, capsys):
+    """Joint states with 9 names but 7 positions: their count and the first message are in summary.json and
+    in the error (no observation) or the warning (some joint states usable)."""
+    src = write_episode_bag(tmp_path / "ep", EpisodeSpec(seconds=1.0, fps=10, joint_rate=20), storage="sqlite3")
+    reason = "joint state has 9 names but 7 positions"
+    with Bag(src) as b:
+        n_joint_states = b.topics()[JOINT_STATES_TOPIC].count
+    for name, bad in (("all_bad", lambda k: True), ("every_other_bad", lambda k: k % 2 == 1)):
+
+        def short(topic, k, msg, bad=bad):
+            if topic == JOINT_STATES_TOPIC and bad(k):
+                msg.position = msg.position[:-2]
+
+        bag = rewrite_bag(src, tmp_path / name, short)
+        out = tmp_path / f"report_{name}"
+        code, _, err = run_eval(capsys, bag, "--fake-policy", "--presets=off", "--out", out, "--no-plots")
+        summary = json.loads((out / "summary.json").read_text())
+        n_bad = n_joint_states if name == "all_bad" else n_joint_states // 2
+        assert summary["counts"]["input_errors"] == {"bad_joint_state": n_bad}
+        assert summary["input_error_examples"] == {"bad_joint_state": reason}
+        assert "Traceback" not in err
+        if name == "all_bad":
+            assert code == 2 and "error: no observation could be built" in err
+            assert f"inputs rejected: {n_bad} bad_joint_state ({reason})" in err
+        else:
+            assert code == 0, err
+            assert f"warning: inputs rejected: {n_bad} bad_joint_state ({reason})" in err
+
+
+def test_runs_are_warmed_up_untimed_and_take_turns_going_first(episode, tmp_path, capsys, monkeypatch):
+    """Each policy answers one warm-up observation before the timed ones (not timed, not a step), and the run
+    meeting an observation first rotates, so no run always pays for a cold observation."""
+    import specprune_ros.core.fake as fake
+
+    calls: list[tuple[int, str]] = []  # (policy, instruction) per inference, in call order
+
+    class Recording(fake.FakePolicy):
+        def infer(self, obs):
+            calls.append((id(self), obs.instruction))
+            return super().infer(obs)
+
+    monkeypatch.setattr(fake, "FakePolicy", Recording)
+    out = tmp_path / "report"
+    code, _, err = run_eval(capsys, episode, "--fake-policy", "--presets=off,paper", "--out", out, "--no-plots")
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    n = summary["counts"]["observations"]
+    policies = list(dict.fromkeys(p for p, _ in calls))
+    assert len(policies) == 3 and len(calls) == 3 + 3 * n
+    assert calls[:3] == [(p, "warm up") for p in policies]  # baseline, off, paper: one untimed call each
+    for run in (summary["baseline"], *summary["presets"].values()):
+        assert run["steps"] == len(run["timeline"]) == n
+    firsts = [calls[3 + 3 * k][0] for k in range(n)]
+    assert firsts == [policies[k % 3] for k in range(n)]

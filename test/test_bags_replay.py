@@ -274,6 +274,18 @@ def test_ctrl_c_stops_cleanly(bags):
     assert "interrupted after" in err
 
 
+def test_tool_arguments_are_not_ros_arguments(monkeypatch):
+    """rclpy is initialised without the command line: `--remap OLD:=NEW` is applied once, by the player,
+    not a second time as a global ROS remapping rule (which undid a swap of two topics)."""
+    from std_msgs.msg import String
+
+    from specprune_ros.bags import rosutil
+
+    monkeypatch.setattr(sys, "argv", ["specprune-replay", "bag", "--remap", "/a:=/b"])
+    with rosutil.ros_context("remap_check") as node:
+        assert node.create_publisher(String, "/a", 1).topic_name == "/a"
+
+
 def test_publisher_qos_follows_the_recording():
     """Recorded offered profiles decide reliability/durability; latched topics default to transient-local."""
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy

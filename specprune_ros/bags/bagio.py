@@ -50,6 +50,7 @@ class TopicInfo:
     msgtype: str
     count: int
     qos: tuple[Qos, ...]
+    other_types: tuple[str, ...] = ()  # further types the topic was recorded with (it cannot be read then)
 
 
 def resolve_bag_path(path: str | Path) -> Path:
@@ -156,25 +157,29 @@ class Bag:
             if prev is None:
                 out[conn.topic] = TopicInfo(conn.topic, conn.msgtype, conn.msgcount, qos)
             else:
-                if prev.msgtype != conn.msgtype:
-                    raise BagError(
-                        f"topic {conn.topic!r} is recorded with two types ({prev.msgtype}, {conn.msgtype}); "
-                        "select one with --topics or split the bag"
-                    )
-                out[conn.topic] = TopicInfo(conn.topic, conn.msgtype, prev.count + conn.msgcount, prev.qos + qos)
+                other = prev.other_types
+                if conn.msgtype != prev.msgtype and conn.msgtype not in other:
+                    other += (conn.msgtype,)
+                out[conn.topic] = TopicInfo(conn.topic, prev.msgtype, prev.count + conn.msgcount, prev.qos + qos, other)
         return out
 
     def select(self, topics: Sequence[str] | None) -> list[Connection]:
-        """Connections of ``topics`` (all when None/empty); a topic not in the bag -> :class:`BagError`."""
-        if not topics:
-            return self.connections
+        """Connections of ``topics`` (all when None/empty); a topic not in the bag, or recorded with two types,
+        -> :class:`BagError`."""
         known = self.topics()
-        missing = [t for t in topics if t not in known]
+        missing = [t for t in topics or () if t not in known]
         if missing:
             raise BagError(
                 f"topic(s) {', '.join(missing)} not in bag {str(self.path)!r}; it has: {', '.join(known) or 'none'}"
             )
-        wanted = set(topics)
+        wanted = set(topics or known)
+        mixed = [info for t, info in known.items() if t in wanted and info.other_types]
+        if mixed:
+            info = mixed[0]
+            raise BagError(
+                f"topic {info.topic!r} is recorded with two types ({info.msgtype}, {info.other_types[0]}); "
+                "leave it out or split the bag"
+            )
         return [c for c in self._reader.connections if c.topic in wanted]
 
     # -- messages --------------------------------------------------------------------------------

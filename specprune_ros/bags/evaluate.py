@@ -8,11 +8,16 @@ staleness rules. The node's query schedule is replayed on the bag's clock:
 * a control tick every ``dt`` seconds (the policy's control period); messages are fed in as their bag
   (receive) time passes;
 * when no chunk is being executed, the tick asks the synchronizer for an observation at ``now`` = tick
-  time; a refusal (stale, skew, no data, ...) is counted under its reason and retried next tick;
+  time; a refusal (stale, skew, no data, ...) is counted under its reason and retried next tick; an
+  observation on the reference frame of the last query is not used (the node waits for a new frame, also
+  after the policy refused that frame), so every frame is used at most once;
 * a new instruction on the instruction topic resets every policy before its next inference (a new
   episode for the pruning controller), as the node does;
-* an accepted observation is given to the baseline (preset ``off``) and then to every preset, one after
-  the other (the SAME observation for all of them); the chunk's first ``execute_steps`` rows (0 = all)
+* every policy first runs one untimed inference on mid-grey frames and is reset (the node's warm-up), so
+  first-call costs are in no timing;
+* an accepted observation is given to the baseline (preset ``off``) and to every preset, one after the
+  other (the SAME observation for all of them), the first one rotating from observation to observation so
+  no run always pays for meeting a new observation first; the chunk's first ``execute_steps`` rows (0 = all)
   are then "executed" for ``rows * dt`` seconds of bag time, and fed back to each policy as its own
   ``executed_actions`` at the next query, as the node does. Inference time does not move the bag clock,
   so every preset sees the same observations whatever its speed.
@@ -82,6 +87,7 @@ class RunRecord:
     stats: list[dict] = field(default_factory=list)
     wall_ms: list[float] = field(default_factory=list)
     refused: Counter = field(default_factory=Counter)
+    refusal_examples: dict[str, str] = field(default_factory=dict)  # reason -> message of its first refusal
     executed: np.ndarray | None = None  # rows of the last chunk to report as executed at the next query
 
 
@@ -127,7 +133,9 @@ class BagFeeder:
         self.sync = sync
         self.instruction_override = instruction_override
         topics = bag.topics()
-        self.view_of = {t: v for v, t in inputs.camera_topics.items()}
+        self.views_of: dict[str, list[str]] = {}  # topic -> views: the node subscribes once per view
+        for v, t in inputs.camera_topics.items():
+            self.views_of.setdefault(t, []).append(v)
         missing = [f"{v}={t}" for v, t in inputs.camera_topics.items() if t not in topics]
         if missing:
             images = [t for t, i in topics.items() if i.msgtype in IMAGE_TYPES]
@@ -141,7 +149,7 @@ class BagFeeder:
         for t, want in ((inputs.joint_states_topic, "sensor_msgs/msg/JointState"),
                         (inputs.instruction_topic, "std_msgs/msg/String"),
                         (inputs.robot_description_topic, "std_msgs/msg/String")):
-            if t in topics and topics[t].msgtype != want and t not in self.view_of:
+            if t in topics and topics[t].msgtype != want and t not in self.views_of:
                 raise BagError(f"topic {t} carries {topics[t].msgtype}, not {want}; check the topic parameters")
         wanted = list(inputs.camera_topics.values())
         if inputs.sync.require_joint_states:
@@ -171,6 +179,7 @@ class BagFeeder:
         self.counts: Counter[str] = Counter()  # messages fed per topic
         self.frames: Counter[str] = Counter()  # frames per view
         self.errors: Counter[str] = Counter()  # bad_frame / bad_joint_state / bad_robot_description
+        self.error_examples: dict[str, str] = {}  # reason -> message of its first input error
         self.kinematics_error: str | None = None
         self.new_task = False
         self._iter = bag.messages(self.connections)
@@ -185,17 +194,21 @@ class BagFeeder:
             kin = KinematicModel(urdf, inputs.ee_frame, inputs.arm_joints)
         except Exception as err:  # KinematicsError and URDF parse errors
             self.kinematics_error = " ".join(str(err).split())
-            self.errors["bad_robot_description"] += 1
+            self._input_error("bad_robot_description", self.kinematics_error)
             return
         self.sync.set_proprio(ProprioBuilder(inputs.proprio, kin))
+
+    def _input_error(self, reason: str, message: str) -> None:
+        self.errors[reason] += 1
+        self.error_examples.setdefault(reason, message)
 
     def _feed(self, conn, raw: bytes) -> None:
         topic = conn.topic
         self.counts[topic] += 1
         msg = self.bag.deserialize(raw, conn.msgtype)
-        if topic in self.view_of:
-            view = self.view_of[topic]
-            self.frames[view] += 1
+        if topic in self.views_of:
+            views = self.views_of[topic]
+            self.frames.update(views)
             stamp = _stamp(msg.header)
             try:
                 if conn.msgtype.endswith("CompressedImage"):
@@ -203,16 +216,18 @@ class BagFeeder:
                 else:
                     rgb = decode_raw(msg.encoding, msg.height, msg.width, msg.step, msg.data)
             except ImageDecodeError as err:
-                self.errors["bad_frame"] += 1
-                self.sync.add_image_error(view, stamp, str(err))
+                for view in views:
+                    self._input_error("bad_frame", f"camera view {view!r}: {err}")
+                    self.sync.add_image_error(view, stamp, str(err))
                 return
-            self.sync.add_image(view, stamp, rgb)
+            for view in views:
+                self.sync.add_image(view, stamp, rgb)
         elif topic == self.inputs.joint_states_topic:
             velocities = list(msg.velocity) if len(msg.velocity) else None
             try:
                 self.sync.add_joint_state(_stamp(msg.header), list(msg.name), list(msg.position), velocities)
-            except SyncInputError:
-                self.errors["bad_joint_state"] += 1
+            except SyncInputError as err:
+                self._input_error("bad_joint_state", str(err))
         elif topic == self.inputs.instruction_topic:
             if msg.data.strip() != self.sync.instruction:
                 self.sync.set_instruction(msg.data)
@@ -279,16 +294,32 @@ def _build_policies(args, inputs: EvalInputs, node_cfg, policy_kw: dict, presets
     return runs
 
 
+def _warm_up(runs: list[RunRecord], inputs: EvalInputs) -> None:
+    """One untimed inference per policy on mid-grey frames, then ``reset``, as the node's warm-up at configure:
+    first-call costs (allocations, kernels, caches) stay out of the timings."""
+    frames = {v: np.full((224, 224, 3), 128, np.uint8) for v in inputs.sync.views}
+    proprio = np.zeros(inputs.proprio.dim) if inputs.proprio.dim else None
+    for run in runs:
+        try:
+            run.policy.infer(Observation(images=frames, proprio=proprio, instruction="warm up", stamp=0.0))
+        except FloatingPointError:  # NaN/inf actions: counted on the bag's observations, where they matter
+            pass
+        run.policy.reset()
+
+
 def _infer(run: RunRecord, obs: Observation) -> ActionChunk | None:
     obs = dataclasses.replace(obs, executed_actions=run.executed)
     t0 = time.perf_counter()
     try:
         chunk = run.policy.infer(obs)
     except InputError as err:
-        run.refused[getattr(err, "reason", "policy_input")] += 1
+        reason = getattr(err, "reason", "policy_input")
+        run.refused[reason] += 1
+        run.refusal_examples.setdefault(reason, " ".join(str(err).split()))
         return None
-    except FloatingPointError:  # the model produced NaN/inf actions: counted, nothing executed, as the node does
+    except FloatingPointError as err:  # the model produced NaN/inf actions: counted, nothing executed, as the node does
         run.refused["non_finite_actions"] += 1
+        run.refusal_examples.setdefault("non_finite_actions", " ".join(str(err).split()))
         return None
     wall = (time.perf_counter() - t0) * 1e3
     actions = np.asarray(chunk.actions, dtype=np.float64)  # (T, A)
@@ -340,7 +371,9 @@ def evaluate(bag: Bag, inputs: EvalInputs, runs: list[RunRecord], *, dt: float, 
                     reason = getattr(err, "reason", "input")
                     refusals[reason] += 1
                     refusal_examples.setdefault(reason, str(err))
-                else:
+                    result = None
+                # as the node: never two queries on one reference frame; without a new one, wait for it
+                if result is not None and result.frame_seqs[reference] != last_seq:
                     seq = result.frame_seqs[reference]
                     unused_frames += seq - last_seq - 1
                     last_seq = seq
@@ -350,7 +383,10 @@ def evaluate(bag: Bag, inputs: EvalInputs, runs: list[RunRecord], *, dt: float, 
                         resets += 1
                         for run in runs:
                             run.policy.reset()
-                    chunks = [_infer(run, obs) for run in runs]  # interleaved: same observation for all
+                    chunks: list[ActionChunk | None] = [None] * len(runs)  # same observation for all, in runs' order
+                    first = len(obs_log) % len(runs)  # who starts rotates: no run always meets the observation cold
+                    for i in [*range(first, len(runs)), *range(first)]:
+                        chunks[i] = _infer(runs[i], obs)
                     if premise is not None and chunks[0] is not None:
                         premise.add(runs[0].policy, obs)
                     rows = next((c.actions.shape[0] for c in chunks if c is not None), 1)
@@ -383,6 +419,7 @@ def evaluate(bag: Bag, inputs: EvalInputs, runs: list[RunRecord], *, dt: float, 
         "messages_fed": dict(feeder.counts),
         "frames": dict(feeder.frames),
         "input_errors": dict(feeder.errors),
+        "input_error_examples": feeder.error_examples,
         "kinematics_error": feeder.kinematics_error,
         "unused_reference_frames": unused_frames + max(feeder.frames.get(reference, 0) - last_seq, 0),
         "reference_view": reference,
@@ -419,6 +456,7 @@ def summarize_run(run: RunRecord, baseline: RunRecord | None, obs_times: list[fl
         "preset": run.preset,
         "steps": len(run.chunks),
         "refused": dict(run.refused),
+        "refusal_examples": dict(run.refusal_examples),
         "latency_ms": _latency(run),
         "tokens": {
             "total_median": _pct([s["total_tokens"] for s in run.stats], 50),
@@ -474,7 +512,7 @@ def summarize(bag: Bag, inputs: EvalInputs, runs: list[RunRecord], trace: dict, 
             "distro": bag.distro,
             "duration_s": (bag.end_ns - bag.start_ns) / NS,
             "messages": {t: i.count for t, i in topics.items()},
-            "types": {t: i.msgtype for t, i in topics.items()},
+            "types": {t: ", ".join((i.msgtype, *i.other_types)) for t, i in topics.items()},
         },
         "inputs": {
             "camera_topics": inputs.camera_topics,
@@ -496,6 +534,7 @@ def summarize(bag: Bag, inputs: EvalInputs, runs: list[RunRecord], trace: dict, 
             "input_errors": trace["input_errors"],
         },
         "refusal_examples": trace["refusal_examples"],
+        "input_error_examples": trace["input_error_examples"],
         "kinematics_error": trace["kinematics_error"],
         "observations": trace["observations"],
         "baseline": summarize_run(base, None, obs_times),
@@ -680,6 +719,7 @@ def run_evaluation(args: argparse.Namespace) -> tuple[dict, dict[str, Path]]:
         with Bag(args.bag) as bag:
             try:
                 runs = _build_policies(args, inputs, node_cfg, policy_kw, presets)
+                _warm_up(runs, inputs)
             except (ValueError, OSError, InputError) as err:
                 raise EvalError(f"cannot build the policy: {' '.join(str(err).split())}") from None
             dt = float(getattr(runs[0].policy, "dt", None) or policy_kw.get("control_dt") or 0.05)
@@ -710,18 +750,36 @@ def run_evaluation(args: argparse.Namespace) -> tuple[dict, dict[str, Path]]:
         raise EvalError(f"cannot write the report to {str(args.out)!r}: {err}") from None
     if not summary["counts"]["observations"]:
         raise EvalError(_no_observation(summary, files["summary"]))
+    if not summary["baseline"]["steps"]:
+        raise EvalError(
+            f"the policy answered none of the {summary['counts']['observations']} observations from "
+            f"{summary['bag']['path']!r}: {_refused_all(summary['baseline'])}; counts in {files['summary']}"
+        )
     return summary, files
 
 
+def _refused_all(run: dict) -> str:
+    """Why a run answered no observation: its most frequent refusal with its message."""
+    reason, n = Counter(run["refused"]).most_common(1)[0]
+    return f"refused most often as {reason!r} ({n} observations: {run['refusal_examples'][reason]})"
+
+
+def _rejected_inputs(summary: dict) -> str:
+    """Input messages the synchronizer could not use, per reason with its first message ('' when none)."""
+    examples = summary["input_error_examples"]
+    return ", ".join(f"{n} {reason} ({examples[reason]})" for reason, n in summary["counts"]["input_errors"].items())
+
+
 def _no_observation(summary: dict, report: Path) -> str:
-    """Why no observation could be built: the most frequent refusal with its message, and a robot description
+    """Why no observation could be built: the most frequent refusal with its message, and the input messages
     that could not be used."""
     refusals = Counter(summary["counts"]["refusals"])  # every tick asked for an observation and was refused
     reason, n = refusals.most_common(1)[0]
     why = (f"all {refusals.total()} control ticks were refused, most often as {reason!r} ({n} ticks: "
            f"{summary['refusal_examples'][reason]})")  # fmt: skip
-    if summary["kinematics_error"]:
-        why += f"; the robot description could not be used: {summary['kinematics_error']}"
+    rejected = _rejected_inputs(summary)
+    if rejected:
+        why += f"; inputs rejected: {rejected}"
     return f"no observation could be built from {summary['bag']['path']!r}: {why}; counts in {report}"
 
 
@@ -775,12 +833,26 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    for warning in _warnings(summary):
+        print(f"{PROG}: warning: {warning}", file=sys.stderr)
     if args.json:
         print(json.dumps(_brief(summary), indent=2, default=float))
     else:
         print(text_summary(summary), file=sys.stderr)
         print(f"{PROG}: report: {files['index']}", file=sys.stderr)
     return 0
+
+
+def _warnings(summary: dict) -> list[str]:
+    """Inputs the evaluation could not use and runs that answered no observation, one line each."""
+    out = []
+    rejected = _rejected_inputs(summary)
+    if rejected:
+        out.append(f"inputs rejected: {rejected}")
+    for name, s in summary["presets"].items():
+        if not s["steps"]:
+            out.append(f"{name} answered no observation: {_refused_all(s)}")
+    return out
 
 
 def text_summary(summary: dict) -> str:

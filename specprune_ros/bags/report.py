@@ -191,7 +191,8 @@ img {{ max-width: 100%; border: 1px solid #eee; }} code {{ background: #f4f4f4; 
 {_premise_html(summary.get('premise'))}<h2>Inputs</h2>
 <p>Frames per view: {html.escape(json.dumps(counts['frames']))}; refused query ticks by reason:
 {html.escape(json.dumps(counts['refusals']))}; reference frames not used: {counts['unused_reference_frames']};
-input errors: {html.escape(json.dumps(counts['input_errors']))}.</p>
+input errors: {html.escape(json.dumps(counts['input_errors']))} (first message per reason:
+{html.escape(json.dumps(summary['input_error_examples']))}).</p>
 <h2>Plots</h2>
 {images or '<p>(plots disabled)</p>'}
 <p>All numbers: <a href="summary.json">summary.json</a>.</p>

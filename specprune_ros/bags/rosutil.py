@@ -125,7 +125,8 @@ def subscription_qos(offered: Sequence[object], depth: int):
 @contextmanager
 def ros_context(node_name: str):
     """rclpy init + one node, with Python's own SIGINT handling (KeyboardInterrupt) and SIGTERM treated
-    like Ctrl-C; shuts everything down on exit."""
+    like Ctrl-C; shuts everything down on exit. The command line is not given to rclpy: the tools' own
+    arguments (``--remap OLD:=NEW``) would otherwise also apply as global ROS remapping rules."""
     import rclpy
     from rclpy.signals import SignalHandlerOptions
 
@@ -136,7 +137,7 @@ def ros_context(node_name: str):
 
     signal.signal(signal.SIGTERM, _term)
     context = rclpy.context.Context()
-    rclpy.init(context=context, signal_handler_options=SignalHandlerOptions.NO)
+    rclpy.init(args=[], context=context, signal_handler_options=SignalHandlerOptions.NO)
     node = None
     try:
         node = rclpy.create_node(node_name, context=context)
