@@ -14,10 +14,11 @@ policy.launch.py --show-args`` lists every argument.
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import tempfile
 
-import yaml
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchContext, LaunchDescription
 from launch.actions import DeclareLaunchArgument, EmitEvent, OpaqueFunction, RegisterEventHandler
@@ -125,29 +126,29 @@ def _camera_topics(context: LaunchContext, params_file: str) -> list[str] | None
     return topics
 
 
-def _params_file_for_namespace(params_file: str, node_name: str, namespace: str) -> str:
-    """``params_file`` with its ``specprune_policy:`` section keyed by the namespaced node name.
+def _params_file_for_any_namespace(params_file: str, node_name: str) -> str:
+    """``params_file`` with its ``specprune_policy:`` section keyed ``/**/specprune_policy``.
 
-    A section named after the bare node name applies only to a node in the root namespace; in a namespace
-    the node would silently run on defaults. Such sections are re-keyed to ``/<namespace>/<node>`` in a
-    temporary copy (values untouched); other files are passed on as they are.
+    A section named after the bare node name applies only to a node in the root namespace; in a namespace (this
+    file's ``namespace`` argument, or a ``PushRosNamespace`` of a launch file including this one) the node would
+    silently run on defaults. Such a section is re-keyed, its text untouched (the values keep the types rcl
+    gives them), in a copy in the temporary directory named after its content (a relaunch reuses it); other files
+    are passed on as they are.
     """
-    namespace = namespace.strip("/")
-    if not namespace:
-        return params_file
     with open(params_file, encoding="utf-8") as f:
-        data = yaml.safe_load(f)
-    if not isinstance(data, dict):
-        return params_file  # the node reports what is wrong with it
-    qualified = f"/{namespace}/{node_name}"
-    rekeyed = {(qualified if str(key) in (node_name, f"/{node_name}") else key): value
-               for key, value in data.items()}
-    if rekeyed == data:
+        text = f.read()
+    bare = re.compile(rf"^(['\"]?)/?{re.escape(node_name)}\1(\s*:)", re.MULTILINE)  # a top-level key
+    rekeyed = bare.sub(lambda m: f"/**/{node_name}{m.group(2)}", text)
+    if rekeyed == text:
         return params_file
-    with tempfile.NamedTemporaryFile("w", prefix=f"{node_name}_params_", suffix=".yaml", delete=False,
-                                     encoding="utf-8") as out:
-        yaml.safe_dump(rekeyed, out, sort_keys=False)
-        return out.name
+    digest = hashlib.sha1(rekeyed.encode("utf-8")).hexdigest()[:16]
+    path = os.path.join(tempfile.gettempdir(), f"{node_name}_params_{digest}.yaml")
+    if not os.path.isfile(path):
+        with tempfile.NamedTemporaryFile("w", dir=tempfile.gettempdir(), suffix=".yaml", delete=False,
+                                         encoding="utf-8") as out:
+            out.write(rekeyed)
+        os.replace(out.name, path)
+    return path
 
 
 def policy_node_actions(context: LaunchContext) -> list:
@@ -180,7 +181,7 @@ def policy_node_actions(context: LaunchContext) -> list:
         executable=EXECUTABLE,
         name=NODE_NAME,
         namespace=namespace,
-        parameters=[_params_file_for_namespace(params_file, NODE_NAME, namespace), overrides],
+        parameters=[_params_file_for_any_namespace(params_file, NODE_NAME), overrides],
         ros_arguments=["--log-level", LaunchConfiguration("log_level")],
         output="screen",
         emulate_tty=True,

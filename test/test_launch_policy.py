@@ -147,8 +147,10 @@ def test_defaults_start_the_lifecycle_node_dry_and_autostart_it(launch_module):
     assert os.access(executable, os.X_OK)
 
     files, overrides = _node_parameters(node)
-    assert files[0] == str(INSTALL_PREFIX / "share" / "specprune_ros" / "config" / "policy.yaml")
-    assert Path(files[0]).is_file(), "config/policy.yaml is not installed"
+    installed = INSTALL_PREFIX / "share" / "specprune_ros" / "config" / "policy.yaml"
+    assert installed.is_file(), "config/policy.yaml is not installed"
+    # the installed file keyed for any namespace (an including launch file may push one)
+    assert Path(files[0]).read_text() == installed.read_text().replace("\nspecprune_policy:", "\n/**/specprune_policy:", 1)
     # empty arguments keep the params file's values; only the always-applied ones are overridden
     assert overrides == {"dry_run": True, "use_sim_time": False, "autostart": False}
     cmd = _command_line(context, node)
@@ -176,10 +178,11 @@ def test_arguments_reach_the_node(launch_module, tmp_path):
     cmd = _command_line(context, node)
     assert cmd[cmd.index("--log-level") + 1] == "debug"
     files, overrides = _node_parameters(node)
-    # the file's `specprune_policy:` section would not reach a namespaced node: a re-keyed copy does
-    original = yaml.safe_load(params.read_text())
-    assert yaml.safe_load(Path(files[0]).read_text()) == {
-        "/arm_left/specprune_policy": original["specprune_policy"]}
+    # the file's `specprune_policy:` section would not reach a namespaced node (nor one under an including
+    # file's PushRosNamespace): a copy keyed for any namespace does, its text otherwise the same
+    text = params.read_text()
+    assert Path(files[0]).read_text() == text.replace("specprune_policy:", "/**/specprune_policy:", 1)
+    assert yaml.safe_load(Path(files[0]).read_text())["/**/specprune_policy"] == yaml.safe_load(text)["specprune_policy"]
     assert overrides == {
         "dry_run": False, "use_sim_time": True, "autostart": False, "checkpoint": "/models/oft",
         "device": "cuda:1", "unnorm_key": "libero_spatial_no_noops", "preset": "aggressive",
@@ -263,8 +266,10 @@ def _wait_for_state(node_name: str, want: str, stop: threading.Event, result: di
         rclpy.shutdown(context=context)
 
 
-def test_launch_service_brings_the_node_to_active(tmp_path):
-    """End to end as `ros2 launch` does it: include the installed file, run, wait for `active`."""
+@pytest.mark.parametrize("pushed", [False, True], ids=["namespace-argument", "PushRosNamespace"])
+def test_launch_service_brings_the_node_to_active(tmp_path, pushed):
+    """End to end as `ros2 launch` does it: include the installed file, run, wait for `active`; the namespace
+    comes from the file's argument or from an including launch file's PushRosNamespace."""
     ensure()
     try:
         import specprune_ros.ros.policy_node  # noqa: F401
@@ -276,12 +281,19 @@ def test_launch_service_brings_the_node_to_active(tmp_path):
     # the FakePolicy and no kinematics: no checkpoint or URDF needed to configure
     params = _params_file(tmp_path, fake_policy=True, instruction="pick up the cup", ee_frame="",
                           proprio_sources=["joint_positions"], proprio_joints=["j1"])
-    namespace = f"launch_test_{os.getpid()}"
-    arguments = {"params_file": str(params), "namespace": namespace, "primary_image_topic": "/p/image_raw"}
+    namespace = f"launch_test_{os.getpid()}_{int(pushed)}"
+    arguments = {"params_file": str(params), "namespace": "" if pushed else namespace,
+                 "primary_image_topic": "/p/image_raw"}
     service = launch.LaunchService(argv=[f"{k}:={v}" for k, v in arguments.items()], noninteractive=True)
-    service.include_launch_description(LaunchDescription([IncludeLaunchDescription(
+    include = IncludeLaunchDescription(
         AnyLaunchDescriptionSource(str(INSTALL_PREFIX / "share" / "specprune_ros" / "launch" / "policy.launch.py")),
-        launch_arguments=list(arguments.items()))]))
+        launch_arguments=list(arguments.items()))
+    if pushed:
+        from launch.actions import GroupAction
+        from launch_ros.actions import PushRosNamespace
+
+        include = GroupAction([PushRosNamespace(namespace), include])
+    service.include_launch_description(LaunchDescription([include]))
 
     stop, result = threading.Event(), {}
     watcher = threading.Thread(target=_wait_for_state,

@@ -218,3 +218,26 @@ def test_every_parameter_is_documented():
     doc = (REPO_ROOT / "docs" / "ros-node.md").read_text()
     missing = [s.name for s in parameter_specs() if f"`{s.name}`" not in doc]
     assert not missing, f"docs/ros-node.md lacks {missing}; regenerate its table with describe_parameters()"
+
+
+def test_diagnostics_name_the_node_with_its_namespace(ros_context):
+    import rclpy
+
+    from specprune_ros.ros.diagnostics import NodeHealth, to_diagnostic_array
+
+    for namespace, name in (("/", "specprune_policy"), ("/arm1", "arm1/specprune_policy")):
+        node = rclpy.create_node("specprune_policy", namespace=namespace, context=ros_context)
+        try:
+            (status,) = to_diagnostic_array(NodeHealth(("primary",)), node).status
+            assert (status.name, status.hardware_id) == (f"{name}: policy", name)  # two arms stay apart
+        finally:
+            node.destroy_node()
+
+
+def test_diagnostics_report_shutdown(ros_context):
+    h = Harness(ros_context, {"fake_policy": True})
+    try:
+        assert h.node.trigger_shutdown() == TransitionCallbackReturn.SUCCESS
+        h.wait_diag(lambda lv, m, v: v.get("state") == "finalized" and m == "shut down", what="finalized state")
+    finally:
+        h.close()

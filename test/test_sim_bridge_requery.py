@@ -108,6 +108,8 @@ def test_bridge_refuses_a_bad_chunk_whole(ros_context):
 def test_bridge_reports_refusals_on_diagnostics(ros_context):
     from diagnostic_msgs.msg import DiagnosticArray
 
+    from specprune_ros.ros.diagnostics import diagnostic_name
+
     with scripted_bridge(ros_context) as (bridge, send, sim):
         got: list = []
         probe = rclpy.create_node("diagnostics_probe", context=ros_context)
@@ -119,7 +121,7 @@ def test_bridge_reports_refusals_on_diagnostics(ros_context):
             bad[0, 3] = np.inf
             assert send(bad, False, None, expect_steps=False) == 0
             assert send(chunk(8), False, None) == 8  # recovered before anyone read /diagnostics
-            name = f"{bridge.get_name()}: simulator"
+            name = f"{diagnostic_name(bridge)}: simulator"
             bridge.publish_diagnostics()  # (the bridge's 1 s timer may have published some already)
             bridge.publish_diagnostics()
             ours = lambda: [st for m in got for st in m.status if st.name == name]  # noqa: E731

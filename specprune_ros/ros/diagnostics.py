@@ -266,18 +266,27 @@ CONFIGURE_FAILED = "configure failed"
 
 
 def configure_failure(array, node_name: str) -> str | None:
-    """The configure error that ``node_name`` reports in a ``DiagnosticArray``, else None (a process that starts a
-    policy node sees it fail to load a checkpoint here: the node keeps running, unconfigured)."""
+    """The configure error that the node ``node_name`` (:func:`diagnostic_name`) reports in a ``DiagnosticArray``,
+    else None (a process that starts a policy node sees it fail to load a checkpoint here: the node keeps running,
+    unconfigured)."""
     for status in array.status:
         if status.hardware_id == node_name and status.message.startswith(CONFIGURE_FAILED):
             return status.message
     return None
 
 
-def to_diagnostic_array(health: NodeHealth | BridgeHealth, node_name: str, stamp, what: str = "policy") -> object:
-    """A ``diagnostic_msgs/DiagnosticArray`` with one status named ``<node_name>: <what>``."""
+def diagnostic_name(node) -> str:
+    """How ``node`` names itself on /diagnostics: its fully qualified name without the leading slash (the node
+    name in the root namespace; ``arm1/specprune_policy`` in ``/arm1``, so two instances stay apart)."""
+    return node.get_fully_qualified_name().lstrip("/")
+
+
+def to_diagnostic_array(health: NodeHealth | BridgeHealth, node, what: str = "policy") -> object:
+    """A ``diagnostic_msgs/DiagnosticArray`` stamped now with one status named ``<diagnostic_name(node)>: <what>``
+    (``hardware_id``: the same name)."""
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
+    node_name, stamp = diagnostic_name(node), node.get_clock().now().to_msg()
     level, message, values = health.snapshot()
     status = DiagnosticStatus()
     status.level = bytes([level])

@@ -54,16 +54,16 @@ class NodeConfig:
     # --- inputs
     camera_views: tuple[str, ...] = _doc("policy view of each camera, in checkpoint image order", default=("primary", "wrist"))
     camera_topics: tuple[str, ...] = _doc(
-        "camera topic of each view (same order as camera_views)", default=("/camera/image_raw", "/wrist_camera/image_raw")
+        "camera topic of each view (same order as camera_views)", default=("camera/image_raw", "wrist_camera/image_raw")
     )
     camera_compressed: tuple[bool, ...] = _doc(
         "per camera: true = sensor_msgs/CompressedImage (JPEG/PNG), false = sensor_msgs/Image; empty = all false",
         default=(False, False),
     )
-    joint_states_topic: str = _doc("sensor_msgs/JointState topic", default="/joint_states")
+    joint_states_topic: str = _doc("sensor_msgs/JointState topic", default="joint_states")
     instruction_topic: str = _doc("std_msgs/String task instruction topic (reliable, transient local)", default="instruction")
     instruction: str = _doc("task instruction used until one arrives on instruction_topic", default="")
-    robot_description_topic: str = _doc("std_msgs/String URDF topic (transient local)", default="/robot_description")
+    robot_description_topic: str = _doc("std_msgs/String URDF topic (transient local)", default="robot_description")
     robot_description_file: str = _doc("URDF file read at configure (instead of waiting for the topic); empty = topic", default="")
     # --- kinematics and proprio
     ee_frame: str = _doc("end-effector frame of the URDF for FK, EE speed and IK; empty = no kinematics", default="panda_hand_tcp")
@@ -120,11 +120,11 @@ class NodeConfig:
     joint_trajectory_enabled: bool = _doc(
         "publish trajectory_msgs/JointTrajectory per chunk via differential IK (joint_trajectory_controller)", default=False
     )
-    joint_trajectory_topic: str = _doc("JointTrajectory topic", default="/joint_trajectory_controller/joint_trajectory")
+    joint_trajectory_topic: str = _doc("JointTrajectory topic", default="joint_trajectory_controller/joint_trajectory")
     ik_damping: float = _doc("damped-least-squares damping of the differential IK", default=0.01)
     max_joint_velocity: float = _doc("clip |joint velocity| (rad/s); 0 = the URDF's limits", default=0.5)
     gripper_enabled: bool = _doc("publish a gripper command when the gripper column changes", default=False)
-    gripper_topic: str = _doc("gripper command topic", default="/gripper/command")
+    gripper_topic: str = _doc("gripper command topic", default="gripper/command")
     gripper_msg_type: str = _doc("float64 (std_msgs/Float64) or float64_multi_array (forward_command_controller)", default="float64")
     gripper_index: int = _doc("action column of the gripper", default=6)
     gripper_close_above: float = _doc("action value above which the gripper closes (LIBERO: +1 closes)", default=0.0)
@@ -434,7 +434,7 @@ def read_params_file(path: str | Path, node_name: str = NODE_NAME) -> dict[str, 
     if not isinstance(data, dict):
         raise NodeConfigError(f"{path}: expected a mapping `{node_name}: ros__parameters: ...`")
     out: dict[str, Any] = {}
-    for key in ("/**", node_name, f"/{node_name}"):
+    for key in ("/**", f"/**/{node_name}", node_name, f"/{node_name}"):
         section = data.get(key)
         if isinstance(section, dict):
             params = section.get("ros__parameters")

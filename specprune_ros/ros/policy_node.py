@@ -310,10 +310,12 @@ class PolicyNode(LifecycleNode):
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._teardown()
+        self.health.set_state("finalized", "shut down", level=1)
         return TransitionCallbackReturn.SUCCESS
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._teardown()
+        self.health.set_state("unconfigured", "a transition failed: torn down; configure again", level=2)
         return TransitionCallbackReturn.SUCCESS
 
     def _teardown(self) -> None:
@@ -665,7 +667,7 @@ class PolicyNode(LifecycleNode):
 
     # ================================================================================ diagnostics
     def publish_diagnostics(self) -> None:
-        self._diag_pub.publish(to_diagnostic_array(self.health, self.get_name(), self.get_clock().now().to_msg()))
+        self._diag_pub.publish(to_diagnostic_array(self.health, self))
 
 
 USAGE = """usage: policy_node [--help] [--ros-args --params-file FILE -p NAME:=VALUE ...]

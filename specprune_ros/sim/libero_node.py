@@ -210,7 +210,7 @@ class LiberoBridge(Node):
 
     def publish_diagnostics(self) -> None:
         self._pub_diagnostics.publish(
-            to_diagnostic_array(self.health, self.get_name(), self.get_clock().now().to_msg(), "simulator"))
+            to_diagnostic_array(self.health, self, "simulator"))
 
     def stop(self) -> None:
         """Stop the worker thread and close the simulator."""

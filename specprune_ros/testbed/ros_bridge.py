@@ -319,7 +319,7 @@ def make_node(config_overrides: dict | None = None, **node_kwargs):
         # -- publishing
         def publish_diagnostics(self) -> None:
             self._pub_diagnostics.publish(
-                to_diagnostic_array(self.health, self.get_name(), self.get_clock().now().to_msg(), "simulator"))
+                to_diagnostic_array(self.health, self, "simulator"))
 
         def _publish_state(self, images: bool) -> None:
             task = self.runner.task
