@@ -272,3 +272,27 @@ def test_prefetch_continues_where_the_arm_is(ros_context, delay):
     finally:
         h.close()
 
+
+
+def test_qos_overrides_reach_the_inputs_and_outputs(ros_context):
+    """`qos_overrides.<topic>.<entity>.<policy>` parameters (ROS 2's standard QoS overrides) apply."""
+    from rclpy.qos import ReliabilityPolicy
+
+    camera, joints, twist = "/qos_test/primary", "/qos_test/joint_states", "/qos_test/twist"
+    params = dict(ADAPTERS_ON, joint_trajectory_enabled=False, gripper_enabled=False, fake_policy=True,
+                  camera_topics=[camera, "/qos_test/wrist"], joint_states_topic=joints, twist_topic=twist)
+    params.update({f"qos_overrides.{camera}.subscription.reliability": "reliable",
+                   f"qos_overrides.{joints}.subscription.depth": 7, f"qos_overrides.{twist}.publisher.depth": 3})
+    h = Harness(ros_context, params)
+    try:
+        for _ in range(2):  # configured again after a cleanup: the declared overrides still apply
+            subs = {s.topic_name: s.qos_profile for s in h.node._subs}
+            assert subs[camera].reliability == ReliabilityPolicy.RELIABLE  # sensor data QoS is best effort
+            assert subs["/qos_test/wrist"].reliability == ReliabilityPolicy.BEST_EFFORT
+            assert subs[joints].depth == 7 and h.node._pubs["twist"].qos_profile.depth == 3
+            assert h.node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+            assert h.node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
+            assert h.node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+            assert h.node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+    finally:
+        h.close()

@@ -9,6 +9,7 @@ activate = start the control loop; deactivate = stop it; cleanup = free the mode
 """
 from __future__ import annotations
 
+import copy
 import gc
 import sys
 import threading
@@ -21,6 +22,7 @@ import numpy as np
 import rclpy
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos_overriding_options import QoSOverridingOptions
 
 from specprune_ros.core.controller import requery_rows
 from specprune_ros.core.images import ImageDecodeError, dim_pruned_patches
@@ -246,14 +248,18 @@ class PolicyNode(LifecycleNode):
                 f"generated messages specprune_ros.msg are not importable ({exc}); build them with `make setup` "
                 "and run in that environment (`source tools/ros_env.sh`)"
             ) from exc
+        # the sensor inputs and every output take `qos_overrides.<topic>.<subscription|publisher>.<policy>` parameters
+        overridable = {"qos_overriding_options": QoSOverridingOptions.with_default_policies()}
         for view, topic, compressed in zip(cfg.camera_views, cfg.camera_topics, cfg.compressed):
             msg_type = CompressedImage if compressed else Image
             self._subs.append(
                 self.create_subscription(
-                    msg_type, topic, lambda msg, v=view, c=compressed: self._on_image(v, msg, c), qos_profile_sensor_data
+                    msg_type, topic, lambda msg, v=view, c=compressed: self._on_image(v, msg, c),
+                    copy.copy(qos_profile_sensor_data), **overridable,  # an override changes the profile it is given
                 )
             )
-        self._subs.append(self.create_subscription(JointState, cfg.joint_states_topic, self._on_joint_state, qos_profile_sensor_data))
+        self._subs.append(self.create_subscription(JointState, cfg.joint_states_topic, self._on_joint_state,
+                                                   copy.copy(qos_profile_sensor_data), **overridable))
         self._subs.append(self.create_subscription(String, cfg.instruction_topic, self._on_instruction, LATCHED_QOS))
         if cfg.ee_frame and not cfg.robot_description_file:
             self._subs.append(
@@ -266,8 +272,8 @@ class PolicyNode(LifecycleNode):
                 self.create_subscription(EpisodeStatus, cfg.episode_status_topic, self._on_episode_status, LATCHED_QOS)
             )
         pubs = self._pubs
-        pubs["chunk"] = self.create_lifecycle_publisher(ActionChunkMsg, "~/action_chunk", 10)
-        pubs["stats"] = self.create_lifecycle_publisher(InferenceStats, "~/inference_stats", 10)
+        pubs["chunk"] = self.create_lifecycle_publisher(ActionChunkMsg, "~/action_chunk", 10, **overridable)
+        pubs["stats"] = self.create_lifecycle_publisher(InferenceStats, "~/inference_stats", 10, **overridable)
         if cfg.debug_image:
             pubs["debug"] = self.create_lifecycle_publisher(Image, "~/debug_image", qos_profile_sensor_data)
         if not cfg.dry_run:  # dry run: no actuating publisher exists at all
@@ -275,11 +281,13 @@ class PolicyNode(LifecycleNode):
             from trajectory_msgs.msg import JointTrajectory
 
             if cfg.twist_enabled:
-                pubs["twist"] = self.create_lifecycle_publisher(TwistStamped, cfg.twist_topic, 10)
+                pubs["twist"] = self.create_lifecycle_publisher(TwistStamped, cfg.twist_topic, 10, **overridable)
             if cfg.joint_trajectory_enabled:
-                pubs["trajectory"] = self.create_lifecycle_publisher(JointTrajectory, cfg.joint_trajectory_topic, 10)
+                pubs["trajectory"] = self.create_lifecycle_publisher(JointTrajectory, cfg.joint_trajectory_topic, 10,
+                                                                     **overridable)
             if cfg.gripper_enabled:
-                pubs["gripper"] = self.create_lifecycle_publisher(conv.gripper_msg_class(cfg.gripper_msg_type), cfg.gripper_topic, 10)
+                pubs["gripper"] = self.create_lifecycle_publisher(conv.gripper_msg_class(cfg.gripper_msg_type), cfg.gripper_topic,
+                                                                  10, **overridable)
         elif cfg.twist_enabled or cfg.joint_trajectory_enabled or cfg.gripper_enabled:
             self.get_logger().info("dry_run is true: adapters are enabled but publish nothing; set dry_run:=false to command the robot")
 
