@@ -69,7 +69,8 @@ def launch_arguments() -> list[DeclareLaunchArgument]:
             description="executed control steps before an episode times out"),
         DeclareLaunchArgument(
             "control_rate", default_value="20.0",
-            description="Hz at which the bridge executes action rows and publishes joint states (trained at 20)"),
+            description="Hz at which the bridge executes action rows and publishes joint states (trained at 20); "
+                        "the policy node's control_dt is 1 / control_rate"),
         DeclareLaunchArgument(
             "reset_delay", default_value="1.0",
             description="seconds between the end of an episode and the start of the next"),
@@ -95,6 +96,7 @@ def _nodes(context: LaunchContext) -> list:
         raise FileNotFoundError(
             f"checkpoint:={checkpoint} has no config.json; pass checkpoint:=<test-bed checkpoint directory> "
             "(train one with specprune-train) or fake_policy:=true")
+    control_rate = float(arg("control_rate"))
     bridge = Node(
         package=PACKAGE,
         executable="testbed_sim_node",
@@ -103,7 +105,7 @@ def _nodes(context: LaunchContext) -> list:
             "seed": int(arg("seed")),
             "episodes": int(arg("episodes")),
             "max_steps": int(arg("max_steps")),
-            "control_rate": float(arg("control_rate")),
+            "control_rate": control_rate,
             "reset_delay": float(arg("reset_delay")),
             "action_chunk_topic": "/specprune_policy/action_chunk",
         }],
@@ -111,7 +113,8 @@ def _nodes(context: LaunchContext) -> list:
         output="screen",
         emulate_tty=True,
     )
-    params = policy_node_parameters(checkpoint, arg("preset"), arg("device"), fake_policy=fake)
+    # the policy node's control period is the bridge's: it re-queries when the bridge has executed the rows
+    params = policy_node_parameters(checkpoint, arg("preset"), arg("device"), fake_policy=fake, control_rate=control_rate)
     policy = Node(
         package=PACKAGE,
         executable="policy_node",

@@ -68,3 +68,51 @@ def test_bridge_health_levels():
     level, message, values = health.snapshot()
     assert (level, message) == (OK, "episode 1: executing action chunks")
     assert values["refused.step_dt"] == "1" and values["chunks_accepted"] == "1" and values["chunks_refused"] == "1"
+
+
+def test_bridge_health_warns_when_every_chunk_is_stale():
+    from specprune_ros.ros.diagnostics import BridgeHealth
+
+    health = BridgeHealth()
+    health.episode_update(0, "running", started=True)
+    health.chunk_dropped("stale_chunk")
+    health.chunk_dropped("stale_chunk")  # two in a row: normal after an episode's start
+    assert health.snapshot()[:2] == (OK, "episode 0: running")
+    health.chunk_accepted()
+    health.chunk_dropped("stale_chunk")
+    health.chunk_dropped("no_episode")  # not stale: does not count
+    health.chunk_dropped("stale_chunk")
+    assert health.snapshot()[0] == OK
+    health.chunk_dropped("stale_chunk")  # three stale in a row, none accepted in between
+    level, message, values = health.snapshot()
+    assert level == WARN and "3 action chunks in a row dropped as stale" in message
+    assert "predate" in message and "clocks disagree" in message and "use_sim_time" in message
+    assert values["dropped.stale_chunk"] == "5" and values["last_error"] == message
+    health.chunk_dropped("stale_chunk")
+    health.episode_update(0, "running")  # not a new episode: still WARN
+    assert health.snapshot()[0] == WARN
+    health.chunk_accepted()  # a chunk runs: OK again
+    assert health.snapshot()[:2] == (OK, "episode 0: executing action chunks")
+    for _ in range(3):
+        health.chunk_dropped("stale_chunk")
+    assert health.snapshot()[0] == WARN
+    health.episode_update(1, "running", started=True)  # a new episode starts counting again
+    assert health.snapshot()[:2] == (OK, "episode 1: running")
+    health.chunk_dropped("stale_chunk")
+    assert health.snapshot()[0] == OK
+    health.chunk_refused("invalid_chunk", "action chunk with NaN or inf refused")
+    for _ in range(3):
+        health.chunk_dropped("stale_chunk")  # an ERROR is not lowered to a WARN
+    assert health.snapshot()[:2] == (ERROR, "action chunk with NaN or inf refused")
+
+
+def test_bridge_health_unknown_parameters_warn_only_over_ok():
+    from specprune_ros.ros.diagnostics import BridgeHealth
+
+    health = BridgeHealth()
+    health.unknown_parameters = ["episode"]
+    health.episode_update(0, "running", started=True)
+    level, message, values = health.snapshot()
+    assert (level, message) == (WARN, "unknown parameters ignored: episode") and values["unknown_parameters"] == "episode"
+    health.chunk_refused("invalid_chunk", "action chunk with NaN or inf refused")
+    assert health.snapshot()[0] == ERROR

@@ -84,6 +84,18 @@ def test_runner_times_out():
     assert r.status == "timeout" and r.task.state.step == 5 and not r.rows
 
 
+def test_runner_joint_velocities_are_per_tick_and_zero_while_holding():
+    for rate, speed in ((20.0, 0.2), (5.0, 0.05)):  # pos_step 0.01 m per row, one row per tick
+        r = TestbedRunner(BridgeConfig(control_rate=rate))
+        r.start_episode()
+        np.testing.assert_array_equal(r.joint_velocities(), np.zeros(len(JOINT_NAMES)))
+        r.on_chunk(np.tile([1.0, 0, 0, 0, 0, 0, -1], (1, 1)))
+        assert r.tick()
+        np.testing.assert_allclose(r.joint_velocities()[:3], [speed, 0, 0])
+        assert not r.tick()  # no row left: the gantry holds still
+        np.testing.assert_array_equal(r.joint_velocities(), np.zeros(len(JOINT_NAMES)))
+
+
 def test_bad_parameters_are_named():
     with pytest.raises(ValueError, match="control_rate"):
         BridgeConfig(control_rate=0)
@@ -106,6 +118,76 @@ def test_node_parameters_are_typed(ros_context):
                          ({"episodes": 1.5}, "episodes=1.5: expected int")]:
         with pytest.raises(ValueError, match=message):
             make_node(bad, context=ros_context)
+
+
+def _chunk(msg, stamp_ns: int, rows: int = 2):
+    chunk = msg.ActionChunk()
+    chunk.header.stamp.sec, chunk.header.stamp.nanosec = divmod(stamp_ns, 10**9)
+    chunk.rows, chunk.cols = rows, 7
+    chunk.actions = [0.0] * (rows * 7)
+    return chunk
+
+
+def test_node_refuses_future_chunks_parameter_sets_extra_resets_and_names_unknown_parameters(ros_context):
+    from rclpy.parameter import Parameter
+    from std_srvs.srv import Trigger
+
+    from specprune_ros.ros.diagnostics import ERROR, OK, WARN
+    from specprune_ros.testbed.ros_bridge import make_node
+
+    msg = messages()
+    node = make_node({"episodes": 1, "episode": 3, "action_chunk_topic": f"/checks_{os.getpid()}"},
+                     context=ros_context)
+    try:
+        level, message, values = node.health.snapshot()  # a typo of `episodes`: ignored, and said so
+        assert (level, values["unknown_parameters"]) == (WARN, "episode") and "unknown parameters" in message
+        now = node.get_clock().now().nanoseconds
+        for _ in range(3):  # stamps before the episode (another clock): dropped, then a WARN that says why
+            node._on_chunk(_chunk(msg, 0))
+        level, message, values = node.health.snapshot()
+        assert level == WARN and "predate" in message and "clocks disagree" in message
+        assert values["dropped.stale_chunk"] == "3" and not node.runner.rows
+        node._on_chunk(_chunk(msg, now))
+        assert node.runner.chunks == 1 and len(node.runner.rows) == 2
+        assert "predate" not in node.health.snapshot()[1]
+        node._on_chunk(_chunk(msg, now + 10**9, rows=3))  # a second ahead of the bridge's clock: refused
+        level, message, values = node.health.snapshot()
+        assert level == ERROR and "stamped in the future" in message and values["refused.invalid_chunk"] == "1"
+        assert node.runner.chunks == 1 and len(node.runner.rows) == 2  # the queued rows are unchanged
+        result = node.set_parameters([Parameter("seed", value=5)])[0]
+        assert not result.successful and "read-only" in result.reason and node.config.seed == 0
+        assert node.get_parameter("seed").value == 0
+        response = node._on_reset(Trigger.Request(), Trigger.Response())  # the one episode is running
+        assert not response.success and "all 1 episodes" in response.message and node.runner.episode == 0
+    finally:
+        node.destroy_node()
+    node = make_node({"episodes": 2, "action_chunk_topic": f"/checks_{os.getpid()}"}, context=ros_context)
+    try:
+        assert node.health.snapshot()[2]["unknown_parameters"] == ""
+        assert node._on_reset(Trigger.Request(), Trigger.Response()).success and node.runner.episode == 1
+        assert not node._on_reset(Trigger.Request(), Trigger.Response()).success and node.runner.episode == 1
+        assert node.health.snapshot()[0] == OK
+    finally:
+        node.destroy_node()
+
+
+def test_sigterm_stops_the_node_cleanly():
+    """What ros2 launch, docker and systemd send: exit 0, no traceback, at a high control rate (a callback is
+    likely running when the context shuts down; several runs make the race likely)."""
+    import signal
+
+    cmd = [sys.executable, "-m", "specprune_ros.testbed.ros_bridge", "--ros-args", "-p", "control_rate:=200.0",
+           "-p", f"action_chunk_topic:=/sigterm_{os.getpid()}"]
+    for _ in range(4):
+        proc = subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        lines = []
+        for line in proc.stdout:  # running: the first episode has started
+            lines.append(line)
+            if "episode 0 (seed 0)" in line:
+                break
+        proc.send_signal(signal.SIGTERM)
+        out = "".join(lines) + proc.communicate(timeout=60)[0]
+        assert proc.returncode == 0 and "Traceback" not in out, out
 
 
 # ------------------------------------------------------------------------------------------- over rclpy
@@ -214,7 +296,7 @@ def test_node_closed_loop_over_ros(ros_context):
 def test_ros_loop_runs_both_nodes_and_reports_each_episode(tmp_path):
     """The whole ROS path as child processes: bridge + policy node (fake policy), episodes watched to their end."""
     cmd = [sys.executable, "-m", "specprune_ros.testbed.ros_loop", "--fake-policy", "--episodes=2", "--seed=21",
-           "--max-steps=16", "--json", f"--log-dir={tmp_path}"]
+           "--max-steps=16", "--control-rate=40", "--json", f"--log-dir={tmp_path}"]
     out = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stderr + "".join(p.read_text()[-2000:] for p in tmp_path.glob("*.log"))
     records = json.loads(out.stdout)
@@ -223,7 +305,8 @@ def test_ros_loop_runs_both_nodes_and_reports_each_episode(tmp_path):
         assert r["instruction"] == TabletopTask(r["seed"]).instruction
         assert r["status"] == "timeout" and not r["success"] and r["steps"] == 16
         assert r["chunks"] >= 2  # 16 rows need at least two 8-row chunks (counted by the bridge)
-    assert (tmp_path / "policy.yaml").is_file()
+    assert '"control_dt": 0.025' in (tmp_path / "policy.yaml").read_text()  # the bridge's period, 1 / 40 Hz
+    assert {p.name for p in tmp_path.glob("*.log")} == {"task_bridge.log", "policy_node.log"}
 
 
 def test_ros_loop_refuses_a_missing_checkpoint(tmp_path):

@@ -75,3 +75,57 @@ def test_launch_description_with_real_launch_packages():
     ld = module.generate_launch_description()
     names = {a.name for a in ld.entities if a.__class__.__name__ == "DeclareLaunchArgument"}
     assert names == set(_declared_arguments())
+
+
+def test_policy_node_control_period_follows_the_bridge_rate():
+    assert policy_node_parameters("x")["control_dt"] == 0.05
+    values = policy_node_parameters("x", control_rate=5.0)
+    assert values["control_dt"] == 0.2  # re-queries after the bridge's 8 rows, not after 8 steps of 0.05 s
+    assert configs_from_values(values)[1]["control_dt"] == 0.2
+    with pytest.raises(ValueError, match=r"control_rate=0.05 must lie in \[0.1, 200\] Hz"):
+        policy_node_parameters("x", control_rate=0.05)
+
+
+def test_launch_file_gives_both_nodes_the_control_rate(monkeypatch):
+    """The launch file's nodes, built with stand-ins for the launch packages (they are not on PyPI)."""
+    import sys
+    import types
+
+    made = []
+
+    class LaunchConfiguration:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def perform(self, context) -> str:
+            return context.launch_configurations[self.name]
+
+    class DeclareLaunchArgument:
+        def __init__(self, name: str, default_value: str = "", **_kw) -> None:
+            self.name, self.default_value = name, default_value
+
+    stubs = {"launch": dict(LaunchContext=object, LaunchDescription=list),
+             "launch.actions": dict(DeclareLaunchArgument=DeclareLaunchArgument, OpaqueFunction=object),
+             "launch.substitutions": dict(LaunchConfiguration=LaunchConfiguration),
+             "launch_ros": {}, "launch_ros.actions": dict(Node=lambda **kw: made.append(kw))}
+    for name, attrs in stubs.items():
+        module = types.ModuleType(name)
+        module.__dict__.update(attrs)
+        monkeypatch.setitem(sys.modules, name, module)
+    spec = importlib.util.spec_from_file_location("testbed_launch_stub", LAUNCH_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    context = types.SimpleNamespace(launch_configurations={a.name: a.default_value for a in module.launch_arguments()})
+    context.launch_configurations.update(control_rate="5.0", fake_policy="true")
+    module._nodes(context)
+    bridge, policy = ({**k["parameters"][0], "name": k["name"]} for k in made)
+    assert bridge["name"] == "testbed_sim_node" and bridge["control_rate"] == 5.0
+    assert policy["name"] == "specprune_policy" and policy["control_dt"] == 0.2
+
+
+def test_ros_loop_gives_both_nodes_the_control_rate_and_scales_its_deadline():
+    from specprune_ros.testbed.ros_loop import bridge_command, episode_deadline
+
+    assert "control_rate:=5.0" in bridge_command(0, 1, 240, 5.0)
+    assert episode_deadline(2400, 20.0) > 2400 / 20.0 * 2 and episode_deadline(240, 5.0) > 240 / 5.0 * 2
+    assert episode_deadline(16, 20.0) < episode_deadline(240, 20.0)

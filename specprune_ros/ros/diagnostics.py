@@ -193,12 +193,17 @@ class NodeHealth:
 class BridgeHealth:
     """What a simulator bridge reports on /diagnostics. Methods are called from the executor and worker threads.
 
-    OK while episodes run; ERROR from a refused action chunk (malformed, NaN, another control period) or a
-    simulator failure until a chunk is accepted again or an episode starts (reported at least once, as the policy
-    node's errors). Chunks dropped because they answer no pending observation (computed before the episode
-    began, or for an older observation, or sent while no episode runs) are counted, not errors: a policy that
-    queried while an episode ended sends them in normal operation.
+    OK while episodes run (WARN if unknown parameters were given); ERROR from a refused action chunk (malformed,
+    NaN, another control period) or a simulator failure until a chunk is accepted again or an episode starts
+    (reported at least once, as the policy node's errors). Chunks dropped because they answer no pending
+    observation (computed before the episode began, or for an older observation, or sent while no episode runs)
+    are counted, not errors: a policy that queried while an episode ended sends them in normal operation. But :data:`STALE_STREAK` stale chunks in a row,
+    none accepted in between, are a WARN until a chunk is accepted or an episode starts: their stamps predate
+    the observation they should answer, as when the policy's clock is not the simulator's.
     """
+
+    #: consecutive stale chunks (none accepted in between) that make a WARN
+    STALE_STREAK = 3
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -207,11 +212,14 @@ class BridgeHealth:
         self.dropped: Counter[str] = Counter()
         self.episode = -1
         self.episode_status = "waiting"
+        self.stale_in_a_row = 0
+        self.unknown_parameters: list[str] = []
         self._status = StatusLatch(WARN, "simulator starting")
 
     def chunk_accepted(self) -> None:
         with self._lock:
             self.accepted += 1
+            self.stale_in_a_row = 0
             self._status.set(OK, f"episode {max(self.episode, 0)}: executing action chunks")
 
     def chunk_refused(self, reason: str, message: str) -> None:
@@ -222,6 +230,14 @@ class BridgeHealth:
     def chunk_dropped(self, reason: str) -> None:
         with self._lock:
             self.dropped[reason] += 1
+            if reason != STALE_CHUNK:
+                return
+            self.stale_in_a_row += 1
+            if self.stale_in_a_row >= self.STALE_STREAK and self._status.level != ERROR:
+                self._status.set(WARN, f"episode {max(self.episode, 0)}: {self.stale_in_a_row} action chunks in a row "
+                                       "dropped as stale: their stamps predate the observation they must answer (in "
+                                       "the test bed, the episode's first): do the policy's and the simulator's "
+                                       "clocks disagree (use_sim_time on one node only)?", problem=True)
 
     def chunks_not_run(self) -> int:
         """Chunks refused or dropped so far."""
@@ -240,7 +256,9 @@ class BridgeHealth:
         just begun, which clears an earlier failure."""
         with self._lock:
             self.episode, self.episode_status = episode, status
-            if started or self._status.level != ERROR:
+            if started:
+                self.stale_in_a_row = 0
+            if started or (self._status.level != ERROR and self.stale_in_a_row < self.STALE_STREAK):
                 self._status.set(OK, f"episode {max(episode, 0)}: {status}")
 
     def snapshot(self) -> tuple[int, str, dict[str, str]]:
@@ -253,11 +271,14 @@ class BridgeHealth:
                 "chunks_refused": str(sum(self.refused.values())),
                 "chunks_dropped": str(sum(self.dropped.values())),
                 "last_error": self._status.last_problem,
+                "unknown_parameters": ",".join(self.unknown_parameters),
             }
             for name, counter in (("refused", self.refused), ("dropped", self.dropped)):
                 for reason, n in sorted(counter.items()):
                     values[f"{name}.{reason}"] = str(n)
             level, message = self._status.report()
+            if self.unknown_parameters and level == OK:
+                level, message = WARN, f"unknown parameters ignored: {values['unknown_parameters']}"
             return level, message, values
 
 

@@ -8,9 +8,11 @@ Publishes (relative names, so a namespace or remapping applies):
     velocities), ``instruction`` and ``robot_description`` (std_msgs/String, reliable + transient local; the
     gantry URDF whose ``tcp`` frame is the tool point) and ``episode_status`` (specprune_ros/EpisodeStatus,
     transient local), and ``/diagnostics`` once a second (diagnostic_msgs/DiagnosticArray, status
-    ``testbed_sim_node: simulator``: ERROR after a refused chunk, with counts of refused and dropped chunks).
+    ``testbed_sim_node: simulator``: ERROR after a refused chunk, WARN after stale chunks in a row or unknown
+    parameters, with counts of refused and dropped chunks).
 Subscribes: ``action_chunk_topic`` (specprune_ros/ActionChunk, default ``/specprune_policy/action_chunk``,
-the policy node's output). Service: ``~/reset`` (std_srvs/Trigger): start the next episode now.
+the policy node's output). Service: ``~/reset`` (std_srvs/Trigger): start the next episode now (refused once
+all ``episodes`` have started). The parameters are read-only: read at start-up.
 
 Time is the node's clock (wall time, or /clock with ``use_sim_time``). A timer at ``control_rate`` executes
 one row of the newest chunk per tick (a new chunk replaces the rows left of the previous one) and then
@@ -81,7 +83,8 @@ PARAM_DOC = {
 }
 
 
-def policy_node_parameters(checkpoint: str, preset: str = "paper", device: str = "cpu", fake_policy: bool = False) -> dict:
+def policy_node_parameters(checkpoint: str, preset: str = "paper", device: str = "cpu", fake_policy: bool = False,
+                           control_rate: float = BridgeConfig.control_rate) -> dict:
     """Parameters of ``policy_node`` (``specprune_policy``) for the test bed: topics, gantry kinematics, proprio.
 
     The proprio is LIBERO's layout from the joint states through the gantry URDF (``tcp`` frame): EE position,
@@ -89,9 +92,13 @@ def policy_node_parameters(checkpoint: str, preset: str = "paper", device: str =
     chunks (``dry_run``); the bridge executes them. The bridge's ``episode_status`` resets the policy's pruning
     state and the node's chunk at each new episode. The bridge executes whole chunks (it ignores
     ``ActionChunk.requery_after``), so the node does too (``honor_requery`` false): otherwise its executed-row
-    bookkeeping would disagree with what the bridge ran. ``launch/testbed.launch.py`` and
-    :mod:`~specprune_ros.testbed.ros_loop` start the node with these.
+    bookkeeping would disagree with what the bridge ran. The node's control period (``control_dt``) is the
+    bridge's (``1 / control_rate``), so that it queries again when the bridge has executed the chunk's rows.
+    ``launch/testbed.launch.py`` and :mod:`~specprune_ros.testbed.ros_loop` start the node with these.
     """
+    if not 0.1 <= control_rate <= 200:  # the policy node's control_dt lies in [0.001, 10] s
+        raise ValueError(f"control_rate={control_rate} must lie in [0.1, 200] Hz: the policy node runs its control "
+                         "loop at the bridge's rate (control_dt = 1 / control_rate, at most 10 s)")
     return {
         "checkpoint": checkpoint,
         "preset": preset,
@@ -112,7 +119,7 @@ def policy_node_parameters(checkpoint: str, preset: str = "paper", device: str =
         "gripper_joints": list(JOINT_NAMES[4:]),
         "gripper_scales": [1.0, -1.0],
         "base_frame": "world",
-        "control_dt": 0.05,
+        "control_dt": 1.0 / control_rate,
         "dry_run": True,
     }
 
@@ -133,6 +140,7 @@ class TestbedRunner:
         self.rows: list[np.ndarray] = []
         self.executed = 0
         self.chunks = 0  # chunks accepted in the current episode
+        self.moved = False  # the last tick executed a row
 
     @property
     def status(self) -> str:
@@ -153,6 +161,7 @@ class TestbedRunner:
         self.task = TabletopTask(self.config.seed + self.episode, TaskConfig(max_steps=self.config.max_steps))
         self.rows = []
         self.chunks = 0
+        self.moved = False
         return self.task
 
     def on_chunk(self, actions: np.ndarray) -> tuple[str, str] | None:
@@ -171,13 +180,33 @@ class TestbedRunner:
         return None
 
     def tick(self) -> bool:
+        self.moved = False
         if self.status != "running" or not self.rows:
             return False
         self.task.step(self.rows.pop(0))
         self.executed += 1
+        self.moved = True
         if self.task.done:
             self.rows = []
         return True
+
+    def joint_velocities(self) -> np.ndarray:
+        """Joint velocities over the last tick (m/s, rad/s), shape (6,): the last row's motion over the tick
+        period ``1 / control_rate`` (not the task's step of ``control_dt``), zero when the tick executed none."""
+        if self.task is None or not self.moved:
+            return np.zeros(len(JOINT_NAMES))
+        return self.task.joint_velocities() * (self.task.config.control_dt * self.config.control_rate)
+
+
+def unknown_parameter_hints(names: list[str]) -> list[str]:
+    """Each name, with the closest parameter of the bridge if one is close (``episode`` -> ``episodes``)."""
+    import difflib
+
+    out = []
+    for name in names:
+        match = difflib.get_close_matches(name, list(PARAM_DOC), n=1, cutoff=0.5)
+        out.append(f"{name!r}" + (f" (did you mean {match[0]!r}?)" if match else ""))
+    return out
 
 
 def make_node(config_overrides: dict | None = None, **node_kwargs):
@@ -186,7 +215,8 @@ def make_node(config_overrides: dict | None = None, **node_kwargs):
 
     from specprune_ros.ros.conversions import stamp_to_ns
     from specprune_ros.ros.diagnostics import BridgeHealth, to_diagnostic_array
-    from specprune_ros.ros.parameters import declare_typed
+    from specprune_ros.ros.parameters import ROS_BUILTIN_PARAMETERS, declare_typed
+    from rcl_interfaces.msg import ParameterDescriptor
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
     from sensor_msgs.msg import Image, JointState
@@ -214,7 +244,12 @@ def make_node(config_overrides: dict | None = None, **node_kwargs):
             values = {}
             for f in fields(BridgeConfig):  # ValueError: wrong type, NaN or inf
                 values[f.name] = declare_typed(self, f.name, getattr(defaults, f.name), PARAM_DOC[f.name])
+                # read at start-up only: a set at run time is refused instead of reporting success and changing nothing
+                self.set_descriptor(f.name, ParameterDescriptor(description=PARAM_DOC[f.name], dynamic_typing=True,
+                                                                read_only=True))
             self.config = BridgeConfig(**values)
+            unknown = [n for n in self._parameter_overrides
+                       if n not in values and n not in ROS_BUILTIN_PARAMETERS and not n.startswith("qos_overrides.")]
             self.runner = TestbedRunner(self.config)
             latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                                  durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -229,6 +264,9 @@ def make_node(config_overrides: dict | None = None, **node_kwargs):
             self._pub_status = self.create_publisher(EpisodeStatus, "episode_status", status_qos)
             self._EpisodeStatus = EpisodeStatus
             self.health = BridgeHealth()
+            if unknown:
+                self.health.unknown_parameters = sorted(unknown)
+                self.get_logger().warning(f"unknown parameters ignored: {', '.join(unknown_parameter_hints(unknown))}")
             self._pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
             self.create_subscription(ActionChunk, self.config.action_chunk_topic, self._on_chunk, 10)
             self.create_service(Trigger, "~/reset", self._on_reset)
@@ -250,6 +288,11 @@ def make_node(config_overrides: dict | None = None, **node_kwargs):
             self._publish_status()
 
         def _on_reset(self, _request, response):
+            if not self.runner.more_episodes:
+                response.success = False
+                response.message = (f"refused: all {self.config.episodes} episodes have run or are running "
+                                    f"(episodes:={self.config.episodes}); restart the node for more")
+                return response
             self._cancel_reset_timer()
             self._start()
             response.success = True
@@ -285,6 +328,12 @@ def make_node(config_overrides: dict | None = None, **node_kwargs):
             if why is not None:
                 return self._refuse(STEP_DT, f"action chunk {msg.sequence}: {why}; refused")
             stamp_ns = stamp_to_ns(msg.header.stamp)
+            now_ns = self.get_clock().now().nanoseconds
+            if stamp_ns > now_ns + 10_000:  # answers an observation not yet published
+                return self._refuse(INVALID_CHUNK, f"action chunk {msg.sequence}: stamped in the future "
+                                                   f"({(stamp_ns - now_ns) * 1e-9:.3f} s after the bridge's now); "
+                                                   "refused: do the policy's and the bridge's clocks disagree "
+                                                   "(use_sim_time on one node only)?")
             # computed from an observation of an earlier episode (10 us of slack: stamps pass through float seconds)
             if stamp_ns < self._episode_start_ns - 10_000:
                 self.health.chunk_dropped(STALE_CHUNK)
@@ -329,7 +378,7 @@ def make_node(config_overrides: dict | None = None, **node_kwargs):
             js.header.frame_id = self.config.frame_id
             js.name = list(JOINT_NAMES)
             js.position = [float(v) for v in task.joint_positions()]
-            js.velocity = [float(v) for v in task.joint_velocities()]
+            js.velocity = [float(v) for v in self.runner.joint_velocities()]
             self._pub_joints.publish(js)
             if images:
                 for view, img in task.render().items():
@@ -382,6 +431,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:  # a callback or the wait set failing because a signal (SIGTERM) shut the context down
+        if rclpy.ok():
+            raise
     finally:
         if node is not None:
             node.destroy_node()

@@ -1,10 +1,11 @@
 """The test bed's whole ROS 2 path, closed loop, without ``ros2 launch``.
 
-Starts the two nodes of ``launch/testbed.launch.py`` with the same parameters as child processes: the task
-bridge ``testbed_sim_node`` (cameras, joint states, instruction, URDF in; action chunks executed in real
-time) and the policy node (the checkpoint, pruned with a preset), then watches ``/episode_status`` until
-the episodes are over and reports each one: success, steps, the chunks the policy node published for it,
-their latency and visual tokens kept.
+Starts the two nodes of ``launch/testbed.launch.py`` as child processes: the task bridge ``testbed_sim_node``
+(cameras, joint states, instruction, URDF in; action chunks executed in real time) and the policy node (the
+checkpoint, pruned with a preset, with the launch file's parameters). The bridge's defaults here differ from
+the launch file's in ``seed`` (10000, not 0) and ``reset_delay`` (0.5 s, not 1.0). It then watches
+``/episode_status`` until the episodes are over and reports each one: success, steps, the chunks the policy
+node published for it, their latency and visual tokens kept.
 
     tools/ros_env.sh .venv/bin/python -m specprune_ros.testbed.ros_loop --episodes=3 --preset=paper
 
@@ -38,9 +39,9 @@ class LoopError(RuntimeError):
     """The loop could not run: a node exited, or an episode did not end in time."""
 
 
-def bridge_command(seed: int, episodes: int, max_steps: int) -> list[str]:
-    params = {"seed": seed, "episodes": episodes, "max_steps": max_steps, "reset_delay": 0.5,
-              "action_chunk_topic": CHUNK_TOPIC}
+def bridge_command(seed: int, episodes: int, max_steps: int, control_rate: float = 20.0) -> list[str]:
+    params = {"seed": seed, "episodes": episodes, "max_steps": max_steps, "control_rate": float(control_rate),
+              "reset_delay": 0.5, "action_chunk_topic": CHUNK_TOPIC}
     return [sys.executable, "-m", "specprune_ros.testbed.ros_bridge", "--ros-args", "-r", f"__node:={BRIDGE_NODE_NAME}",
             *ros_param_args(params)]
 
@@ -50,13 +51,23 @@ def policy_command(params_file: Path) -> list[str]:
             "--params-file", str(params_file)]
 
 
+def episode_deadline(max_steps: int, control_rate: float = 20.0) -> float:
+    """Seconds to wait for one episode's end: ``max_steps`` rows at ``control_rate``, four times over (the
+    gantry holds still while the policy infers), plus 60 s."""
+    return 60.0 + 4.0 * max_steps / control_rate
+
+
 def run_loop(checkpoint: str, preset: str = "paper", seed: int = 10_000, episodes: int = 3, max_steps: int = 240,
-             log_dir: Path | None = None, episode_timeout: float = 120.0, startup_timeout: float = 180.0,
-             progress=None, fake_policy: bool = False) -> list[dict]:
+             log_dir: Path | None = None, episode_timeout: float | None = None, startup_timeout: float = 180.0,
+             progress=None, fake_policy: bool = False, control_rate: float = 20.0) -> list[dict]:
     """Run ``episodes`` closed-loop episodes over ROS 2; one record per episode (seeds ``seed``, ``seed + 1``, ...).
 
     ``fake_policy``: the policy node runs its deterministic fake policy instead of the checkpoint (wiring checks).
+    ``control_rate``: Hz of the bridge's rows, and the policy node's control period (1 / control_rate).
+    ``episode_timeout``: seconds to wait for each episode's end (None: :func:`episode_deadline`).
     """
+    if episode_timeout is None:
+        episode_timeout = episode_deadline(max_steps, control_rate)
     import rclpy
     from rclpy.context import Context
     from rclpy.executors import SingleThreadedExecutor
@@ -69,7 +80,8 @@ def run_loop(checkpoint: str, preset: str = "paper", seed: int = 10_000, episode
 
     log_dir = Path(log_dir if log_dir is not None else tempfile.mkdtemp(prefix="testbed_ros_"))
     log_dir.mkdir(parents=True, exist_ok=True)
-    params = write_params_file(log_dir / "policy.yaml", policy_node_parameters(checkpoint, preset, fake_policy=fake_policy),
+    params = write_params_file(log_dir / "policy.yaml", policy_node_parameters(checkpoint, preset, fake_policy=fake_policy,
+                                                                      control_rate=control_rate),
                                POLICY_NODE_NAME)
     context = Context()
     rclpy.init(context=context)
@@ -97,7 +109,7 @@ def run_loop(checkpoint: str, preset: str = "paper", seed: int = 10_000, episode
     procs: dict[str, tuple[subprocess.Popen, Path]] = {}
 
     def start(name: str, cmd: list[str]) -> None:
-        log = log_dir / f"{name}.log"
+        log = log_dir / f"{name.replace(' ', '_')}.log"
         env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
         with open(log, "w") as fh:
             procs[name] = (subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT), log)
@@ -119,7 +131,7 @@ def run_loop(checkpoint: str, preset: str = "paper", seed: int = 10_000, episode
     try:
         # the bridge first: its episode waits for chunks, and this node hears the episode's every status only
         # once discovery has matched it with the bridge (a late joiner may miss a short episode's end)
-        start("task bridge", bridge_command(seed, episodes, max_steps))
+        start("task bridge", bridge_command(seed, episodes, max_steps, control_rate))
         spin_until(lambda: bool(statuses), startup_timeout, "the task bridge's first episode status")
         start("policy node", policy_command(params))
         for k in range(episodes):
@@ -158,6 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=10_000, help="task seed of the first episode (default 10000)")
     p.add_argument("--episodes", type=int, default=3, help="episodes to run (default 3)")
     p.add_argument("--max-steps", type=int, default=240, help="control steps before an episode times out (default 240)")
+    p.add_argument("--control-rate", type=float, default=20.0,
+                   help="Hz of the bridge's action rows; the policy node's control period follows (default 20)")
+    p.add_argument("--episode-timeout", type=float, default=None,
+                   help="seconds to wait for each episode's end (default: 60 + 4 * max_steps / control rate)")
     p.add_argument("--fake-policy", action="store_true",
                    help="the policy node runs its deterministic fake policy instead of the checkpoint (wiring check)")
     p.add_argument("--log-dir", default=None, help="where the nodes' logs go (default: a temporary directory)")
@@ -166,6 +182,12 @@ def main(argv: list[str] | None = None) -> int:
     if not (1 <= args.episodes <= 10_000 and 0 <= args.seed < 2**31 and 1 <= args.max_steps <= 100_000):
         print("error: --episodes must lie in [1, 10000], --max-steps in [1, 100000] and --seed in [0, 2**31)",
               file=sys.stderr)
+        return 2
+    if not 0.1 <= args.control_rate <= 200:
+        print(f"error: --control-rate={args.control_rate} must lie in [0.1, 200] Hz", file=sys.stderr)
+        return 2
+    if args.episode_timeout is not None and not args.episode_timeout > 0:
+        print(f"error: --episode-timeout={args.episode_timeout} must be > 0 seconds", file=sys.stderr)
         return 2
     from specprune_ros.core.config import closest
     from specprune_ros.core.presets import PRESETS
@@ -187,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         records = run_loop(args.checkpoint, args.preset, args.seed, args.episodes, args.max_steps,
-                           Path(args.log_dir) if args.log_dir else None, progress=show, fake_policy=args.fake_policy)
+                           Path(args.log_dir) if args.log_dir else None, episode_timeout=args.episode_timeout,
+                           progress=show, fake_policy=args.fake_policy, control_rate=args.control_rate)
     except LoopError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
