@@ -412,7 +412,7 @@ def test_every_preset_is_named_where_presets_are_listed():
     root = Path(__file__).resolve().parents[1]
     msg = (root / "msg" / "ActionChunk.msg").read_text()
     listed = {
-        "ActionChunk.msg": msg.split("\nstring preset")[0].rsplit("\n", 1)[-1],  # the comment above the field
+        "ActionChunk.msg": msg.split("\nstring preset")[0].rsplit("\n\n", 1)[-1],  # the comment above the field
         "PolicyConfig.preset": PolicyConfig.__dataclass_fields__["preset"].metadata.get("doc", ""),
         "config/policy.yaml": (root / "config" / "policy.yaml").read_text(),
     }

@@ -248,7 +248,7 @@ class PolicyNode(LifecycleNode):
                 f"generated messages specprune_ros.msg are not importable ({exc}); build them with `make setup` "
                 "and run in that environment (`source tools/ros_env.sh`)"
             ) from exc
-        # the sensor inputs and every output take `qos_overrides.<topic>.<subscription|publisher>.<policy>` parameters
+        # the sensor inputs and every output but /diagnostics take `qos_overrides.<topic>.<entity>.<policy>` parameters
         overridable = {"qos_overriding_options": QoSOverridingOptions.with_default_policies()}
         for view, topic, compressed in zip(cfg.camera_views, cfg.camera_topics, cfg.compressed):
             msg_type = CompressedImage if compressed else Image
@@ -275,7 +275,8 @@ class PolicyNode(LifecycleNode):
         pubs["chunk"] = self.create_lifecycle_publisher(ActionChunkMsg, "~/action_chunk", 10, **overridable)
         pubs["stats"] = self.create_lifecycle_publisher(InferenceStats, "~/inference_stats", 10, **overridable)
         if cfg.debug_image:
-            pubs["debug"] = self.create_lifecycle_publisher(Image, "~/debug_image", qos_profile_sensor_data)
+            pubs["debug"] = self.create_lifecycle_publisher(Image, "~/debug_image", copy.copy(qos_profile_sensor_data),
+                                                            **overridable)
         if not cfg.dry_run:  # dry run: no actuating publisher exists at all
             from geometry_msgs.msg import TwistStamped
             from trajectory_msgs.msg import JointTrajectory
@@ -681,7 +682,7 @@ class PolicyNode(LifecycleNode):
 USAGE = """usage: policy_node [--help] [--ros-args --params-file FILE -p NAME:=VALUE ...]
 
 Runs a (token-pruned) OpenVLA-OFT policy on a ROS 2 robot as the lifecycle node `specprune_policy`.
-Subscribes to the cameras, /joint_states, the instruction and robot_description; publishes
+Subscribes to the cameras, joint_states, the instruction and robot_description (relative names by default); publishes
 ~/action_chunk, ~/inference_stats, /diagnostics and, when dry_run is false, the enabled controller
 commands. Service ~/reset (std_srvs/Trigger) starts a new episode (policy state and chunk cleared); so does
 a new episode number on episode_status_topic when set. Parameters (a params file with a `specprune_policy: ros__parameters:` section, see

@@ -3,7 +3,8 @@
 Starts the two nodes of ``launch/testbed.launch.py`` as child processes: the task bridge ``testbed_sim_node``
 (cameras, joint states, instruction, URDF in; action chunks executed in real time) and the policy node (the
 checkpoint, pruned with a preset, with the launch file's parameters). The bridge's defaults here differ from
-the launch file's in ``seed`` (10000, not 0) and ``reset_delay`` (0.5 s, not 1.0). It then watches
+the launch file's in ``seed`` (10000, not 0), ``episodes`` (3, not 0 = endless) and ``reset_delay`` (0.5 s,
+not 1.0). It then watches
 ``/episode_status`` until the episodes are over and reports each one: success, steps, the chunks the policy
 node published for it, their latency and visual tokens kept.
 
@@ -64,7 +65,8 @@ def run_loop(checkpoint: str, preset: str = "paper", seed: int = 10_000, episode
 
     ``fake_policy``: the policy node runs its deterministic fake policy instead of the checkpoint (wiring checks).
     ``control_rate``: Hz of the bridge's rows, and the policy node's control period (1 / control_rate).
-    ``episode_timeout``: seconds to wait for each episode's end (None: :func:`episode_deadline`).
+    ``episode_timeout``: seconds to wait for each episode's end (None: :func:`episode_deadline`); the first
+    episode gets ``startup_timeout`` more (the policy node loads and warms up meanwhile).
     """
     if episode_timeout is None:
         episode_timeout = episode_deadline(max_steps, control_rate)
@@ -138,7 +140,8 @@ def run_loop(checkpoint: str, preset: str = "paper", seed: int = 10_000, episode
             def ended(k=k) -> bool:
                 return any((s.episode == k and s.status in ENDED) or s.episode > k for s in statuses)
 
-            spin_until(ended, startup_timeout if k == 0 else episode_timeout, f"the end of episode {k}")
+            # the first episode also waits for the policy node to load its checkpoint and warm up
+            spin_until(ended, episode_timeout + (startup_timeout if k == 0 else 0), f"the end of episode {k}")
             final = next((s for s in statuses if s.episode == k and s.status in ENDED), None)
             if final is None:
                 raise LoopError(f"episode {k} was followed by the next one, but its end was not received")
@@ -173,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--control-rate", type=float, default=20.0,
                    help="Hz of the bridge's action rows; the policy node's control period follows (default 20)")
     p.add_argument("--episode-timeout", type=float, default=None,
-                   help="seconds to wait for each episode's end (default: 60 + 4 * max_steps / control rate)")
+                   help="seconds to wait for each episode's end (default: 60 + 4 * max_steps / control rate; the "
+                   "first episode gets 180 s more while the policy node loads)")
     p.add_argument("--fake-policy", action="store_true",
                    help="the policy node runs its deterministic fake policy instead of the checkpoint (wiring check)")
     p.add_argument("--log-dir", default=None, help="where the nodes' logs go (default: a temporary directory)")
