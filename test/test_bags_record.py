@@ -19,8 +19,35 @@ from specprune_ros.bags.bagio import Bag
 BIN = Path(sys.executable).parent
 
 
-def test_record_until_ctrl_c(ros_context, tmp_path):
+def _record_until_ctrl_c(ros_context, node, pub, args: list[str], publish) -> tuple[int, str, str]:
+    """Run ``specprune-record ARGS --no-progress --json`` while ``node`` spins; once the recorder subscribed to
+    ``pub``, call ``publish()``, wait until every message is acknowledged, stop it with Ctrl-C: (code, out, err)."""
+    from rclpy.duration import Duration
     from rclpy.executors import SingleThreadedExecutor
+
+    executor = SingleThreadedExecutor(context=ros_context)
+    executor.add_node(node)
+    proc = subprocess.Popen([str(BIN / "specprune-record"), *args, "--no-progress", "--json"],
+                            env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while pub.get_subscription_count() == 0 and time.monotonic() < deadline:
+            executor.spin_once(timeout_sec=0.05)
+        assert pub.get_subscription_count() > 0, "the recorder never subscribed"
+        publish()
+        assert pub.wait_for_all_acked(Duration(seconds=30))
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        executor.shutdown()
+        node.destroy_node()
+    return proc.returncode, stdout, stderr
+
+
+def test_record_until_ctrl_c(ros_context, tmp_path):
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import JointState
     from std_msgs.msg import String
@@ -30,35 +57,18 @@ def test_record_until_ctrl_c(ros_context, tmp_path):
     text_pub = node.create_publisher(String, "/rec_test/instruction", latched)
     joint_pub = node.create_publisher(JointState, "/rec_test/joints", QoSProfile(depth=100))
     text_pub.publish(String(data="stack the cups"))  # before the recorder exists: fetched through durability
-    executor = SingleThreadedExecutor(context=ros_context)
-    executor.add_node(node)
     out = tmp_path / "rec"
-    proc = subprocess.Popen(
-        [str(BIN / "specprune-record"), str(out), "--storage=mcap", "--topics", "/rec_test/instruction,/rec_test/joints",
-         "--no-progress", "--json"],
-        env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        while joint_pub.get_subscription_count() == 0 and time.monotonic() < deadline:
-            executor.spin_once(timeout_sec=0.05)
-        assert joint_pub.get_subscription_count() > 0, "the recorder never subscribed"
+
+    def publish() -> None:
         for k in range(25):
             msg = JointState(name=["a", "b"], position=[0.1 * k, -0.1 * k], velocity=[1.0, 2.0])  # effort empty
             msg.header.stamp.sec = 100 + k
             joint_pub.publish(msg)
-        from rclpy.duration import Duration
 
-        assert joint_pub.wait_for_all_acked(Duration(seconds=30))
-        time.sleep(0.5)
-        proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        executor.shutdown()
-        node.destroy_node()
-    assert proc.returncode == 0, stderr
+    code, stdout, stderr = _record_until_ctrl_c(
+        ros_context, node, joint_pub, [str(out), "--storage=mcap", "--topics", "/rec_test/instruction,/rec_test/joints"],
+        publish)
+    assert code == 0, stderr
     assert "Traceback" not in stderr
     summary = json.loads(stdout)
     assert summary["interrupted"] is True
@@ -101,37 +111,15 @@ def test_nothing_recorded_is_an_error(tmp_path, storage):
 
 
 def test_relative_topic_names_are_reported_resolved(ros_context, tmp_path):
-    from rclpy.duration import Duration
-    from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import QoSProfile
     from std_msgs.msg import String
 
     node = rclpy.create_node("record_relative_source", context=ros_context)
     pub = node.create_publisher(String, "/rec_rel/text", QoSProfile(depth=100))
-    executor = SingleThreadedExecutor(context=ros_context)
-    executor.add_node(node)
-    proc = subprocess.Popen(
-        [str(BIN / "specprune-record"), str(tmp_path / "rel"), "--topics", "rec_rel/text,rec_rel/silent",
-         "--no-progress", "--json"],
-        env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        while pub.get_subscription_count() == 0 and time.monotonic() < deadline:
-            executor.spin_once(timeout_sec=0.05)
-        assert pub.get_subscription_count() > 0, "the recorder never subscribed"
-        for k in range(3):
-            pub.publish(String(data=f"m{k}"))
-        assert pub.wait_for_all_acked(Duration(seconds=30))
-        time.sleep(0.5)
-        proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        executor.shutdown()
-        node.destroy_node()
-    assert proc.returncode == 0, stderr
+    code, stdout, stderr = _record_until_ctrl_c(
+        ros_context, node, pub, [str(tmp_path / "rel"), "--topics", "rec_rel/text,rec_rel/silent"],
+        lambda: [pub.publish(String(data=f"m{k}")) for k in range(3)])
+    assert code == 0, stderr
     summary = json.loads(stdout)
     assert summary["topics"] == {"/rec_rel/text": 3}
     assert summary["not_seen"] == ["/rec_rel/silent"]  # the resolved name, and only the topic without messages
