@@ -44,7 +44,7 @@ from ..core.images import ImageDecodeError, decode_compressed, decode_raw
 from ..core.kinematics import KinematicModel
 from ..core.proprio import ProprioBuilder, ProprioConfig
 from ..core.sync import SyncConfig, Synchronizer, SyncInputError
-from ..core.types import ActionChunk, InputError, Observation
+from ..core.types import ActionChunk, InputError, Observation, warm_up
 from .bagio import NS, Bag, BagError
 
 PROG = "specprune-eval"
@@ -295,16 +295,13 @@ def _build_policies(args, inputs: EvalInputs, node_cfg, policy_kw: dict, presets
 
 
 def _warm_up(runs: list[RunRecord], inputs: EvalInputs) -> None:
-    """One untimed inference per policy on mid-grey frames, then ``reset``, as the node's warm-up at configure:
-    first-call costs (allocations, kernels, caches) stay out of the timings."""
-    frames = {v: np.full((224, 224, 3), 128, np.uint8) for v in inputs.sync.views}
-    proprio = np.zeros(inputs.proprio.dim) if inputs.proprio.dim else None
+    """The node's warm-up (:func:`~specprune_ros.core.types.warm_up`) for every run: first-call costs stay out
+    of the timings."""
     for run in runs:
         try:
-            run.policy.infer(Observation(images=frames, proprio=proprio, instruction="warm up", stamp=0.0))
+            warm_up(run.policy, inputs.sync.views, inputs.proprio.dim)
         except FloatingPointError:  # NaN/inf actions: counted on the bag's observations, where they matter
             pass
-        run.policy.reset()
 
 
 def _infer(run: RunRecord, obs: Observation) -> ActionChunk | None:

@@ -186,3 +186,14 @@ class Policy(Protocol):
     def reset(self) -> None:
         """Start a new episode: forget carried-over state (global token set, frame history, mode)."""
         ...
+
+
+def warm_up(policy: Policy, views, proprio_dim: int | None) -> None:
+    """One inference on mid-grey 224x224 frames, then ``reset`` (also when the inference raised): first-call costs
+    (allocations, kernels, caches) are paid here, out of every timing and before the first real observation."""
+    frames = {v: np.full((224, 224, 3), 128, np.uint8) for v in views}
+    proprio = np.zeros(proprio_dim) if proprio_dim else None
+    try:
+        policy.infer(Observation(images=frames, proprio=proprio, instruction="warm up", stamp=0.0))
+    finally:
+        policy.reset()

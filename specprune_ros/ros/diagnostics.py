@@ -197,9 +197,10 @@ class BridgeHealth:
     NaN, another control period) or a simulator failure until a chunk is accepted again or an episode starts
     (reported at least once, as the policy node's errors). Chunks dropped because they answer no pending
     observation (computed before the episode began, or for an older observation, or sent while no episode runs)
-    are counted, not errors: a policy that queried while an episode ended sends them in normal operation. But :data:`STALE_STREAK` stale chunks in a row,
-    none accepted in between, are a WARN until a chunk is accepted or an episode starts: their stamps predate
-    the observation they should answer, as when the policy's clock is not the simulator's.
+    are counted, not errors: a policy that queried while an episode ended sends them in normal operation. But
+    :data:`STALE_STREAK` stale chunks in a row, none accepted in between, are a WARN until a chunk is accepted or
+    an episode starts: their stamps predate the observation they should answer, as when the policy's clock is
+    not the simulator's.
     """
 
     #: consecutive stale chunks (none accepted in between) that make a WARN

@@ -373,9 +373,9 @@ def configs_from_values(values: Mapping[str, Any]) -> tuple[NodeConfig, dict[str
     Missing names take their defaults; unknown names raise :class:`NodeConfigError` with the closest name.
     """
     specs = {s.name: s for s in parameter_specs()}
-    unknown = [k for k in values if k not in specs and k not in ROS_BUILTIN_PARAMETERS and not k.startswith("qos_overrides.")]
+    unknown = unknown_parameters(values, specs)
     if unknown:
-        raise NodeConfigError(f"unknown parameter(s): {_hints(unknown, specs)}")
+        raise NodeConfigError(f"unknown parameter(s): {name_hints(unknown, specs)}")
     node_kw: dict[str, Any] = {}
     policy_kw: dict[str, Any] = {}
     for name, spec in specs.items():
@@ -388,18 +388,20 @@ def configs_from_values(values: Mapping[str, Any]) -> tuple[NodeConfig, dict[str
     return NodeConfig(**node_kw), policy_kw
 
 
-def _hints(names, specs) -> str:
+def name_hints(names, known) -> str:
+    """``names`` quoted, each with the closest of ``known`` if one is close: ``'episode' (did you mean 'episodes'?)``."""
     out = []
     for k in names:
-        match = difflib.get_close_matches(k, list(specs), n=1, cutoff=0.5)
+        match = difflib.get_close_matches(k, list(known), n=1, cutoff=0.5)
         out.append(f"{k!r}" + (f" (did you mean {match[0]!r}?)" if match else ""))
     return ", ".join(out)
 
 
-def unknown_parameters(names) -> list[str]:
-    """Names (e.g. from a params file or the node's overrides) that are not parameters of this node."""
-    specs = {s.name for s in parameter_specs()}
-    return [n for n in names if n not in specs and n not in ROS_BUILTIN_PARAMETERS and not n.startswith("qos_overrides.")]
+def unknown_parameters(names, known=None) -> list[str]:
+    """Names (e.g. from a params file or a node's overrides) that are neither in ``known`` (a node's parameter
+    names; default: the policy node's) nor ROS's own parameters (``use_sim_time``, ``qos_overrides.*``)."""
+    known = {s.name for s in parameter_specs()} if known is None else known
+    return [n for n in names if n not in known and n not in ROS_BUILTIN_PARAMETERS and not n.startswith("qos_overrides.")]
 
 
 #: scalars rcl's params-file parser reads as booleans (YAML 1.1 plus y/n); PyYAML alone misses y and n

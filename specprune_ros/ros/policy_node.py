@@ -202,14 +202,11 @@ class PolicyNode(LifecycleNode):
         )
 
     def _warm_up(self, policy: Policy, cfg: NodeConfig, proprio_cfg: ProprioConfig) -> None:
-        """One inference on mid-grey frames (then ``reset``): first-call costs (allocations, kernels) happen here."""
-        from specprune_ros.core.types import Observation
+        """:func:`~specprune_ros.core.types.warm_up`, timed in the log."""
+        from specprune_ros.core.types import warm_up
 
-        frames = {v: np.full((224, 224, 3), 128, np.uint8) for v in cfg.camera_views}
-        proprio = np.zeros(proprio_cfg.dim) if proprio_cfg.dim else None
         t0 = time.perf_counter()
-        policy.infer(Observation(images=frames, proprio=proprio, instruction="warm up", stamp=0.0))
-        policy.reset()
+        warm_up(policy, cfg.camera_views, proprio_cfg.dim)
         self.get_logger().info(f"warm-up inference: {time.perf_counter() - t0:.3f} s")
 
     def _make_policy(self, cfg: NodeConfig, policy_cfg, proprio_cfg: ProprioConfig) -> Policy:

@@ -198,24 +198,13 @@ class TestbedRunner:
         return self.task.joint_velocities() * (self.task.config.control_dt * self.config.control_rate)
 
 
-def unknown_parameter_hints(names: list[str]) -> list[str]:
-    """Each name, with the closest parameter of the bridge if one is close (``episode`` -> ``episodes``)."""
-    import difflib
-
-    out = []
-    for name in names:
-        match = difflib.get_close_matches(name, list(PARAM_DOC), n=1, cutoff=0.5)
-        out.append(f"{name!r}" + (f" (did you mean {match[0]!r}?)" if match else ""))
-    return out
-
-
 def make_node(config_overrides: dict | None = None, **node_kwargs):
     """Create the bridge node (rclpy must be initialized). ``config_overrides`` set parameters in tests."""
     from rclpy.node import Node
 
     from specprune_ros.ros.conversions import stamp_to_ns
     from specprune_ros.ros.diagnostics import BridgeHealth, to_diagnostic_array
-    from specprune_ros.ros.parameters import ROS_BUILTIN_PARAMETERS, declare_typed
+    from specprune_ros.ros.parameters import declare_typed, name_hints, unknown_parameters
     from rcl_interfaces.msg import ParameterDescriptor
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -248,8 +237,7 @@ def make_node(config_overrides: dict | None = None, **node_kwargs):
                 self.set_descriptor(f.name, ParameterDescriptor(description=PARAM_DOC[f.name], dynamic_typing=True,
                                                                 read_only=True))
             self.config = BridgeConfig(**values)
-            unknown = [n for n in self._parameter_overrides
-                       if n not in values and n not in ROS_BUILTIN_PARAMETERS and not n.startswith("qos_overrides.")]
+            unknown = unknown_parameters(self._parameter_overrides, values)
             self.runner = TestbedRunner(self.config)
             latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                                  durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -266,7 +254,7 @@ def make_node(config_overrides: dict | None = None, **node_kwargs):
             self.health = BridgeHealth()
             if unknown:
                 self.health.unknown_parameters = sorted(unknown)
-                self.get_logger().warning(f"unknown parameters ignored: {', '.join(unknown_parameter_hints(unknown))}")
+                self.get_logger().warning(f"unknown parameters ignored: {name_hints(unknown, values)}")
             self._pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
             self.create_subscription(ActionChunk, self.config.action_chunk_topic, self._on_chunk, 10)
             self.create_service(Trigger, "~/reset", self._on_reset)
