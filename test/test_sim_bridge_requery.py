@@ -139,6 +139,16 @@ def test_bridge_reports_refusals_on_diagnostics(ros_context):
             probe.destroy_node()
 
 
+def test_bridge_parameters_are_read_only(ros_context):
+    """Read at start-up: a set at run time is refused with a reason, not reported done and ignored."""
+    from rclpy.parameter import Parameter
+
+    with scripted_bridge(ros_context) as (bridge, _send, _sim):
+        (result,) = bridge.set_parameters([Parameter("idle_tick_period", value=1.0)])
+        assert not result.successful and "read-only" in result.reason
+        assert bridge.get_parameter("idle_tick_period").value == 600.0
+
+
 def test_requery_rows_rule():
     from specprune_ros.core.controller import requery_rows
 

@@ -320,10 +320,12 @@ def declare_typed(node, name: str, default: Any, doc: str) -> Any:
     """Declare parameter ``name`` of a node whose parameters mirror a dataclass (the simulator bridges) and
     return its value as the type of ``default``: an integer where a float is expected is taken (``-p
     control_rate:=20``); any other type, or a float that is NaN or inf, raises ``ValueError`` naming the
-    parameter."""
+    parameter. Read-only: the bridges read their parameters at start-up, so a set at run time is refused
+    instead of reporting success and changing nothing."""
     from rcl_interfaces.msg import ParameterDescriptor
 
-    value = node.declare_parameter(name, default, ParameterDescriptor(description=doc, dynamic_typing=True)).value
+    descriptor = ParameterDescriptor(description=doc, dynamic_typing=True, read_only=True)
+    value = node.declare_parameter(name, default, descriptor).value
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if type(value) is not type(default):

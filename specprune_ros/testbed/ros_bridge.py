@@ -205,7 +205,6 @@ def make_node(config_overrides: dict | None = None, **node_kwargs):
     from specprune_ros.ros.conversions import stamp_to_ns
     from specprune_ros.ros.diagnostics import BridgeHealth, to_diagnostic_array
     from specprune_ros.ros.parameters import declare_typed, name_hints, unknown_parameters
-    from rcl_interfaces.msg import ParameterDescriptor
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
     from sensor_msgs.msg import Image, JointState
@@ -233,9 +232,6 @@ def make_node(config_overrides: dict | None = None, **node_kwargs):
             values = {}
             for f in fields(BridgeConfig):  # ValueError: wrong type, NaN or inf
                 values[f.name] = declare_typed(self, f.name, getattr(defaults, f.name), PARAM_DOC[f.name])
-                # read at start-up only: a set at run time is refused instead of reporting success and changing nothing
-                self.set_descriptor(f.name, ParameterDescriptor(description=PARAM_DOC[f.name], dynamic_typing=True,
-                                                                read_only=True))
             self.config = BridgeConfig(**values)
             unknown = unknown_parameters(self._parameter_overrides, values)
             self.runner = TestbedRunner(self.config)
