@@ -297,6 +297,25 @@ def configure_failure(array, node_name: str) -> str | None:
     return None
 
 
+class ConfigureFailureWatch:
+    """Subscribes ``node`` to /diagnostics and keeps in ``error`` the first configure error the policy node
+    ``node_name`` reports (:func:`configure_failure`), for a process that starts a policy node and must not wait
+    on one that stays up unconfigured; :meth:`clear` forgets it (before another policy node starts)."""
+
+    def __init__(self, node, node_name: str) -> None:
+        from diagnostic_msgs.msg import DiagnosticArray
+
+        self.node_name = node_name
+        self.error: str | None = None
+        node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
+
+    def _on_diagnostics(self, array) -> None:
+        self.error = self.error or configure_failure(array, self.node_name)
+
+    def clear(self) -> None:
+        self.error = None
+
+
 def diagnostic_name(node) -> str:
     """How ``node`` names itself on /diagnostics: its fully qualified name without the leading slash (the node
     name in the root namespace; ``arm1/specprune_policy`` in ``/arm1``, so two instances stay apart)."""

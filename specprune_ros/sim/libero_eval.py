@@ -303,11 +303,10 @@ class _RosRun:
         from rclpy.context import Context
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-        from diagnostic_msgs.msg import DiagnosticArray
         from std_srvs.srv import Trigger
 
         from specprune_ros.msg import ActionChunk, EpisodeStatus
-        from specprune_ros.ros.diagnostics import configure_failure
+        from specprune_ros.ros.diagnostics import ConfigureFailureWatch
 
         from .launching import POLICY_NODE_NAME
 
@@ -323,12 +322,7 @@ class _RosRun:
         self.chunks: list = []
         self.node.create_subscription(EpisodeStatus, "/episode_status", self.status.append, latched)
         self.node.create_subscription(ActionChunk, "/specprune_policy/action_chunk", self.chunks.append, 50)
-        self.policy_error: str | None = None  # the policy node is alive but could not configure (e.g. a bad checkpoint)
-
-        def on_diagnostics(msg) -> None:
-            self.policy_error = self.policy_error or configure_failure(msg, POLICY_NODE_NAME)
-
-        self.node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
+        self.policy_watch = ConfigureFailureWatch(self.node, POLICY_NODE_NAME)  # up but unconfigured: a bad checkpoint
         self.reset_client = self.node.create_client(Trigger, "/libero_sim_node/reset")
         self.Trigger = Trigger
         self.policy_proc: subprocess.Popen | None = None
@@ -350,7 +344,7 @@ class _RosRun:
             unnorm_key=self.plan.unnorm_key, fake_policy=self.plan.fake_policy, device=self.plan.device,
         )
         params = write_policy_params(self.log_dir / f"policy_{preset}.yaml", args)
-        self.policy_error = None
+        self.policy_watch.clear()
         log = open(self.log_dir / f"policy_{preset}.log", "w")
         env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
         self.policy_proc = subprocess.Popen(
@@ -381,8 +375,8 @@ class _RosRun:
         self.bridge_proc = None
 
     def _check_alive(self) -> None:
-        if self.policy_error is not None:
-            raise EvalError(f"the policy node could not start: {self.policy_error} (log: {self.policy_log})")
+        if self.policy_watch.error is not None:
+            raise EvalError(f"the policy node could not start: {self.policy_watch.error} (log: {self.policy_log})")
         for name, proc, log in (("policy node", self.policy_proc, getattr(self, "policy_log", "")),
                                 ("bridge", self.bridge_proc, getattr(self, "bridge_log", ""))):
             if proc is not None and proc.poll() is not None:

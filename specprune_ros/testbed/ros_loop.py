@@ -75,10 +75,8 @@ def run_loop(checkpoint: str, preset: str = "paper", seed: int = 10_000, episode
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
-    from diagnostic_msgs.msg import DiagnosticArray
-
     from specprune_ros.msg import ActionChunk, EpisodeStatus
-    from specprune_ros.ros.diagnostics import configure_failure
+    from specprune_ros.ros.diagnostics import ConfigureFailureWatch
 
     log_dir = Path(log_dir if log_dir is not None else tempfile.mkdtemp(prefix="testbed_ros_"))
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -100,14 +98,7 @@ def run_loop(checkpoint: str, preset: str = "paper", seed: int = 10_000, episode
     status_qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
     node.create_subscription(EpisodeStatus, "/episode_status", statuses.append, status_qos)
     node.create_subscription(ActionChunk, CHUNK_TOPIC, on_chunk, 50)
-    policy_error: list[str] = []  # the policy node is alive but could not configure (e.g. a bad checkpoint)
-
-    def on_diagnostics(msg) -> None:
-        error = configure_failure(msg, POLICY_NODE_NAME)
-        if error is not None:
-            policy_error.append(error)
-
-    node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
+    policy_watch = ConfigureFailureWatch(node, POLICY_NODE_NAME)  # alive but unconfigured (a bad checkpoint)
     procs: dict[str, tuple[subprocess.Popen, Path]] = {}
 
     def start(name: str, cmd: list[str]) -> None:
@@ -119,8 +110,8 @@ def run_loop(checkpoint: str, preset: str = "paper", seed: int = 10_000, episode
     def spin_until(predicate, timeout: float, what: str) -> None:
         end = time.monotonic() + timeout
         while not predicate():
-            if policy_error:
-                raise LoopError(f"the policy node could not start: {policy_error[0]} (logs in {log_dir})")
+            if policy_watch.error is not None:
+                raise LoopError(f"the policy node could not start: {policy_watch.error} (logs in {log_dir})")
             for name, (proc, log) in procs.items():
                 if proc.poll() is not None:
                     raise LoopError(f"the {name} exited with code {proc.returncode}; its log ({log}) ends with:\n"
