@@ -87,6 +87,7 @@ class PolicyNode(LifecycleNode):
     def __init__(self, node_name: str = NODE_NAME, policy_factory: PolicyFactory | None = None, **kwargs) -> None:
         super().__init__(node_name, **kwargs)
         self._specs = parameter_specs()
+        self._names = {s.name for s in self._specs}
         for spec in self._specs:
             _declare(self, spec)
         self._policy_factory = policy_factory
@@ -405,7 +406,7 @@ class PolicyNode(LifecycleNode):
         from rcl_interfaces.msg import SetParametersResult
         from rclpy.parameter import Parameter
 
-        names = {s.name for s in self._specs}
+        names = self._names
         reasons = [f"parameter {p.name} cannot be deleted" for p in params
                    if p.name in names and p.type_ == Parameter.Type.NOT_SET]
         reasons += [r for p in params if (r := check_value(p.name, p.value)) is not None]
@@ -419,7 +420,7 @@ class PolicyNode(LifecycleNode):
         for p in params:
             if p.name == "instruction" and isinstance(p.value, str):
                 self._set_instruction(p.value)
-            elif self.policy is not None and p.name in {s.name for s in self._specs}:
+            elif self.policy is not None and p.name in self._names:
                 self.get_logger().info(f"parameter {p.name} changed: it applies at the next configure (cleanup, then "
                                        "configure)")
 

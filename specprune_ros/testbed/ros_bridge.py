@@ -83,6 +83,15 @@ PARAM_DOC = {
 }
 
 
+def policy_control_dt(control_rate: float) -> float:
+    """The policy node's control period for a bridge executing rows at ``control_rate`` Hz: ``1 / control_rate``;
+    ValueError outside [0.1, 200] Hz (the node's ``control_dt`` lies in [0.001, 10] s)."""
+    if not 0.1 <= control_rate <= 200:
+        raise ValueError(f"control_rate={control_rate} must lie in [0.1, 200] Hz: the policy node runs its control "
+                         "loop at the bridge's rate (control_dt = 1 / control_rate, at most 10 s)")
+    return 1.0 / control_rate
+
+
 def policy_node_parameters(checkpoint: str, preset: str = "paper", device: str = "cpu", fake_policy: bool = False,
                            control_rate: float = BridgeConfig.control_rate) -> dict:
     """Parameters of ``policy_node`` (``specprune_policy``) for the test bed: topics, gantry kinematics, proprio.
@@ -96,9 +105,6 @@ def policy_node_parameters(checkpoint: str, preset: str = "paper", device: str =
     bridge's (``1 / control_rate``), so that it queries again when the bridge has executed the chunk's rows.
     ``launch/testbed.launch.py`` and :mod:`~specprune_ros.testbed.ros_loop` start the node with these.
     """
-    if not 0.1 <= control_rate <= 200:  # the policy node's control_dt lies in [0.001, 10] s
-        raise ValueError(f"control_rate={control_rate} must lie in [0.1, 200] Hz: the policy node runs its control "
-                         "loop at the bridge's rate (control_dt = 1 / control_rate, at most 10 s)")
     return {
         "checkpoint": checkpoint,
         "preset": preset,
@@ -119,7 +125,7 @@ def policy_node_parameters(checkpoint: str, preset: str = "paper", device: str =
         "gripper_joints": list(JOINT_NAMES[4:]),
         "gripper_scales": [1.0, -1.0],
         "base_frame": "world",
-        "control_dt": 1.0 / control_rate,
+        "control_dt": policy_control_dt(control_rate),
         "dry_run": True,
     }
 

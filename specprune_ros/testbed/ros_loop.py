@@ -29,7 +29,7 @@ from ..rosenv import stop_process
 from ..sim.launching import ros_param_args, write_params_file
 from . import TESTBED_CHECKPOINT
 from .ros_bridge import NODE_NAME as BRIDGE_NODE_NAME
-from .ros_bridge import policy_node_parameters
+from .ros_bridge import policy_control_dt, policy_node_parameters
 
 POLICY_NODE_NAME = "specprune_policy"
 CHUNK_TOPIC = f"/{POLICY_NODE_NAME}/action_chunk"
@@ -178,8 +178,10 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --episodes must lie in [1, 10000], --max-steps in [1, 100000] and --seed in [0, 2**31)",
               file=sys.stderr)
         return 2
-    if not 0.1 <= args.control_rate <= 200:
-        print(f"error: --control-rate={args.control_rate} must lie in [0.1, 200] Hz", file=sys.stderr)
+    try:
+        policy_control_dt(args.control_rate)
+    except ValueError as err:
+        print(f"error: --control-rate: {err}", file=sys.stderr)
         return 2
     if args.episode_timeout is not None and not args.episode_timeout > 0:
         print(f"error: --episode-timeout={args.episode_timeout} must be > 0 seconds", file=sys.stderr)
