@@ -240,6 +240,18 @@ def test_reset_starts_the_next_initial_state(bridge):
     assert (client.status[-1].episode, client.status[-1].step) == (1, 0)
 
 
+def test_a_reset_mid_episode_ends_the_running_episode_as_aborted(bridge):
+    client, _, _ = bridge
+    assert client.status[-1].status == "running" and client.status[-1].episode == 1
+    seen = len(client.status)
+    future = client.reset.call_async(client.reset.srv_type.Request())
+    client.spin_until(future.done, "the reset response")
+    assert future.result().success, future.result().message
+    client.spin_until(lambda: client.status[-1].episode == 2 and client.status[-1].status == "running", "episode 2 running")
+    after = [(m.episode, m.status) for m in client.status[seen:]]
+    assert after[0] == (1, "aborted") and (2, "waiting") in after, after
+
+
 @pytest.mark.parametrize(
     "params,message",
     [

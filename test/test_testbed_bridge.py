@@ -164,7 +164,16 @@ def test_node_refuses_future_chunks_parameter_sets_extra_resets_and_names_unknow
     node = make_node({"episodes": 2, "action_chunk_topic": f"/checks_{os.getpid()}"}, context=ros_context)
     try:
         assert node.health.snapshot()[2]["unknown_parameters"] == ""
+        sent = []  # what /episode_status receives
+        publish = node._pub_status.publish
+        node._pub_status.publish = lambda m: (sent.append((m.episode, m.status, m.step)), publish(m))
+        node._on_chunk(_chunk(msg, node.get_clock().now().nanoseconds))
+        node._tick()
+        assert node.runner.task.state.step == 1
+        sent.clear()
         assert node._on_reset(Trigger.Request(), Trigger.Response()).success and node.runner.episode == 1
+        # the replaced episode ends visibly (its last status), then the next one starts
+        assert sent == [(0, "aborted", 1), (1, "running", 0)]
         assert not node._on_reset(Trigger.Request(), Trigger.Response()).success and node.runner.episode == 1
         assert node.health.snapshot()[0] == OK
     finally:

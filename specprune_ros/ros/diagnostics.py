@@ -253,7 +253,7 @@ class BridgeHealth:
             self._status.set(ERROR, message)
 
     def episode_update(self, episode: int, status: str, started: bool = False) -> None:
-        """The episode's index and status (waiting, running, success, timeout, failure); ``started``: it has
+        """The episode's index and status (waiting, running, success, timeout, failure, aborted); ``started``: it has
         just begun, which clears an earlier failure."""
         with self._lock:
             self.episode, self.episode_status = episode, status

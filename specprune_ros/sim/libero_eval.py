@@ -410,7 +410,7 @@ class _RosRun:
 
         def ended() -> bool:
             return bool(self.status) and self.status[-1].episode == index and self.status[-1].status in (
-                "success", "timeout", "failure")
+                "success", "timeout", "failure", "aborted")
 
         finished = self.spin_until(ended, timeout, "the episode's end")
         st = self.status[-1] if self.status else None

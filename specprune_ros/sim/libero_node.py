@@ -64,6 +64,7 @@ from .protocol import (
     Episode,
     ProtocolConfig,
     ProtocolError,
+    STATUS_ABORTED,
     STATUS_FAILURE,
     SimBackend,
     SimFrame,
@@ -294,6 +295,10 @@ class LiberoBridge(Node):
         n_states = int(getattr(self.sim, "num_init_states", 0) or 0)
         init_state = self.next_init_state % n_states if n_states else self.next_init_state
         self.next_init_state = init_state + 1
+        if self.episode is not None and self.episode.running:  # replaced before it ended: its last status
+            self._publish_status(status=STATUS_ABORTED)
+            self.health.episode_update(self.episode_index, STATUS_ABORTED)
+            self.get_logger().info(f"episode {self.episode_index} aborted by a reset after {self.episode.step} steps")
         self.episode_index += 1
         self.episode_chunks = 0
         self.pause_ns = None

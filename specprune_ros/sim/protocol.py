@@ -58,7 +58,9 @@ STATUS_RUNNING = "running"
 STATUS_SUCCESS = "success"
 STATUS_TIMEOUT = "timeout"
 STATUS_FAILURE = "failure"
-END_STATUSES = (STATUS_SUCCESS, STATUS_TIMEOUT, STATUS_FAILURE)
+#: The episode was replaced by a reset (``~/reset``) before it ended.
+STATUS_ABORTED = "aborted"
+END_STATUSES = (STATUS_SUCCESS, STATUS_TIMEOUT, STATUS_FAILURE, STATUS_ABORTED)
 
 
 class ProtocolError(ValueError):

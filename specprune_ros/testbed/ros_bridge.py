@@ -134,7 +134,8 @@ class TestbedRunner:
     """Episode bookkeeping and chunk execution, without ROS.
 
     ``on_chunk`` accepts a (rows, 7) action array (replacing any rows left); ``tick`` executes one row and
-    returns True if it did. ``status`` is waiting / running / success / timeout.
+    returns True if it did. ``status`` is waiting / running / success / timeout (a bridge reports a running episode that a
+    reset replaces as aborted).
     """
 
     __test__ = False  # not a pytest class
@@ -269,6 +270,11 @@ def make_node(config_overrides: dict | None = None, **node_kwargs):
 
         # -- episodes
         def _start(self) -> None:
+            if self.runner.status == "running":  # replaced before it ended: its last status
+                self._publish_status(status="aborted")
+                self.health.episode_update(self.runner.episode, "aborted")
+                self.get_logger().info(f"episode {self.runner.episode} aborted by a reset after "
+                                       f"{self.runner.task.state.step} steps")
             task = self.runner.start_episode()
             self._episode_start_ns = self.get_clock().now().nanoseconds  # the first observation's stamp
             self._pub_instruction.publish(String(data=task.instruction))
@@ -381,7 +387,7 @@ def make_node(config_overrides: dict | None = None, **node_kwargs):
                     msg.data = img.tobytes()
                     self._pub_images[view].publish(msg)
 
-        def _publish_status(self) -> None:
+        def _publish_status(self, status: str | None = None) -> None:
             r = self.runner
             msg = self._EpisodeStatus()
             msg.header.stamp = self.get_clock().now().to_msg()
@@ -390,7 +396,7 @@ def make_node(config_overrides: dict | None = None, **node_kwargs):
             msg.episode = max(r.episode, 0)
             msg.step = r.task.state.step if r.task is not None else 0
             msg.max_steps = self.config.max_steps
-            msg.status = r.status
+            msg.status = status or r.status
             msg.success = r.status == "success"
             msg.chunks = r.chunks
             self._pub_status.publish(msg)

@@ -33,7 +33,7 @@ from .ros_bridge import policy_control_dt, policy_node_parameters
 
 POLICY_NODE_NAME = "specprune_policy"
 CHUNK_TOPIC = f"/{POLICY_NODE_NAME}/action_chunk"
-ENDED = ("success", "timeout")
+ENDED = ("success", "timeout", "aborted")  # aborted: another client reset the bridge mid-episode
 
 
 class LoopError(RuntimeError):
