@@ -190,6 +190,18 @@ def test_record_refuses_a_bad_topic_name_before_creating_the_bag(tmp_path, capsy
     assert not out.exists()
 
 
+@pytest.mark.parametrize("args,words", [
+    (["--namespace=arm 1"], ("--namespace", "not a valid namespace")),
+    (["--node=policy-a"], ("--node", "not a valid node name")),
+    (["--node=policy_a", "--topics=/joint_states"], ("--node", "with --topics")),
+])
+def test_record_refuses_a_bad_namespace_or_node_before_creating_the_bag(tmp_path, capsys, args, words):
+    out = tmp_path / "never"
+    assert record.main([str(out), *args, "--duration=0.1", "--no-progress"]) == 2
+    one_line_error(capsys.readouterr().err, *words)
+    assert not out.exists()
+
+
 def test_eval_names_an_unreadable_params_or_urdf_file(good, tmp_path, capsys):
     png = tmp_path / "robot.png"
     png.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00\x01")

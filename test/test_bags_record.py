@@ -124,3 +124,26 @@ def test_relative_topic_names_are_reported_resolved(ros_context, tmp_path):
     assert summary["topics"] == {"/rec_rel/text": 3}
     assert summary["not_seen"] == ["/rec_rel/silent"]  # the resolved name, and only the topic without messages
     assert "no messages on: /rec_rel/silent\n" in stderr and "rec_rel/text" not in stderr
+
+
+def test_namespace_resolves_the_default_topics(ros_context, tmp_path):
+    """A policy node launched with namespace:=arm1 reads and writes under /arm1: --namespace=/arm1 records
+    those topics, and the same topics of the root namespace are not recorded."""
+    from rclpy.qos import QoSProfile
+    from sensor_msgs.msg import JointState
+
+    node = rclpy.create_node("record_ns_source", context=ros_context)
+    arm = node.create_publisher(JointState, "/rec_ns_arm/joint_states", QoSProfile(depth=100))
+    root = node.create_publisher(JointState, "/joint_states", QoSProfile(depth=100))
+
+    def publish() -> None:
+        for k in range(4):
+            arm.publish(JointState(name=["a"], position=[float(k)]))
+            root.publish(JointState(name=["b"], position=[float(k)]))
+
+    code, stdout, stderr = _record_until_ctrl_c(
+        ros_context, node, arm, [str(tmp_path / "ns"), "--namespace=/rec_ns_arm", "--node=policy_a"], publish)
+    assert code == 0, stderr
+    summary = json.loads(stdout)
+    assert summary["topics"].get("/rec_ns_arm/joint_states") == 4 and "/joint_states" not in summary["topics"]
+    assert {"/rec_ns_arm/camera/image_raw", "/rec_ns_arm/policy_a/action_chunk"} <= set(summary["not_seen"])

@@ -17,6 +17,7 @@ import json
 import math
 import shutil
 import sys
+import textwrap
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -25,26 +26,21 @@ from pathlib import Path
 from rosbags.rosbag2 import StoragePlugin, Writer, WriterError
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
+from ..ros.parameters import NODE_NAME as POLICY_NODE, NodeConfig
 from .bagio import BagError, like_ros2_bag_record
 from .rosutil import fail, message_class, normalize_type, offered_to_bag_qos, ros_context, split_topics, subscription_qos
-from .synth import CAMERA_TOPICS, INSTRUCTION_TOPIC, JOINT_STATES_TOPIC, ROBOT_DESCRIPTION_TOPIC
 
 PROG = "specprune-record"
 
-#: The policy node's outputs (node name ``specprune_policy``; private topics).
-NODE_OUTPUT_TOPICS = (
-    "/specprune_policy/action_chunk",
-    "/specprune_policy/inference_stats",
-    "/diagnostics",
-)
-#: Default: the policy node's inputs and outputs.
-DEFAULT_TOPICS = (
-    *CAMERA_TOPICS.values(),
-    JOINT_STATES_TOPIC,
-    INSTRUCTION_TOPIC,
-    ROBOT_DESCRIPTION_TOPIC,
-    *NODE_OUTPUT_TOPICS,
-)
+def default_topics(node: str = POLICY_NODE) -> tuple[str, ...]:
+    """The policy node's inputs and outputs, relative (they resolve under ``--namespace``; /diagnostics is
+    global): what the node named ``node`` reads and writes with its default topic parameters."""
+    c = NodeConfig()
+    inputs = (*c.camera_topics, c.joint_states_topic, c.instruction_topic, c.robot_description_topic)
+    return (*inputs, f"{node}/action_chunk", f"{node}/inference_stats", "/diagnostics")
+
+
+DEFAULT_TOPICS = default_topics()
 
 
 @dataclass(frozen=True)
@@ -53,6 +49,7 @@ class RecordOptions:
 
     out: Path
     topics: tuple[str, ...] = DEFAULT_TOPICS
+    namespace: str = "/"  # of the recorder: relative topics resolve under it
     storage: str = "sqlite3"
     duration: float | None = None
     depth: int = 100
@@ -70,6 +67,7 @@ class RecordOptions:
             raise ValueError(f"--qos-depth must lie in [1, 1000000], got {self.depth}")
         for topic in self.topics:
             _check_topic_name(topic)
+        _check_namespace(self.namespace)
         if not self.discovery_period > 0:
             raise ValueError(f"discovery period must be > 0, got {self.discovery_period}")
 
@@ -87,6 +85,28 @@ def _check_topic_name(topic: str) -> None:
     except InvalidTopicNameException as err:
         why = str(err).splitlines()[0].removeprefix("Invalid topic name: ").rstrip(":")
         raise ValueError(f"--topics: {topic!r} is not a valid topic name: {why}") from None
+
+
+def _check_namespace(namespace: str) -> None:
+    from rclpy.exceptions import InvalidNamespaceException
+    from rclpy.validate_namespace import validate_namespace
+
+    try:
+        validate_namespace(namespace)
+    except InvalidNamespaceException as err:
+        why = str(err).splitlines()[0].removeprefix("Invalid namespace: ").rstrip(":")
+        raise ValueError(f"--namespace: {namespace!r} is not a valid namespace: {why}") from None
+
+
+def _check_node_name(name: str) -> None:
+    from rclpy.exceptions import InvalidNodeNameException
+    from rclpy.validate_node_name import validate_node_name
+
+    try:
+        validate_node_name(name)
+    except InvalidNodeNameException as err:
+        why = str(err).splitlines()[0].removeprefix("Invalid node name: ").rstrip(":")
+        raise ValueError(f"--node: {name!r} is not a valid node name: {why}") from None
 
 
 def message_definition_text(msgtype: str) -> str:
@@ -212,18 +232,27 @@ class Recorder:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
-        description=(
+        description=textwrap.fill(
             "Record topics into a rosbag2 bag (sqlite3 or mcap) without `ros2 bag`. Default topics: the policy "
             "node's inputs (cameras, joint states, instruction, robot description) and outputs (action chunks, "
-            "inference stats, diagnostics). Stop with Ctrl-C or --duration; the bag is always closed properly."
+            "inference stats, diagnostics), as the node names them with its default topic parameters; relative "
+            "names resolve under --namespace. Stop with Ctrl-C or --duration; the bag is always closed properly."
         ),
-        epilog="Example: specprune-record session1 --storage mcap --duration 60",
+        epilog="Examples: specprune-record session1 --storage mcap --duration 60\n"
+               "          specprune-record arm1_session --namespace=/arm1   # a node launched with namespace:=arm1",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("out", type=Path, help="bag directory to create (must not exist)")
     p.add_argument(
         "--topics", nargs="+", default=None, metavar="TOPIC",
-        help="topics to record (space or comma separated); default: " + " ".join(DEFAULT_TOPICS),
+        help="topics to record (space or comma separated); relative ones resolve under --namespace; "
+             "default: " + " ".join(DEFAULT_TOPICS),
     )  # fmt: skip
+    p.add_argument("--namespace", default="/", metavar="NS",
+                   help="namespace the relative topics resolve under, the policy node's (default /): "
+                        "--namespace=/arm1 records /arm1/camera/image_raw, /arm1/specprune_policy/action_chunk, ...")
+    p.add_argument("--node", default=None, metavar="NAME",
+                   help=f"the policy node's name, for its outputs among the default topics (default {POLICY_NODE})")
     p.add_argument("--storage", choices=("sqlite3", "mcap"), default="sqlite3", help="storage format (default sqlite3)")
     p.add_argument("--duration", type=float, default=None, metavar="SEC", help="stop after SEC seconds")
     p.add_argument("--qos-depth", type=int, default=100, help="keep-last depth of the subscriptions (default 100)")
@@ -242,7 +271,7 @@ def run(opts: RecordOptions, *, as_json: bool = False) -> int:
     interrupted = False
     started = time.monotonic()
     try:
-        with ros_context("specprune_record") as node:
+        with ros_context("specprune_record", namespace=opts.namespace) as node:
             if opts.progress:
                 from tqdm import tqdm
 
@@ -305,9 +334,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         topics = split_topics(args.topics, "--topics")
+        if args.node is not None:
+            if topics:
+                raise ValueError("--node names the policy node of the default topics; with --topics, name its "
+                                 f"topics there (e.g. {args.node}/action_chunk)")
+            _check_node_name(args.node)
         opts = RecordOptions(
             out=args.out,
-            topics=topics or DEFAULT_TOPICS,
+            topics=topics or default_topics(args.node or POLICY_NODE),
+            namespace=args.namespace,
             storage=args.storage,
             duration=args.duration,
             depth=args.qos_depth,

@@ -123,7 +123,7 @@ def subscription_qos(offered: Sequence[object], depth: int):
 
 
 @contextmanager
-def ros_context(node_name: str):
+def ros_context(node_name: str, namespace: str = "/"):
     """rclpy init + one node, with Python's own SIGINT handling (KeyboardInterrupt) and SIGTERM treated
     like Ctrl-C; shuts everything down on exit. The command line is not given to rclpy: the tools' own
     arguments (``--remap OLD:=NEW``) would otherwise also apply as global ROS remapping rules."""
@@ -140,7 +140,7 @@ def ros_context(node_name: str):
     rclpy.init(args=[], context=context, signal_handler_options=SignalHandlerOptions.NO)
     node = None
     try:
-        node = rclpy.create_node(node_name, context=context)
+        node = rclpy.create_node(node_name, context=context, namespace=namespace)
         yield node
     finally:
         try:
