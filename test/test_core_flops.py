@@ -37,3 +37,15 @@ def test_full_model_numbers():
     r = llm_flops_ratio(half, full)
     assert 0.5 < r < 0.55  # slightly above half: attention is quadratic, so halving n more than halves it
     assert resample_trace([10, 20], 4) == [10, 10, 20, 20]
+
+
+def test_a_shallow_trace_keeps_its_local_layers_absolute_at_full_depth():
+    """V_local scores layers 0 and 1 at every depth: a 6-layer trace's first two layers stay two of the 7B's 32,
+    and only the rest stretches (else the unpruned layer 0 would count as 6 of 32)."""
+    trace = [591, 165, 139, 139, 139, 139]
+    assert resample_trace(trace, 32, fixed=2) == [591, 165] + [139] * 30
+    assert resample_trace([591, 165, 139, 120], 8, fixed=2) == [591, 165, 139, 139, 139, 120, 120, 120]
+    full = [591] * 6
+    at_full_depth = llm_flops_ratio([591, 165] + [139] * 30, [591] * 32)
+    assert llm_flops_ratio(trace, full, fixed=2) == at_full_depth
+    assert llm_flops_ratio(trace, full) > at_full_depth + 0.1  # the plain stretch: what fixed=2 corrects

@@ -137,6 +137,32 @@ def test_dynamic_regions_are_kept():
     assert V0 + 1 in kept.tolist()
 
 
+def test_dynamic_regions_can_be_switched_off():
+    a = np.zeros((224, 224, 3), np.uint8) + 40
+    b = a.copy()
+    b[98:112, 28:42, 0] = 200  # primary patch 114 (row 7, column 2) changes colour
+    for on in (True, False):
+        pruner = SpecPruner(CFG.replace(tau=(0.999,), static_count=(256,), use_dynamic_regions=on), n_layers=32,
+                            views=("primary", "wrist"))
+        run_static(pruner.cfg, {}, {}, frames=[a, a], pruner=pruner)
+        _, kept = run_static(pruner.cfg, {}, {}, frames=[b, a], pruner=pruner)
+        assert (V0 + 114 in kept.tolist()) is on  # uniform text scores: only V_dynamic keeps patch 114
+        assert pruner.record.dynamic_per_view == ({"primary": 1, "wrist": 0} if on else {})
+
+
+def test_the_reference_frame_is_found_with_one_step_chunks():
+    """A consumer re-querying after every row: the frame T steps back is still there (the history is kept by
+    age, not by count)."""
+    pruner = SpecPruner(CFG, n_layers=32, views=("primary", "wrist"))
+    frames = [np.zeros((224, 224, 3), np.uint8)] * 2
+    lookbacks = []
+    for _ in range(10):
+        pruner.begin(LAYOUT, frames, PREFIX, np.zeros((1, 7)), None, chunk_len=1)
+        lookbacks.append(pruner.record.lookback)
+    assert lookbacks == [None] * 6 + [6] * 4  # no motion: T = 6 steps; query k runs at step k
+    assert len(pruner.history) == 7  # steps 3..9: the newest frame at least 6 steps old, and the newer ones
+
+
 def test_global_set_carries_over_and_resets():
     cfg = CFG.replace(use_global=True, global_layers=(14, 30))
     pruner = SpecPruner(cfg, n_layers=32, views=("primary", "wrist"))

@@ -194,7 +194,8 @@ def summarize(runs: dict, args, device: str, dtype: str, base: OFTPolicy) -> dic
     off_trace = [int(np.median(col)) for col in zip(*[r.tokens_per_layer for r in off])]
     pr_trace = [int(np.median(col)) for col in zip(*[r.tokens_per_layer for r in pr])]
     own_shape = LlmShape.from_text_config(base.checkpoint.spec.text_config)
-    flops_full = float(np.mean([llm_flops_ratio(r.tokens_per_layer, o.tokens_per_layer, FULL_7B) for r, o in zip(pr, off)]))
+    fixed = PRESETS[args.preset].local_layers[1] + 1  # V_local's layers are absolute at every depth
+    flops_full = float(np.mean([llm_flops_ratio(r.tokens_per_layer, o.tokens_per_layer, FULL_7B, fixed) for r, o in zip(pr, off)]))
     flops_own = float(np.mean([llm_flops_ratio(r.tokens_per_layer, o.tokens_per_layer, own_shape) for r, o in zip(pr, off)]))
     ratio = lambda stage: med["off"][stage] / med[args.preset][stage] if med[args.preset][stage] > 0 else float("nan")  # noqa: E731
     per_step = [o.timings_ms["total"] / p.timings_ms["total"] for o, p in zip(off, pr)]

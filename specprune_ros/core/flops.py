@@ -52,19 +52,25 @@ def scoring_flops(rows: int, n: int, shape: LlmShape) -> int:
     return 2 * rows * n * shape.hidden
 
 
-def resample_trace(tokens_per_layer: list[int], depth: int) -> list[int]:
-    """Map a per-layer token trace of one depth onto ``depth`` layers (same relative position)."""
+def resample_trace(tokens_per_layer: list[int], depth: int, fixed: int = 0) -> list[int]:
+    """Map a per-layer token trace of one depth onto ``depth`` layers: the first ``fixed`` layers one to one (the
+    V_local layers, which are the same absolute layers at every depth), the rest by relative position."""
     src = len(tokens_per_layer)
     if src == depth:
         return list(tokens_per_layer)
-    return [tokens_per_layer[min(src - 1, (j * src) // depth)] for j in range(depth)]
+    fixed = max(0, min(fixed, src - 1, depth - 1))
+    head, tail = list(tokens_per_layer[:fixed]), tokens_per_layer[fixed:]
+    n, m = len(tail), depth - fixed
+    return head + [tail[min(n - 1, (j * n) // m)] for j in range(m)]
 
 
-def llm_flops(tokens_per_layer: list[int], shape: LlmShape) -> int:
-    """FLOPs of the decoder stack for a trace (resampled to ``shape.n_layers`` if needed)."""
-    return sum(layer_flops(n, shape) for n in resample_trace(tokens_per_layer, shape.n_layers))
+def llm_flops(tokens_per_layer: list[int], shape: LlmShape, fixed: int = 0) -> int:
+    """FLOPs of the decoder stack for a trace (resampled to ``shape.n_layers`` if needed, see
+    :func:`resample_trace`)."""
+    return sum(layer_flops(n, shape) for n in resample_trace(tokens_per_layer, shape.n_layers, fixed))
 
 
-def llm_flops_ratio(pruned_trace: list[int], full_trace: list[int], shape: LlmShape = FULL_7B) -> float:
-    """Pruned / unpruned decoder FLOPs at ``shape`` (default: the real 7B backbone)."""
-    return llm_flops(pruned_trace, shape) / llm_flops(full_trace, shape)
+def llm_flops_ratio(pruned_trace: list[int], full_trace: list[int], shape: LlmShape = FULL_7B, fixed: int = 0) -> float:
+    """Pruned / unpruned decoder FLOPs at ``shape`` (default: the real 7B backbone). ``fixed``: leading layers that
+    are the same absolute layers at every depth (the pruning's V_local layers: ``local_layers[1] + 1``)."""
+    return llm_flops(pruned_trace, shape, fixed) / llm_flops(full_trace, shape, fixed)

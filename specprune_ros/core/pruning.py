@@ -52,9 +52,13 @@ def changed_patches(similarity: np.ndarray, tau: float, static_count: int) -> np
     return dynamic
 
 
+#: the longest frame-difference look-back (control steps)
+MAX_LOOKBACK = 6
+
+
 def lookback_steps(translation: float) -> int:
     """Frame-difference look-back T from the norm of the summed executed translation since the last query."""
-    return max(1, min(int(-16.0 / 3.0 * translation / 6.0 + 22.0 / 3.0) + 3, 6))
+    return max(1, min(int(-16.0 / 3.0 * translation / 6.0 + 22.0 / 3.0) + 3, MAX_LOOKBACK))
 
 
 def importance(attention: torch.Tensor, k: float, eps: float) -> torch.Tensor:
@@ -177,7 +181,7 @@ class SpecPruner:
         protected[layout.vis_start + layout.n_visual :] = True
         for v in range(len(self.views)):
             base = layout.vis_start + v * PATCHES_PER_VIEW
-            if ref is not None:
+            if ref is not None and cfg.use_dynamic_regions:
                 dyn = changed_patches(patch_cosine(frames[v], ref[v]), cfg.per_view(cfg.tau, v), cfg.per_view(cfg.static_count, v))
                 protected[base : base + PATCHES_PER_VIEW] |= dyn
                 self.record.dynamic_per_view[self.views[v]] = int(dyn.sum())
@@ -195,7 +199,10 @@ class SpecPruner:
         self._weight = torch.ones(L) if cfg.proportional else None
         self._entered: torch.Tensor | None = None  # original positions that entered the previous layer
         self.in_loop_ms = 0.0
-        self.history = (self.history + [(self.step, [f.copy() for f in frames])])[-4:]
+        # frames back to the newest one at least the longest look-back old (however short the chunks executed)
+        history = self.history + [(self.step, [f.copy() for f in frames])]
+        old = [i for i, (step, _) in enumerate(history) if step <= self.step - MAX_LOOKBACK]
+        self.history = history[old[-1] if old else 0 :]
         self.queries += 1
         return self
 
@@ -410,7 +417,7 @@ class MatchedSelection(SpecPruner):
             n = int((kept & (view_of == v)).sum())
             if layer == self.l1 and probs is not None:
                 base = layout.vis_start + v * PATCHES_PER_VIEW
-                whole = torch.nonzero(self._protected[base:base + PATCHES_PER_VIEW]).squeeze(1) + base
+                whole = torch.nonzero(self._protected[base:base + PATCHES_PER_VIEW]).squeeze(1).to(pos.device) + base
                 whole = torch.cat([whole, self._local0.get(v, whole[:0]).to(whole.device)])
                 n = min(cand.numel(), n + int((~torch.isin(whole.unique(), pos)).sum()))
             chosen[self.choose(cand, pos[cand], n)] = True

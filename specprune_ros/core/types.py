@@ -35,7 +35,8 @@ class Observation:
         stamp: observation time in seconds (ROS time or simulated time); copied to the chunk.
         executed_actions: actions (un-normalized, shape (N, A)) executed since the previous query, in
             order; feeds the coarse/fine controller and the look-back of the frame difference. None when
-            the consumer does not know.
+            the consumer does not know. A query that fails after its observation was accepted (NaN actions,
+            an error in the pass) has still counted them: the next query passes only the rows executed since.
         ee_speed: measured end-effector speed ``(linear m/s, angular rad/s)`` if the consumer has it
             (joint states + URDF), else None.
     """
