@@ -37,6 +37,7 @@ def args_for(ckpt, images, *extra):
 def test_join_negative_values():
     assert join_negative_values(["--proprio", "-0.1,0.2", "--flip"]) == ["--proprio=-0.1,0.2", "--flip"]
     assert join_negative_values(["--proprio=-1", "-h"]) == ["--proprio=-1", "-h"]
+    assert join_negative_values(["--proprio", "-inf,0"]) == ["--proprio=-inf,0"]  # refused later, and says why
 
 
 def test_infer_json(tiny_checkpoint, images, capsys):
@@ -62,6 +63,8 @@ def test_infer_off_and_text(tiny_checkpoint, images, capsys):
         (["--unnorm-key=tiny_sin"], "did you mean 'tiny_sim'"),
         (["--proprio=1,2"], "proprio must have shape"),
         (["--proprio=1,x"], "comma-separated numbers"),
+        (["--proprio=-0.1,,0.2,0,0,0,0,0.03,-0.03"], "field 2 is empty"),  # not 8 numbers shifted by one place
+        (["--instruction=pick \udcff up"], "not valid UTF-8"),  # a non-UTF-8 command-line byte
         (["--device=mps"], "Metal backend is not available"),
         (["--control-dt=inf"], "control_dt=inf must lie in [0.001, 10]"),
     ],
@@ -88,6 +91,32 @@ def test_infer_missing_view(tiny_checkpoint, images, capsys):
     args = [a for a in args_for(tiny_checkpoint, images, f"--proprio={PROPRIO}") if "wrist" not in a]
     assert infer.main(args) == 2
     assert "lacks camera view(s) ['wrist']" in capsys.readouterr().err
+
+
+def test_infer_refuses_16_bit_images_a_view_given_twice_and_takes_any_file_name(tiny_checkpoint, images, tmp_path, capsys):
+    depth = tmp_path / "depth.png"
+    cv2.imwrite(str(depth), np.full((64, 64), 4000, np.uint16))  # a 16-bit depth image: never scaled to 8 bits
+    args = [a for a in args_for(tiny_checkpoint, images, f"--proprio={PROPRIO}") if "primary" not in a]
+    assert infer.main([*args, f"--image=primary={depth}"]) == 2
+    assert "uint16 pixels" in capsys.readouterr().err
+    assert infer.main([*args, f"--image=primary={images['primary']}", f"--image=primary={images['wrist']}"]) == 2
+    assert "gives view 'primary' twice" in capsys.readouterr().err
+    odd = tmp_path / "frame\udcff.png"  # a file name that is not UTF-8 (it crashed OpenCV's imread)
+    odd.write_bytes(Path(images["primary"]).read_bytes())
+    assert infer.main([*args, f"--image=primary={odd}", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["actions"]) == 8
+
+
+def test_infer_refuses_a_proprio_state_the_checkpoint_would_ignore(tiny_checkpoint, images, tmp_path, capsys):
+    import shutil
+
+    ckpt = tmp_path / "no_proprio"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    for f in ckpt.glob("proprio_projector--*.pt"):
+        f.unlink()
+    assert infer.main(args_for(ckpt, images, f"--proprio={PROPRIO}")) == 2
+    assert "this policy takes none" in capsys.readouterr().err
+    assert infer.main(args_for(ckpt, images, "--json")) == 0  # without it, the checkpoint runs
 
 
 def test_console_script(tiny_checkpoint, images):

@@ -158,7 +158,9 @@ def test_min_max_bounds():
     ({"proprio": np.array(["a"] * 8)}, "proprio must hold real numbers"),
     ({"ee_speed": 0.1}, "ee_speed must be (linear m/s, angular rad/s)"),
     ({"ee_speed": ("a", "b")}, "ee_speed must hold real numbers"),
-    ({"executed_actions": np.zeros(7)}, "executed_actions must have shape (N, A)"),
+    ({"executed_actions": np.zeros(7)}, "executed_actions must have shape (N, 7)"),
+    ({"executed_actions": np.zeros((3, 40))}, "executed_actions must have shape (N, 7), got (3, 40)"),
+    ({"instruction": "pick \udcff up"}, "the instruction is not valid UTF-8 text"),
     ({"executed_actions": np.array([[None] * 7], dtype=object)}, "executed_actions must hold real numbers"),
     ({"instruction": "pick " * 3000}, "prompt tokens; this checkpoint takes at most 2048"),
 ])

@@ -82,6 +82,20 @@ def test_compressed_jpeg_and_png(rgb):
         decode_compressed("16UC1; compressedDepth", png.tobytes())
 
 
+def test_compressed_16_bit_images_are_refused_not_scaled_down():
+    ok, depth = cv2.imencode(".png", np.full((48, 40), 3000, np.uint16))  # image_transport's PNG of a depth image
+    assert ok
+    with pytest.raises(ImageDecodeError, match="encoding '16uc1'"):
+        decode_compressed("16UC1; png compressed", depth.tobytes())
+    with pytest.raises(ImageDecodeError, match="uint16 pixels"):  # a format string that does not say so
+        decode_compressed("png", depth.tobytes())
+    ok, rgb16 = cv2.imencode(".png", np.full((48, 40, 3), 3000, np.uint16))
+    with pytest.raises(ImageDecodeError, match="uint16 pixels"):
+        decode_compressed("rgb8; png compressed", rgb16.tobytes())
+    ok, grey = cv2.imencode(".png", np.full((48, 40), 77, np.uint8))  # 8-bit grey: three equal channels
+    np.testing.assert_array_equal(decode_compressed("mono8; png compressed", grey.tobytes()), np.full((48, 40, 3), 77, np.uint8))
+
+
 def _png_header_only(width: int, height: int) -> bytes:
     """A PNG whose header announces width x height RGB pixels, with no pixel data."""
     import struct

@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 
 from ..core.config import ConfigError, PolicyConfig
 
-_NEGATIVE_VALUE = re.compile(r"^-(\d|\.\d)")
+_NEGATIVE_VALUE = re.compile(r"^-(\d|\.\d|inf|nan)", re.IGNORECASE)
 
 
 def join_negative_values(argv: Sequence[str]) -> list[str]:
@@ -30,9 +30,14 @@ def join_negative_values(argv: Sequence[str]) -> list[str]:
 
 
 def parse_floats(text: str) -> list[float]:
-    """``"0.1,-0.2, 3"`` -> [0.1, -0.2, 3.0] with a clear error."""
+    """``"0.1,-0.2, 3"`` -> [0.1, -0.2, 3.0] with a clear error; an empty field (``1,,2``) is an error, not
+    skipped (the numbers after it would shift by one place)."""
+    fields = text.split(",")
+    empty = [i + 1 for i, x in enumerate(fields) if not x.strip()]
+    if empty:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r} (field {empty[0]} is empty)")
     try:
-        return [float(x) for x in text.split(",") if x.strip() != ""]
+        return [float(x) for x in fields]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 

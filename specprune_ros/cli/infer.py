@@ -5,9 +5,9 @@ import argparse
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 
+from ..core.images import decode_image_bytes
 from ..core.policy import build_policy
 from ..core.types import Observation
 from .common import add_policy_args, parse_floats, policy_config_from_args, print_json, run
@@ -16,12 +16,11 @@ PROG = "specprune-infer"
 
 
 def read_rgb(path: str) -> np.ndarray:
+    """RGB uint8 (H, W, 3) of a PNG or JPEG file (8 bits per channel; read as bytes, any file name)."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"image file not found: {path}")
-    img = cv2.imread(path, cv2.IMREAD_COLOR)
-    if img is None:
-        raise ValueError(f"cannot decode image {path} (expected a PNG or JPEG file)")
-    return np.ascontiguousarray(img[:, :, ::-1])  # BGR -> RGB
+    data = np.fromfile(path, dtype=np.uint8)
+    return decode_image_bytes(data, f"image {path!r}")
 
 
 def parse_images(items: list[str]) -> dict[str, np.ndarray]:
@@ -30,6 +29,8 @@ def parse_images(items: list[str]) -> dict[str, np.ndarray]:
         view, sep, path = item.partition("=")
         if not sep or not view or not path:
             raise ValueError(f"--image expects VIEW=PATH (e.g. primary=frame.png), got {item!r}")
+        if view in images:
+            raise ValueError(f"--image gives view {view!r} twice; give one image per view")
         images[view] = read_rgb(path)
     return images
 

@@ -40,7 +40,7 @@ class FakePolicy:
         self._lock = threading.Lock()
 
     def infer(self, obs: Observation) -> ActionChunk:
-        obs.validate(self.views, self.proprio_dim)
+        obs.validate(self.views, self.proprio_dim, self.action_dim)
         with self._lock:
             n = self.calls
             self.calls += 1

@@ -71,22 +71,36 @@ def decode_raw(
 
 
 def decode_compressed(fmt: str, data: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
-    """RGB uint8 (H, W, 3) from a JPEG or PNG payload (``sensor_msgs/CompressedImage``)."""
-    import cv2
-
+    """RGB uint8 (H, W, 3) from a JPEG or PNG payload (``sensor_msgs/CompressedImage``). Only 8-bit images are
+    camera frames: a 16-bit PNG (a depth image, ``"16UC1; png compressed"``) is refused, not scaled down."""
     f = (fmt or "").lower()
     if "compresseddepth" in f:
         raise ImageDecodeError(f"compressed depth images ({fmt!r}) are not camera frames; subscribe to the colour topic")
+    encoding = f.split(";")[0].strip() if ";" in f else ""  # image_transport: "<encoding>; <codec> compressed ..."
+    if any(bits in encoding for bits in ("16", "32", "64")):
+        raise ImageDecodeError(f"compressed image of encoding {encoding!r} ({fmt!r}) is not an 8-bit camera frame "
+                               "(a depth or raw sensor image?); subscribe to the colour topic")
     buf = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data.reshape(-1).view(np.uint8)
+    return decode_image_bytes(buf, f"the compressed image (format {fmt!r}, {buf.size} bytes)")
+
+
+def decode_image_bytes(buf: np.ndarray, what: str) -> np.ndarray:
+    """RGB uint8 (H, W, 3) from the bytes of a JPEG or PNG file; grey becomes three equal channels, alpha is dropped,
+    and anything but 8 bits per channel is refused. ``what`` names the image in errors."""
+    import cv2
+
     if buf.size == 0:
-        raise ImageDecodeError(f"compressed image ({fmt!r}) has no data")
+        raise ImageDecodeError(f"{what} has no data")
     try:
-        img = cv2.imdecode(buf, cv2.IMREAD_COLOR)  # (H, W, 3) BGR or None
+        img = cv2.imdecode(buf, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)  # (H, W, 3) BGR at its own depth, or None
     except cv2.error as exc:  # e.g. a header announcing more pixels than OpenCV's limit
         detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise ImageDecodeError(f"could not decode the compressed image (format {fmt!r}, {buf.size} bytes): {detail}") from None
+        raise ImageDecodeError(f"could not decode {what}: {detail}") from None
     if img is None:
-        raise ImageDecodeError(f"could not decode the compressed image (format {fmt!r}, {buf.size} bytes); expected JPEG or PNG")
+        raise ImageDecodeError(f"could not decode {what}; expected JPEG or PNG")
+    if img.dtype != np.uint8:
+        raise ImageDecodeError(f"{what} has {img.dtype} pixels (16-bit: a depth or raw sensor image?); a camera frame "
+                               "must have 8 bits per channel")
     return np.ascontiguousarray(img[:, :, ::-1])
 
 

@@ -92,7 +92,7 @@ class OFTPolicy:
         """What the network takes for ``obs`` (validated): the policy-ready frames (each (224, 224, 3)), pixels
         (1, V*6, 224, 224), normalized proprio (1, P) or None, prompt ids (1, 1+P), the fixed prefix's length in
         prompt tokens, and the sequence layout."""
-        obs.validate(self.views, self.proprio_dim)
+        obs.validate(self.views, self.proprio_dim, self.action_dim)
         frames = [policy_frame(obs.images[v], self.config.preprocess) for v in self.views]
         pixels = normalize(frames, self.checkpoint.spec.use_fused_vision_backbone).to(self.device, self.dtype)
         proprio = None

@@ -48,8 +48,9 @@ class Observation:
     executed_actions: np.ndarray | None = None
     ee_speed: tuple[float, float] | None = None
 
-    def validate(self, views: tuple[str, ...], proprio_dim: int | None) -> None:
-        """Raise :class:`InputError` unless this observation can be acted on by a policy with ``views``."""
+    def validate(self, views: tuple[str, ...], proprio_dim: int | None, action_dim: int | None = None) -> None:
+        """Raise :class:`InputError` unless this observation can be acted on by a policy with ``views``, a proprio
+        state of ``proprio_dim`` (None: it takes none) and, when given, actions of ``action_dim``."""
         missing = [v for v in views if v not in self.images]
         if missing:
             raise InputError(
@@ -72,8 +73,15 @@ class Observation:
                 raise InputError(f"proprio must have shape ({proprio_dim},), got {p.shape}")
             if not np.all(np.isfinite(p)):
                 raise InputError(f"proprio contains NaN or inf: {p.tolist()}")
+        elif self.proprio is not None:  # it would be ignored: a checkpoint that lost its proprio projector?
+            raise InputError("a proprio state was given, but this policy takes none (its checkpoint has no "
+                             "proprio_projector file); leave the proprio out or use the checkpoint that has one")
         if not isinstance(self.instruction, str):
             raise InputError(f"the instruction must be text, got {type(self.instruction).__name__}")
+        try:
+            self.instruction.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputError(f"the instruction is not valid UTF-8 text: {self.instruction!r}") from None
         if not self.instruction.strip():
             raise InputError("no instruction: set one before asking for actions")
         if self.ee_speed is not None:
@@ -82,8 +90,8 @@ class Observation:
                 raise InputError(f"ee_speed must be (linear m/s, angular rad/s), finite; got {self.ee_speed}")
         if self.executed_actions is not None:
             executed = _real_array("executed_actions", self.executed_actions)
-            if executed.ndim != 2:
-                raise InputError(f"executed_actions must have shape (N, A), got {executed.shape}")
+            if executed.ndim != 2 or (action_dim is not None and executed.shape[1] != action_dim):
+                raise InputError(f"executed_actions must have shape (N, {action_dim or 'A'}), got {executed.shape}")
             if not np.all(np.isfinite(executed)):
                 raise InputError("executed_actions contain NaN or inf")
 
