@@ -129,7 +129,8 @@ def test_skewed_inputs(sync):
         sync.sync(10.0)
     assert info.value.reason == SKEW
     sync.add_image("wrist", 10.02, frame(3))
-    joints(sync, 9.0)  # newer message, old stamp: the nearest snapshot is still 10.0
+    with pytest.raises(SyncInputError, match="out of order"):  # newer message, old stamp: dropped
+        joints(sync, 9.8)
     assert sync.sync(10.03).joints.stamp == 10.0
 
 
@@ -284,3 +285,61 @@ def test_nan_on_an_unlisted_chain_joint_is_refused_not_raised():
     s.add_joint_state(1.03, ARM + FINGERS, READY + [0.04, 0.04])
     s.add_image("primary", 1.03, frame(3))
     np.testing.assert_allclose(s.sync(1.03).observation.proprio, good)
+
+
+def test_out_of_order_inputs_are_dropped_and_the_newest_in_time_stays_the_reference(sync):
+    from specprune_ros.core.sync import OUT_OF_ORDER
+
+    feed(sync, 10.0, 1)
+    feed(sync, 10.05, 2)
+    assert sync.sync(10.06).observation.stamp == 10.05
+    with pytest.raises(SyncInputError) as info:  # a late frame: never the reference, the stamp never goes back
+        sync.add_image("primary", 9.98, frame(3))
+    assert info.value.reason == OUT_OF_ORDER and "9.980" in str(info.value)
+    assert sync.sync(10.07).observation.stamp == 10.05
+    with pytest.raises(SyncInputError) as info:  # a late joint state would overwrite newer values
+        joints(sync, 10.0, q=[0.3] * 7)
+    assert info.value.reason == OUT_OF_ORDER
+    assert sync.latest_positions()["panda_joint1"] == READY[0]
+
+
+def test_non_finite_stamps_are_refused(sync):
+    feed(sync, 10.0)
+    for add in (lambda: sync.add_image("primary", math.nan, frame(1)), lambda: joints(sync, math.inf)):
+        with pytest.raises(SyncInputError, match="is not a time"):
+            add()
+    with pytest.raises(StaleInput, match="is not a time"):
+        sync.sync(math.nan)
+    assert sync.sync(10.01).observation.stamp == 10.0
+
+
+def test_a_jump_back_in_time_clears_the_buffers(sync):
+    """A bag replayed in a loop: stamps (and the clock) start over. More than max_age back is a new time line,
+    not a late message: the buffers are cleared and the inputs of the new pass are used."""
+    for k in range(3):
+        feed(sync, 20.0 + 0.1 * k, k)
+    feed(sync, 10.0, 7)
+    assert sync.time_jumps == 1
+    obs = sync.sync(10.02).observation
+    assert obs.stamp == 10.0 and obs.images["primary"][0, 0, 0] == 7
+
+
+def test_every_joint_of_the_end_effector_chain_is_required(builder):
+    """With arm_joints naming 6 of the Panda's 7, the pose still depends on joint 7: missing or stale, it is
+    refused, never taken from its neutral or last value."""
+    def sync_with(joint7_stamp: float | None) -> Synchronizer:
+        kin = KinematicModel(URDF, "panda_hand_tcp", ARM[:6])
+        b = ProprioBuilder(ProprioConfig(sources=("libero",), gripper_joints=tuple(FINGERS)), kin)
+        s = Synchronizer(SyncConfig(views=("primary", "wrist"), max_age=0.5, max_skew=0.05), b)
+        s.set_instruction("pick up the cube")
+        s.add_image("primary", 10.0, frame(1))
+        s.add_image("wrist", 10.0, frame(2))
+        if joint7_stamp is not None:  # a second publisher
+            s.add_joint_state(joint7_stamp, ["panda_joint7"], [READY[6]])
+        s.add_joint_state(10.0, ARM[:6] + FINGERS, READY[:6] + [0.04, 0.04])
+        return s
+
+    with pytest.raises(InputError, match="panda_joint7"):
+        sync_with(None).sync(10.01)
+    assert reason_of(sync_with(9.0), 10.01) == STALE
+    assert sync_with(9.99).sync(10.01).observation.proprio is not None

@@ -221,7 +221,10 @@ class BagFeeder:
                     self.sync.add_image_error(view, stamp, str(err))
                 return
             for view in views:
-                self.sync.add_image(view, stamp, rgb)
+                try:
+                    self.sync.add_image(view, stamp, rgb)
+                except SyncInputError as err:
+                    self._input_error(err.reason, str(err))
         elif topic == self.inputs.joint_states_topic:
             velocities = list(msg.velocity) if len(msg.velocity) else None
             try:

@@ -173,10 +173,11 @@ class ProprioBuilder:
         self.kinematics = kinematics
 
     def required_joints(self) -> list[str]:
-        """Joints whose positions must be present and finite."""
+        """Joints whose positions must be present, finite and fresh: the proprio's, and with kinematics the arm
+        joints and every joint of the chain to the end-effector frame (its pose depends on each)."""
         names: list[str] = list(self.config.joints) + list(self.config.gripper_joints)
         if self.kinematics is not None:
-            names += list(self.kinematics.arm_joints)
+            names += list(self.kinematics.arm_joints) + list(self.kinematics.chain_joints)
         return list(dict.fromkeys(names))
 
     def vector(self, positions: Mapping[str, float], velocities: Mapping[str, float] | None = None) -> np.ndarray:

@@ -17,6 +17,10 @@ Rules applied by :meth:`Synchronizer.sync` at time ``now`` (seconds, the same cl
 7. a non-empty instruction (``no_instruction``); joint values present and finite, the URDF when the
    proprio layout needs forward kinematics (``bad_joint_state``, ``no_robot_description``).
 
+On arrival (:meth:`Synchronizer.add_image`, :meth:`Synchronizer.add_joint_state`) a frame or joint state with a
+non-finite stamp, or one older than what is buffered (``out_of_order``), is refused; more than ``max_age`` older
+is a jump back in time, which clears the buffers instead.
+
 Anything refused raises :class:`StaleInput` (rules 1-6 timing, ``reason`` says which) or
 :class:`SyncInputError` (content); both are :class:`~specprune_ros.core.types.InputError` and carry a
 short ``reason`` key for counters.
@@ -24,6 +28,7 @@ short ``reason`` key for counters.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
@@ -42,6 +47,7 @@ FROZEN = "frozen"
 NO_INSTRUCTION = "no_instruction"
 BAD_JOINT_STATE = "bad_joint_state"
 NO_ROBOT_DESCRIPTION = "no_robot_description"
+OUT_OF_ORDER = "out_of_order"
 
 
 class SyncInputError(InputError):
@@ -156,12 +162,28 @@ class Synchronizer:
         self._merged_vel: dict[str, float] = {}
         self._merged_stamp: dict[str, float] = {}
         self.instruction: str = ""
+        self.time_jumps = 0  # jumps back in time that cleared the buffers
 
     # ------------------------------------------------------------------------------------------ inputs
     def add_image(self, view: str, stamp: float, rgb: np.ndarray) -> None:
-        """A decoded frame (H, W, 3) uint8 RGB of ``view`` taken at ``stamp``; unknown views are ignored."""
+        """A decoded frame (H, W, 3) uint8 RGB of ``view`` taken at ``stamp``; unknown views are ignored.
+
+        Raises :class:`SyncInputError` (and keeps nothing) for a non-finite stamp (``bad_frame``) or one older than
+        the view's newest frame (``out_of_order``): the newest frame is the newest in time, not the last to arrive.
+        A stamp more than ``max_age`` older is a jump back in time instead (see :meth:`_time_went_back`).
+        """
         if view not in self._frames:
             return
+        stamp = float(stamp)
+        if not math.isfinite(stamp):
+            raise SyncInputError(f"camera view {view!r}: frame stamp {stamp} is not a time", BAD_FRAME)
+        frames = self._frames[view]
+        if frames and stamp < frames[-1].stamp and not self._time_went_back(stamp, frames[-1].stamp):
+            raise SyncInputError(
+                f"camera view {view!r}: a frame stamped {stamp:.3f} arrived after one stamped {frames[-1].stamp:.3f}; "
+                "dropped (out of order: two publishers on one topic, or a bag played out of order?)",
+                OUT_OF_ORDER,
+            )
         img = np.asarray(rgb)
         # a frozen driver repeats frames bit for bit, while live sensor noise changes nearly every pixel, so a
         # 1/16 subsample is enough to tell them apart (and keeps 1080p at 30 Hz cheap)
@@ -189,9 +211,21 @@ class Synchronizer:
     ) -> None:
         """One ``sensor_msgs/JointState``; values merge with earlier messages (split publishers work).
 
-        Raises :class:`SyncInputError` when the arrays disagree in length with ``names`` or a name repeats.
+        Raises :class:`SyncInputError` (and keeps nothing) when the arrays disagree in length with ``names``, a name
+        repeats, the stamp is not finite, or a joint it names has a newer value already (``out_of_order``).
         """
         names = list(names)
+        stamp = float(stamp)
+        if not math.isfinite(stamp):
+            raise SyncInputError(f"joint state stamp {stamp} is not a time", BAD_JOINT_STATE)
+        newer = sorted(n for n in names if self._merged_stamp.get(n, -math.inf) > stamp)
+        if newer and not self._time_went_back(stamp, max(self._merged_stamp[n] for n in newer)):
+            raise SyncInputError(
+                f"a joint state stamped {stamp:.3f} arrived after newer values of {newer[:4]}"
+                f"{' ...' if len(newer) > 4 else ''} (stamped {max(self._merged_stamp[n] for n in newer):.3f}); dropped "
+                "(out of order: two publishers of these joints, or a bag played out of order?)",
+                OUT_OF_ORDER,
+            )
         pos = list(positions)
         vel = list(velocities) if velocities is not None else []
         if len(pos) != len(names):
@@ -215,6 +249,16 @@ class Synchronizer:
         self._joints.append(
             JointSnapshot(float(stamp), dict(self._merged_pos), dict(self._merged_vel), dict(self._merged_stamp))
         )
+
+    def _time_went_back(self, stamp: float, newest: float) -> bool:
+        """True, after forgetting every buffered frame and joint state, when ``stamp`` lies more than ``max_age``
+        before ``newest``: the clock jumped back (a bag replayed in a loop, a simulator restarted), and what is
+        buffered belongs to a future that will not come. As tf2 clears its buffer on a jump back in time."""
+        if newest - stamp <= self.config.max_age:
+            return False
+        self.reset()
+        self.time_jumps += 1
+        return True
 
     def set_instruction(self, text: str) -> None:
         self.instruction = (text or "").strip()
@@ -278,6 +322,8 @@ class Synchronizer:
     def sync(self, now: float, executed_actions: np.ndarray | None = None) -> SyncResult:
         """Assemble the newest consistent observation at time ``now``, or raise with the reason."""
         cfg = self.config
+        if not math.isfinite(now):
+            raise StaleInput(f"the current time {now} is not a time", STALE)
         for view in cfg.views:
             if not self._frames[view]:
                 raise StaleInput(f"no frame received yet from camera view {view!r}", NO_DATA)

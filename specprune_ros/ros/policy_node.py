@@ -366,11 +366,16 @@ class PolicyNode(LifecycleNode):
             self.health.bad_frame()
             self.get_logger().warning(f"camera view {view!r}: {exc}", throttle_duration_sec=2.0)
             return
-        with self._lock:
-            if self.sync is None:
-                return
-            self.sync.add_image(view, stamp, rgb)
-            busy = self._busy
+        try:
+            with self._lock:
+                if self.sync is None:
+                    return
+                self.sync.add_image(view, stamp, rgb)
+                busy = self._busy
+        except SyncInputError as exc:  # out of order: the newest frame stays the newest in time
+            self.health.refusal(exc.reason, str(exc))
+            self.get_logger().warning(str(exc), throttle_duration_sec=2.0)
+            return
         self.health.frame(view, busy)
 
     def _on_joint_state(self, msg) -> None:
