@@ -67,6 +67,32 @@ def test_wilson_interval_known_values():
         ev.wilson_interval(5, 4)
 
 
+def test_wilson_interval_holds_the_observed_rate_and_is_exact_at_the_ends():
+    for n in range(1, 201):
+        for k in {0, n, n // 3}:
+            lo, hi = ev.wilson_interval(k, n)
+            assert 0.0 <= lo <= k / n <= hi <= 1.0, (k, n)
+        assert ev.wilson_interval(n, n)[1] == 1.0 and ev.wilson_interval(0, n)[0] == 0.0  # was 0.9999999999999999
+
+
+def test_a_variant_without_queries_or_with_every_success_is_reported_and_plotted(tmp_path):
+    """4/4 successes made a negative error bar (the run failed after its episodes); a variant whose policy never
+    answered (NaN actions) has no latency or sequence length: null in JSON, "-" in the table."""
+    ok = {"seed": 0, "success": True, "queries": [], "steps": 3, "grasped": True, "wrong_grasp": False, "closest_mm": 1.0,
+          "error": "", "modes": []}
+    failed = dict(ok, success=False, grasped=False, error="invalid action from the policy: NaN")
+    results = {"summary": [ev.summarize("off", [ok] * 4), ev.summarize("paper", [failed] * 4)],
+               "episodes": {"off": [ok] * 4, "paper": [failed] * 4}}
+    assert results["summary"][0]["wilson95"][1] == 1.0
+    assert results["summary"][1]["latency_ms"] == {"mean": None, "p50": None, "p90": None}
+    row = ev.table(results).splitlines()[3]
+    assert row.startswith("| paper | 0 (0-49) |") and "| - |" in row
+    ev.plot(results, tmp_path / "results.png")
+    assert (tmp_path / "results.png").stat().st_size > 0
+    json.dumps(ev.json_safe(results), allow_nan=False)
+    assert ev.json_safe({"a": [float("nan"), 1.0, float("inf")]}) == {"a": [None, 1.0, None]}
+
+
 def test_variants_and_config_validation():
     assert ev.pruning_for("paper").controller.enabled
     assert not ev.pruning_for("paper+nocontroller").controller.enabled
@@ -178,9 +204,11 @@ def test_evaluate_end_to_end_writes_json_and_plot(tiny_checkpoint, tmp_path, cap
     code = ev.main([f"--checkpoint={tiny_checkpoint}", "--variants=off,paper,paper+matched,paper+random,paper+oracle,paper+matched+random", "--episodes=1",
                     "--max-steps=16", "--grounding-seeds=1", f"--out={tmp_path}", "--no-progress", "--json"])
     assert code == 0
-    summary = json.loads(capsys.readouterr().out)
+    shown = json.loads(capsys.readouterr().out)
+    summary = shown["summary"]
     assert [s["variant"] for s in summary] == ["off", "paper", "paper+matched", "paper+random", "paper+oracle",
                                                "paper+matched+random"]
+    assert set(shown) == {"summary", "instruction_following"}  # the checks that ran, as the table shows them
     res = json.loads((tmp_path / "results.json").read_text())
     f = res["summary"][1]["fine_fraction"]
     assert res["summary"][2]["local_k"]["coarse"] == list(ev.pruning_for("paper+matched", f).local_k_coarse)

@@ -265,6 +265,7 @@ def test_cli_help_and_bad_values(capsys):
     for bad, message in [({"max_minutes": float("nan")}, "max_minutes=nan must be a finite number"),
                          ({"sparse_weight": float("inf")}, "sparse_weight=inf must be a finite number"),
                          ({"seed": -5}, r"seed=-5 must lie in \[0, 2\*\*32\)"),
+                         ({"data_seed": 1000}, r"data_seed=1000 must lie in \[0, 1000\)"),
                          ({"weight_decay": -1.0}, "weight_decay=-1.0 must be >= 0"),
                          ({"batch_size": 10**11}, "batch_size=100000000000 must be <= 4096")]:
         with pytest.raises(ValueError, match=message):
@@ -285,6 +286,19 @@ def test_training_refuses_an_unusable_output_directory_before_making_anything(tm
         tr.train(tr.TrainConfig(out_dir=str(tmp_path / "new"), steps=1, init_from=str(tmp_path / "missing"), **TINY),
                  progress=False, log=lambda m: None)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "other"]  # nothing made for the refused runs
+
+
+def test_a_run_without_action_steps_and_an_expert_that_fails_are_reported_without_nan_or_traceback(tmp_path, capsys):
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items() if k != "fp16"] + ["--no-fp16", "--no-progress"]
+    # the time limit before the first step: no training loss, which is null in JSON (NaN is not JSON)
+    assert tr.main([f"--out-dir={tmp_path / 'none'}", "--steps=3", "--max-minutes=1e-9", "--json", *flags]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["steps"] == 0 and out["train_l1"] is None
+    assert json.loads((tmp_path / "none" / "train_summary.json").read_text())["train_l1_last50"] is None
+    # demonstrations the expert cannot make (all noise): one line, exit 2
+    assert tr.main([f"--out-dir={tmp_path / 'noisy'}", "--noise=1.0", "--excursion-rate=0.2", *flags]) == 2
+    err = capsys.readouterr().err
+    assert "specprune-train: error: the expert failed on most seeds" in err and "Traceback" not in err
 
 
 def test_every_training_option_is_explained_in_help():
@@ -599,3 +613,12 @@ def test_training_with_readout_grounding_moves_the_readouts_attention_to_the_nam
         total, l1 = tr.training_losses(model, aux, batch, 0.5, readout_weight=1.0)
         plain, _ = tr.training_losses(model, aux, batch, 0.5)
     assert total.item() > plain.item()
+
+
+def test_data_cli_checks_its_output_path_before_generating(tmp_path, capsys):
+    from specprune_ros.testbed import data
+
+    assert data.main(["--episodes=1", f"--out={tmp_path / 'missing' / 'eps.npz'}"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert data.main(["--episodes=1", f"--out={tmp_path}"]) == 2
+    assert "a directory" in capsys.readouterr().err

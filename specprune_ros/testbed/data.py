@@ -259,13 +259,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="probability per demonstration that the release comes 1-6 steps late (default 0)")
     parser.add_argument("--out", required=True, help="output .npz path")
     args = parser.parse_args(argv)
+    out = Path(args.out)
+    if not out.parent.is_dir() or out.is_dir():  # checked before minutes of generation, not after
+        print(f"error: --out={args.out}: " + ("a directory" if out.is_dir() else f"folder {str(out.parent)!r} does not exist"),
+              file=sys.stderr)
+        return 2
     try:
         eps = generate(args.episodes, args.seed, args.noise, progress=True, excursion_rate=args.excursion_rate,
                        fine_excursion_rate=args.fine_excursion_rate, late_release=args.late_release)
-    except (ValueError, RuntimeError) as err:
+        save_episodes(args.out, eps)
+    except (ValueError, RuntimeError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    save_episodes(args.out, eps)
     steps = sum(len(e) for e in eps)
     print(f"wrote {len(eps)} episodes ({steps} steps) to {args.out}")
     return 0

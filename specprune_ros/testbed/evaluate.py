@@ -53,7 +53,26 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # exact at the ends (rounding gave 0.9999999999999999 for n/n), and never excluding the observed rate
+    lo = 0.0 if successes == 0 else min(p, max(0.0, centre - half))
+    hi = 1.0 if successes == n else max(p, min(1.0, centre + half))
+    return lo, hi
+
+
+def json_safe(value):
+    """``value`` with every NaN or infinite float (a statistic without samples) as None: valid JSON."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _fmt(value, spec: str) -> str:
+    """``value`` formatted, or "-" for a statistic without samples."""
+    return "-" if value is None or (isinstance(value, float) and not math.isfinite(value)) else format(value, spec)
 
 
 MATCHED = "+matched"
@@ -471,7 +490,7 @@ def summarize(variant: str, episodes: list[dict]) -> dict:
     k = sum(e["success"] for e in episodes)
     lo, hi = wilson_interval(k, n)
     q = [x for e in episodes for x in e["queries"]]
-    lat = np.array([x["latency_ms"] for x in q]) if q else np.array([np.nan])
+    lat = np.array([x["latency_ms"] for x in q])
     views = sorted({v for x in q for v in x["kept"]})
     succ_len = [e["steps"] for e in episodes if e["success"]]
     return {
@@ -486,8 +505,8 @@ def summarize(variant: str, episodes: list[dict]) -> dict:
         "wrong_grasp_rate": float(np.mean([e["wrong_grasp"] for e in episodes])),
         "closest_mm_median": float(np.median([e["closest_mm"] for e in episodes])),
         "queries": len(q),
-        "latency_ms": {"mean": float(np.nanmean(lat)), "p50": float(np.nanpercentile(lat, 50)),
-                       "p90": float(np.nanpercentile(lat, 90))},
+        "latency_ms": {"mean": float(np.mean(lat)), "p50": float(np.percentile(lat, 50)),
+                       "p90": float(np.percentile(lat, 90))} if q else {"mean": None, "p50": None, "p90": None},
         "kept_per_view": {v: float(np.mean([x["kept"].get(v, np.nan) for x in q])) for v in views},
         "mean_seq_len": float(np.mean([x["mean_seq_len"] for x in q])) if q else None,
         "total_tokens": int(q[0]["total_tokens"]) if q else None,
@@ -510,14 +529,14 @@ def plot(results: dict, path: Path) -> Path:
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
     ax = axes[0, 0]
     rate = np.array([s["success_rate"] for s in summ]) * 100
-    err = np.array([[s["success_rate"] - s["wilson95"][0], s["wilson95"][1] - s["success_rate"]] for s in summ]).T * 100
+    err = np.clip(np.array([[s["success_rate"] - s["wilson95"][0], s["wilson95"][1] - s["success_rate"]] for s in summ]).T * 100, 0, None)
     ax.bar(x, rate, yerr=err, capsize=4, color="tab:green")
     ax.set_xticks(x, names, rotation=20)
     ax.set_ylabel("success % (95% Wilson)")
     ax.set_ylim(0, 105)
     ax.set_title(f"closed-loop success, {summ[0]['episodes']} episodes each")
     ax = axes[0, 1]
-    ax.bar(x, [s["latency_ms"]["mean"] for s in summ], color="tab:blue")
+    ax.bar(x, [s["latency_ms"]["mean"] or 0.0 for s in summ], color="tab:blue")
     ax.set_xticks(x, names, rotation=20)
     ax.set_ylabel("latency per chunk, ms (mean)")
     ax = axes[1, 0]
@@ -612,7 +631,7 @@ def evaluate(cfg: EvalConfig, out_dir: str | Path | None = None, progress: bool 
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(results, indent=1))
+        (out / "results.json").write_text(json.dumps(json_safe(results), indent=1, allow_nan=False))
         if results["summary"]:
             plot(results, out / "results.png")
     return results
@@ -648,23 +667,23 @@ def table(results: dict) -> str:
              "| kept primary/wrist | named object kept % primary/wrist | mean seq len | fine % |",
              "|---|---|---|---|---|---|---|---|---|---|---|"] if results["summary"] else []
     for s in results["summary"]:
-        kept = "/".join(f"{s['kept_per_view'].get(v, float('nan')):.0f}" for v in ("primary", "wrist"))
+        kept = "/".join(_fmt(s["kept_per_view"].get(v), ".0f") for v in ("primary", "wrist"))
         nk = s.get("named_kept", {})
         named = "/".join("-" if nk.get(v) is None else f"{100 * nk[v]:.0f}" for v in ("primary", "wrist"))
         lines.append(
             f"| {s['variant']} | {100 * s['success_rate']:.0f} ({100 * s['wilson95'][0]:.0f}-{100 * s['wilson95'][1]:.0f}) "
             f"| {100 * s['grasp_rate']:.0f} | {100 * s['wrong_grasp_rate']:.0f} | {s['closest_mm_median']:.0f} "
-            f"| {s['mean_steps']:.0f} | {s['latency_ms']['mean']:.1f} | {kept} | {named} | {s['mean_seq_len']:.0f} "
+            f"| {s['mean_steps']:.0f} | {_fmt(s['latency_ms']['mean'], '.1f')} | {kept} | {named} | {_fmt(s['mean_seq_len'], '.0f')} "
             f"| {100 * s['fine_fraction']:.0f} |")
     if results.get("open_loop"):
         lines += ["", "| variant | open-loop L1 to expert (xyz) | L1 to off (xyz) | kept primary/wrist "
                       "| named object kept % primary/wrist |", "|---|---|---|---|---|"]
         for v, o in results["open_loop"].items():
-            kp = "/".join(f"{o['kept_per_view'].get(w, float('nan')):.0f}" for w in ("primary", "wrist"))
+            kp = "/".join(_fmt(o["kept_per_view"].get(w), ".0f") for w in ("primary", "wrist"))
             nk = "/".join("-" if o["named_kept"].get(w) is None else f"{100 * o['named_kept'][w]:.0f}"
                           for w in ("primary", "wrist"))
             lines.append(f"| {v} | {o['l1_to_expert']:.3f} ({o['l1_to_expert_xyz']:.3f}) "
-                         f"| {o.get('l1_to_off', float('nan')):.3f} ({o.get('l1_to_off_xyz', float('nan')):.3f}) "
+                         f"| {_fmt(o.get('l1_to_off'), '.3f')} ({_fmt(o.get('l1_to_off_xyz'), '.3f')}) "
                          f"| {kp} | {nk} |")
     if results.get("instruction_following"):
         lines += ["", "| variant | first chunk as the expert's for the named object % (ignoring the name: at most) "
@@ -756,8 +775,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as err:
         print(f"specprune-testbed-eval: error: {err}", file=sys.stderr)
         return 2
-    if args.json:
-        print(json.dumps(res["summary"], indent=1))
+    if args.json:  # what the table shows: the summary and the checks that were run (results.json adds the episodes)
+        shown = {k: res[k] for k in ("summary", "open_loop", "instruction_following", "attention_agreement") if k in res}
+        print(json.dumps(json_safe(shown), indent=1, allow_nan=False))
     else:
         print(table(res))
         written = [Path(args.out) / "results.json"] + ([Path(args.out) / "results.png"] if res["summary"] else [])

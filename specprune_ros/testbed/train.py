@@ -174,9 +174,10 @@ class TrainConfig:
         for name, most in (("episodes", 100_000), ("batch_size", 4096), ("steps", 10**9)):
             if getattr(self, name) > most:
                 raise ValueError(f"{name}={getattr(self, name)} must be <= {most}")
-        for name in ("seed", "data_seed"):
-            if not 0 <= getattr(self, name) < 2**32:
-                raise ValueError(f"{name}={getattr(self, name)} must lie in [0, 2**32)")
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed={self.seed} must lie in [0, 2**32)")
+        if not 0 <= self.data_seed < 1000:  # the demonstrations' task seeds are data_seed * 1000 + k
+            raise ValueError(f"data_seed={self.data_seed} must lie in [0, 1000)")
         for name in ("weight_decay", "noise"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
@@ -805,7 +806,7 @@ def _identity(cfg: TrainConfig) -> str:
 class TrainResult:
     out_dir: Path
     steps_done: int
-    train_loss: float
+    train_loss: float | None  # None: no action step ran
     val_loss: float | None
     minutes: float
 
@@ -959,7 +960,7 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainResult:
     if val_batches:
         with torch.no_grad():
             val_loss = float(np.mean([float(l1_loss(model, b)) for b in val_batches]))
-    train_loss = float(np.mean(losses[-50:])) if losses else float("nan")
+    train_loss = float(np.mean(losses[-50:])) if losses else None  # no action step ran (time limit, warm-up)
     write_checkpoint(out, model, config, stats, tok_files, step=step, shards=1,
                      dtype=torch.float16 if cfg.fp16 else None)
     for stale in out.glob("*--*_checkpoint.pt"):
@@ -969,7 +970,7 @@ def train(cfg: TrainConfig, progress: bool = True, log=print) -> TrainResult:
                "minutes": minutes, "bf16_autocast": bf16, "train_transitions": data_stats["num_transitions"],
                "loss_curve_every_50": [float(np.mean(losses[i:i + 50])) for i in range(0, len(losses), 50)],
                "ground_ce_every_50": [float(np.mean(ground_losses[i:i + 50])) for i in range(0, len(ground_losses), 50)]}
-    (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    (out / "train_summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
     return TrainResult(out, step, train_loss, val_loss, minutes)
 
 
@@ -1030,16 +1031,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = TrainConfig(**kw)
         res = train(cfg, progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
-    except (ValueError, OSError) as err:
+    except (ValueError, OSError, RuntimeError) as err:  # RuntimeError: the expert failed on the demonstrations' seeds
         print(f"specprune-train: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
     summary = {"out_dir": str(res.out_dir), "steps": res.steps_done, "train_l1": res.train_loss,
                "val_l1": res.val_loss, "minutes": round(res.minutes, 2)}
+    l1 = lambda v: "-" if v is None else round(v, 4)  # noqa: E731 - no action step ran, no validation set
     print(json.dumps(summary) if args.json else
-          f"wrote {res.out_dir} after {res.steps_done} steps ({res.minutes:.1f} min): train L1 {res.train_loss:.4f}, "
-          f"val L1 {res.val_loss if res.val_loss is None else round(res.val_loss, 4)}")
+          f"wrote {res.out_dir} after {res.steps_done} steps ({res.minutes:.1f} min): train L1 {l1(res.train_loss)}, "
+          f"val L1 {l1(res.val_loss)}")
     return 0
 
 
