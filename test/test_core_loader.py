@@ -126,6 +126,21 @@ def test_config_validation_messages():
         PolicyConfig.from_mapping({"checkpoint": "x", "unorm_key": "a"})
 
 
+@pytest.mark.parametrize("key, value, message", [
+    ("flip", "false", "flip='false' must be true or false"),  # a quoted YAML value: truthy text, a rotated image
+    ("center_crop", 1, "center_crop=1 must be true or false"),
+    ("crop_scale", "0.9", "crop_scale='0.9' must be a number"),
+    ("views", "wrist", "views='wrist' must be a list of names"),  # not ('w', 'r', 'i', 's', 't')
+    ("seed", 1.5, "seed=1.5 must be an integer"),
+    ("checkpoint", 5, "checkpoint=5 must be text"),
+])
+def test_mapped_values_of_the_wrong_type_are_named(key, value, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        PolicyConfig.from_mapping({"checkpoint": "x", key: value})
+    cfg = PolicyConfig.from_mapping({"checkpoint": "x", "views": ["wrist"], "crop_scale": 1, "flip": True})
+    assert cfg.views == ("wrist",) and cfg.crop_scale == 1.0 and cfg.flip is True
+
+
 def test_loading_never_uses_pickle_without_weights_only(tiny_checkpoint_copy):
     """A head file with a pickled object that is not a tensor is refused (weights_only=True)."""
     head = next(tiny_checkpoint_copy.glob("action_head--*"))

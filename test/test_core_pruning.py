@@ -324,6 +324,13 @@ def test_merge_averages_each_kept_token_with_the_dropped_ones_it_absorbs():
         PolicyConfig(merge=True)
 
 
+@pytest.mark.parametrize("change, message", [({"static_count": (-1,)}, "static_count"), ({"static_count": (300,)}, "static_count"),
+                                             ({"tau": (1.5,)}, "tau"), ({"tau": (float("nan"),)}, "tau")])
+def test_frame_difference_settings_are_bounded(change, message):
+    with pytest.raises(ConfigError, match=message):
+        CFG.replace(**change)
+
+
 def test_a_key_bias_of_log_w_is_w_identical_tokens(tiny_checkpoint, observation):
     """The layer loop adds ``key_bias`` to every row's logits: a token weighted 3 acts on the others as three
     identical copies of it (same hidden state, same position) would, in every layer."""

@@ -74,6 +74,36 @@ class PreprocessConfig:
             raise ConfigError(f"crop_scale={self.crop_scale} must lie in [0.1, 1.0]")
 
 
+def _typed(name: str, value: Any, type_name: str) -> Any:
+    """``value`` as the field type ``type_name`` names, or ConfigError saying what was given."""
+    def wrong(expected: str) -> ConfigError:
+        return ConfigError(f"{name}={value!r} must be {expected}, got {type(value).__name__}")
+
+    if type_name == "bool":
+        if not isinstance(value, bool):
+            raise wrong("true or false (a boolean, not text)")
+        return value
+    if type_name == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise wrong("an integer")
+        return value
+    if type_name == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise wrong("a number")
+        return float(value)
+    if type_name.startswith("tuple"):
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise wrong("a list of names")
+        return tuple(value)
+    if type_name == "str | None":
+        if value is not None and not isinstance(value, str):
+            raise wrong("text or null")
+        return value
+    if not isinstance(value, str):
+        raise wrong("text")
+    return value
+
+
 @dataclass(frozen=True)
 class PolicyConfig:
     """Everything needed to build an OpenVLA-OFT policy from a local checkpoint directory."""
@@ -141,8 +171,9 @@ class PolicyConfig:
             hints = ", ".join(f"{k!r}{closest(k, names)}" for k in unknown)
             raise ConfigError(f"unknown policy config key(s): {hints}")
         kw = dict(values)
-        if "views" in kw:
-            kw["views"] = tuple(kw["views"])
         if kw.get("unnorm_key") == "":
             kw["unnorm_key"] = None
+        types = {name: type_name for name, (type_name, _, _) in cls.fields_doc().items()}
+        for name, value in kw.items():  # YAML's 'false' is text, and a str is a tuple of letters: say so instead
+            kw[name] = _typed(name, value, types[name])
         return cls(**kw)

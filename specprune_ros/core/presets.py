@@ -83,6 +83,10 @@ class PruningConfig:
         for kc, kf in zip(self.local_k_coarse, self.local_k_fine):
             if kc < 1 or kf < 1:
                 raise ConfigError(f"local budgets must be >= 1, got coarse={self.local_k_coarse} fine={self.local_k_fine}")
+        if not all(-1.0 <= t <= 1.0 for t in self.tau):  # a cosine similarity (NaN fails too)
+            raise ConfigError(f"tau={self.tau} must lie in [-1, 1] (a cosine similarity)")
+        if not all(0 <= c <= 256 for c in self.static_count):
+            raise ConfigError(f"static_count={self.static_count} must lie in [0, 256] (patches per view)")
         if not 0.0 <= self.prune_fraction < 1.0:
             raise ConfigError(f"prune_fraction={self.prune_fraction} must lie in [0, 1)")
         if not 0.0 < self.ema_beta <= 1.0:
