@@ -138,7 +138,10 @@ def test_variants_and_config_validation():
     with pytest.raises(ValueError, match="needs paper\\+random evaluated before"):
         ev.EvalConfig(variants=("paper", "paper+matched+random"))
     ev.EvalConfig(variants=("paper+random", "paper+matched+random"))
-    for bad, message in [({"overlay_episodes": -3}, "overlay_episodes=-3"), ({"episodes": 10**20}, "episodes=")]:
+    assert ev.EvalConfig(first_seed=999_980, episodes=20).first_seed == 999_980  # the last seeds below them
+    for bad, message in [({"overlay_episodes": -3}, "overlay_episodes=-3"), ({"episodes": 10**20}, "episodes="),
+                         ({"first_seed": 999_990, "episodes": 20}, "reaches task seed 1000009"),  # training scenes
+                         ({"first_seed": 930_000, "agreement_seeds": 1}, "reaches task seed 1000000")]:
         with pytest.raises(ValueError, match=message):
             ev.EvalConfig(**bad)
 

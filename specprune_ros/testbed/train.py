@@ -124,7 +124,7 @@ class TrainConfig:
         threads: torch CPU threads.
     """
 
-    out_dir: str = "checkpoints/testbed"
+    out_dir: str = "testbed_policy"
     episodes: int = 400
     data_seed: int = 0
     noise: float = 0.15
