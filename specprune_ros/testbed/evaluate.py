@@ -231,8 +231,8 @@ class EvalConfig:
                              f"agreement_seeds={self.agreement_seeds} must be >= 0")
         if self.first_seed < 0:
             raise ValueError(f"first_seed={self.first_seed} must be >= 0")
-        last = max(self.first_seed + self.episodes, *(self.first_seed + off + n for off, n in
-                   ((50_000, self.open_loop_seeds), (60_000, self.grounding_seeds), (70_000, self.agreement_seeds)) if n))
+        last = max([self.first_seed + self.episodes, *(self.first_seed + off + n for off, n in
+                   ((50_000, self.open_loop_seeds), (60_000, self.grounding_seeds), (70_000, self.agreement_seeds)) if n)])
         if last > 1_000_000:  # the demonstrations' task seeds start there: evaluation never sees training scenes
             raise ValueError(f"first_seed={self.first_seed} with these counts reaches task seed {last - 1}; evaluation "
                              "seeds stay below 1000000, where the training demonstrations' seeds begin")
