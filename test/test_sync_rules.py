@@ -313,15 +313,33 @@ def test_non_finite_stamps_are_refused(sync):
     assert sync.sync(10.01).observation.stamp == 10.0
 
 
-def test_a_jump_back_in_time_clears_the_buffers(sync):
-    """A bag replayed in a loop: stamps (and the clock) start over. More than max_age back is a new time line,
-    not a late message: the buffers are cleared and the inputs of the new pass are used."""
+def test_a_jump_back_of_the_clock_clears_the_buffers(sync):
+    """A bag replayed in a loop: the clock and the stamps start over. Until a query sees the clock go back, the
+    new pass's inputs are older than what is buffered (out of order); that query clears the buffers (as tf2 on a
+    jump back) and the inputs of the new pass are used from then on."""
+    from specprune_ros.core.sync import OUT_OF_ORDER, TIME_JUMP
+
     for k in range(3):
         feed(sync, 20.0 + 0.1 * k, k)
-    feed(sync, 10.0, 7)
-    assert sync.time_jumps == 1
-    obs = sync.sync(10.02).observation
-    assert obs.stamp == 10.0 and obs.images["primary"][0, 0, 0] == 7
+    assert sync.sync(20.21).observation.stamp == 20.2
+    with pytest.raises(SyncInputError) as info:
+        sync.add_image("primary", 10.0, frame(7))
+    assert info.value.reason == OUT_OF_ORDER
+    assert reason_of(sync, 10.01) == TIME_JUMP and sync.time_jumps == 1
+    assert reason_of(sync, 10.015) == NO_DATA  # nothing of the future is kept
+    feed(sync, 10.02, 7)
+    obs = sync.sync(10.03).observation
+    assert obs.stamp == 10.02 and obs.images["primary"][0, 0, 0] == 7 and sync.time_jumps == 1
+
+
+def test_a_late_publisher_never_clears_the_other_inputs(sync):
+    """Two publishers on one camera topic, one a second behind: its frames are refused as out of order, and the
+    other view and the joint states stay."""
+    for k in range(5):
+        feed(sync, 10.0 + 0.1 * k, k)
+        with pytest.raises(SyncInputError, match="out of order"):
+            sync.add_image("primary", 9.0 + 0.1 * k, frame(50))
+        assert sync.sync(10.01 + 0.1 * k).observation.stamp == pytest.approx(10.0 + 0.1 * k)
 
 
 def test_every_joint_of_the_end_effector_chain_is_required(builder):
@@ -343,3 +361,30 @@ def test_every_joint_of_the_end_effector_chain_is_required(builder):
         sync_with(None).sync(10.01)
     assert reason_of(sync_with(9.0), 10.01) == STALE
     assert sync_with(9.99).sync(10.01).observation.proprio is not None
+
+
+def test_the_ee_speed_uses_every_chain_joint_without_a_proprio():
+    """Kinematics for the EE speed only (no proprio sources): a chain joint left out of arm_joints must still be
+    published, and its value is used (it was taken at its neutral value)."""
+    arm = [j for j in ARM if j != "panda_joint4"]
+    partial = ProprioBuilder(ProprioConfig(sources=()), KinematicModel(URDF, "panda_hand_tcp", arm))
+    full = ProprioBuilder(ProprioConfig(sources=()), KinematicModel(URDF, "panda_hand_tcp", ARM))
+    velocities = {j: 0.3 for j in arm}
+
+    def sync_with(joint4: float | None) -> Synchronizer:
+        s = Synchronizer(SyncConfig(views=("primary", "wrist"), max_age=0.5, max_skew=0.05, require_joint_states=True),
+                         partial)
+        s.set_instruction("pick up the cube")
+        s.add_image("primary", 10.0, frame(1))
+        s.add_image("wrist", 10.0, frame(2))
+        if joint4 is not None:  # its own publisher
+            s.add_joint_state(9.999, ["panda_joint4"], [joint4])
+        s.add_joint_state(10.0, arm, [q for j, q in zip(ARM, READY) if j != "panda_joint4"], [velocities[j] for j in arm])
+        return s
+
+    assert reason_of(sync_with(None), 10.01) == BAD_JOINT_STATE  # joint 4 never published
+    got = sync_with(-2.0).sync(10.01).observation.ee_speed
+    positions = dict(zip(ARM, READY), panda_joint4=-2.0)
+    expected = full.ee_speed(positions, dict(velocities, panda_joint4=0.0))
+    assert got == pytest.approx(expected)
+    assert got != pytest.approx(full.ee_speed(dict(zip(ARM, READY)), dict(velocities, panda_joint4=0.0)))

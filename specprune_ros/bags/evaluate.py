@@ -230,7 +230,7 @@ class BagFeeder:
             try:
                 self.sync.add_joint_state(_stamp(msg.header), list(msg.name), list(msg.position), velocities)
             except SyncInputError as err:
-                self._input_error("bad_joint_state", str(err))
+                self._input_error(err.reason, str(err))
         elif topic == self.inputs.instruction_topic:
             if msg.data.strip() != self.sync.instruction:
                 self.sync.set_instruction(msg.data)

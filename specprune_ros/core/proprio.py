@@ -231,15 +231,15 @@ class ProprioBuilder:
         kin = self.kinematics
         if kin is None:
             return None
-        check_joint_values(positions, kin.arm_joints)
-        q = kin.arm_positions(positions)
+        chain = list(dict.fromkeys([*kin.arm_joints, *kin.chain_joints]))  # the pose depends on each
+        check_joint_values(positions, chain)
         if velocities is not None and all(j in velocities and np.isfinite(velocities[j]) for j in kin.arm_joints):
             qdot = np.array([velocities[j] for j in kin.arm_joints])
-            return KinematicModel.speed(kin.ee_twist(q, qdot))
+            return KinematicModel.speed(kin.ee_twist(dict(positions), qdot))
         if previous is None or stamp is None:
             return None
         prev_stamp, prev_positions = previous
         dt = stamp - prev_stamp
-        if dt <= 0 or any(j not in prev_positions or not np.isfinite(prev_positions[j]) for j in kin.arm_joints):
+        if dt <= 0 or any(j not in prev_positions or not np.isfinite(prev_positions[j]) for j in chain):
             return None
-        return KinematicModel.speed(kin.ee_twist_fd(kin.arm_positions(prev_positions), q, dt))
+        return KinematicModel.speed(kin.ee_twist_fd(dict(prev_positions), dict(positions), dt))

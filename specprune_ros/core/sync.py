@@ -18,8 +18,9 @@ Rules applied by :meth:`Synchronizer.sync` at time ``now`` (seconds, the same cl
    proprio layout needs forward kinematics (``bad_joint_state``, ``no_robot_description``).
 
 On arrival (:meth:`Synchronizer.add_image`, :meth:`Synchronizer.add_joint_state`) a frame or joint state with a
-non-finite stamp, or one older than what is buffered (``out_of_order``), is refused; more than ``max_age`` older
-is a jump back in time, which clears the buffers instead.
+non-finite stamp, or one older than what is buffered (``out_of_order``), is refused. A query whose ``now`` lies
+before the previous query's (the clock went back: a bag loop, a restarted simulator) clears the buffers and is
+refused (``time_jump``), as tf2 clears its buffer; the inputs that follow start afresh.
 
 Anything refused raises :class:`StaleInput` (rules 1-6 timing, ``reason`` says which) or
 :class:`SyncInputError` (content); both are :class:`~specprune_ros.core.types.InputError` and carry a
@@ -48,6 +49,7 @@ NO_INSTRUCTION = "no_instruction"
 BAD_JOINT_STATE = "bad_joint_state"
 NO_ROBOT_DESCRIPTION = "no_robot_description"
 OUT_OF_ORDER = "out_of_order"
+TIME_JUMP = "time_jump"
 
 
 class SyncInputError(InputError):
@@ -162,7 +164,8 @@ class Synchronizer:
         self._merged_vel: dict[str, float] = {}
         self._merged_stamp: dict[str, float] = {}
         self.instruction: str = ""
-        self.time_jumps = 0  # jumps back in time that cleared the buffers
+        self.time_jumps = 0  # jumps of the clock back in time, each of which cleared the buffers
+        self._last_now: float | None = None
 
     # ------------------------------------------------------------------------------------------ inputs
     def add_image(self, view: str, stamp: float, rgb: np.ndarray) -> None:
@@ -170,7 +173,7 @@ class Synchronizer:
 
         Raises :class:`SyncInputError` (and keeps nothing) for a non-finite stamp (``bad_frame``) or one older than
         the view's newest frame (``out_of_order``): the newest frame is the newest in time, not the last to arrive.
-        A stamp more than ``max_age`` older is a jump back in time instead (see :meth:`_time_went_back`).
+        When the clock itself goes back (a bag loop), :meth:`sync` clears the buffers (``time_jump``).
         """
         if view not in self._frames:
             return
@@ -178,7 +181,7 @@ class Synchronizer:
         if not math.isfinite(stamp):
             raise SyncInputError(f"camera view {view!r}: frame stamp {stamp} is not a time", BAD_FRAME)
         frames = self._frames[view]
-        if frames and stamp < frames[-1].stamp and not self._time_went_back(stamp, frames[-1].stamp):
+        if frames and stamp < frames[-1].stamp:
             raise SyncInputError(
                 f"camera view {view!r}: a frame stamped {stamp:.3f} arrived after one stamped {frames[-1].stamp:.3f}; "
                 "dropped (out of order: two publishers on one topic, or a bag played out of order?)",
@@ -219,7 +222,7 @@ class Synchronizer:
         if not math.isfinite(stamp):
             raise SyncInputError(f"joint state stamp {stamp} is not a time", BAD_JOINT_STATE)
         newer = sorted(n for n in names if self._merged_stamp.get(n, -math.inf) > stamp)
-        if newer and not self._time_went_back(stamp, max(self._merged_stamp[n] for n in newer)):
+        if newer:
             raise SyncInputError(
                 f"a joint state stamped {stamp:.3f} arrived after newer values of {newer[:4]}"
                 f"{' ...' if len(newer) > 4 else ''} (stamped {max(self._merged_stamp[n] for n in newer):.3f}); dropped "
@@ -249,16 +252,6 @@ class Synchronizer:
         self._joints.append(
             JointSnapshot(float(stamp), dict(self._merged_pos), dict(self._merged_vel), dict(self._merged_stamp))
         )
-
-    def _time_went_back(self, stamp: float, newest: float) -> bool:
-        """True, after forgetting every buffered frame and joint state, when ``stamp`` lies more than ``max_age``
-        before ``newest``: the clock jumped back (a bag replayed in a loop, a simulator restarted), and what is
-        buffered belongs to a future that will not come. As tf2 clears its buffer on a jump back in time."""
-        if newest - stamp <= self.config.max_age:
-            return False
-        self.reset()
-        self.time_jumps += 1
-        return True
 
     def set_instruction(self, text: str) -> None:
         self.instruction = (text or "").strip()
@@ -324,6 +317,13 @@ class Synchronizer:
         cfg = self.config
         if not math.isfinite(now):
             raise StaleInput(f"the current time {now} is not a time", STALE)
+        last, self._last_now = self._last_now, now
+        if last is not None and now < last - 1e-3:  # as tf2 on a jump back: what is buffered is a future to come
+            self.reset()
+            self.time_jumps += 1
+            raise StaleInput(
+                f"the clock went back {last - now:.3f} s (from {last:.3f} to {now:.3f}; a bag replayed in a loop, a "
+                "restarted simulator?): every buffered frame and joint state was dropped", TIME_JUMP)
         for view in cfg.views:
             if not self._frames[view]:
                 raise StaleInput(f"no frame received yet from camera view {view!r}", NO_DATA)

@@ -174,6 +174,7 @@ def summarize(episodes: list[dict[str, Any]]) -> dict[str, Any]:
             "successes": sum(bool(e["success"]) for e in eps),
             "success_rate": sum(bool(e["success"]) for e in eps) / len(eps),
             "failures": sum(e["status"] == "failure" for e in eps),
+            "aborted": sum(e["status"] == "aborted" for e in eps),
             "mean_steps": _mean([float(e["steps"]) for e in eps]),
             "mean_steps_success": _mean([float(e["steps"]) for e in eps if e["success"]]),
             "chunks": len(lat),
@@ -429,7 +430,8 @@ class _RosRun:
             latency_s=[float(c.inference_latency) for c in chunks],
             tokens_kept=[int(c.tokens_kept) for c in chunks],
             tokens_total=[int(c.tokens_total) for c in chunks],
-            error="" if finished else f"no end of episode within {timeout:.0f} s (see {self.log_dir})",
+            error=(f"no end of episode within {timeout:.0f} s (see {self.log_dir})" if not finished else
+                   "aborted: another client reset the bridge during the episode" if st.status == "aborted" else ""),
         )
         return res, (st.instruction if st is not None else "")
 
@@ -457,7 +459,7 @@ def run_ros(plan: EvalPlan, results: Results, progress, episode_timeout: float) 
                     results.add(preset, res, instruction)
                     _advance(progress, results, preset)
                     prev = init_state
-                    if res.error:  # the loop is stuck: start the next episode with fresh processes
+                    if res.error:  # the loop is stuck (or another client reset it): next episode with fresh processes
                         run.stop_bridge()
                         prev = None
                 run.stop_bridge()

@@ -155,7 +155,7 @@ def generate(n_episodes: int, seed: int = 0, noise: float = 0.15, noise_free_fra
              excursion_rate: float = 0.0, fine_excursion_rate: float = 0.0, late_release: float = 0.0) -> list[Episode]:
     """``n_episodes`` successful demonstrations on task seeds drawn from ``seed`` (failed ones are skipped).
 
-    Task seeds are ``1_000_000 + seed * 100_000 + i``: disjoint from the evaluation seeds (0 .. 99_999).
+    Task seeds are ``1_000_000 + seed * 100_000 + i``: disjoint from the evaluation seeds (below 1_000_000, ``EvalConfig``).
     A fraction ``noise_free_fraction`` of the episodes is recorded without noise and without excursions.
     """
     if n_episodes < 1:

@@ -174,9 +174,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-dir", default=None, help="where the nodes' logs go (default: a temporary directory)")
     p.add_argument("--json", action="store_true", help="print the episode records as JSON")
     args = p.parse_args(argv)
-    if not (1 <= args.episodes <= 10_000 and 0 <= args.seed < 2**31 and 1 <= args.max_steps <= 100_000):
-        print("error: --episodes must lie in [1, 10000], --max-steps in [1, 100000] and --seed in [0, 2**31)",
-              file=sys.stderr)
+    if not (1 <= args.episodes <= 10_000 and 0 <= args.seed and args.seed + args.episodes <= 1_000_000
+            and 1 <= args.max_steps <= 100_000):
+        print("error: --episodes must lie in [1, 10000], --max-steps in [1, 100000] and --seed in [0, 1000000 - "
+              "episodes] (the training demonstrations' task seeds start at 1000000)", file=sys.stderr)
         return 2
     try:
         policy_control_dt(args.control_rate)

@@ -176,7 +176,7 @@ class TrainConfig:
                 raise ValueError(f"{name}={getattr(self, name)} must be <= {most}")
         if not 0 <= self.seed < 2**32:
             raise ValueError(f"seed={self.seed} must lie in [0, 2**32)")
-        if not 0 <= self.data_seed < 1000:  # the demonstrations' task seeds are data_seed * 1000 + k
+        if not 0 <= self.data_seed < 1000:  # as data.generate: task seeds 1_000_000 + data_seed * 100_000 + k
             raise ValueError(f"data_seed={self.data_seed} must lie in [0, 1000)")
         for name in ("weight_decay", "noise"):
             if getattr(self, name) < 0:
