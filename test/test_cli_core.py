@@ -40,6 +40,25 @@ def test_join_negative_values():
     assert join_negative_values(["--proprio", "-inf,0"]) == ["--proprio=-inf,0"]  # refused later, and says why
 
 
+def test_boolean_flags_take_values_as_every_option_does(capsys):
+    import argparse
+
+    from specprune_ros.cli.common import ArgumentParser
+
+    p = ArgumentParser(prog="t")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--offset", default=None)
+    p.add_argument("rest", nargs="*")
+    ns = p.parse_args(["--flip=false", "--json=yes", "--offset", "-0.1,0.2", "--", "--flip=true"])
+    assert (ns.flip, ns.json, ns.offset, ns.rest) == (False, True, "-0.1,0.2", ["--flip=true"])
+    ns = p.parse_args(["--no-flip=false", "--json=0", "--offset=-1"])
+    assert (ns.flip, ns.json, ns.offset) == (True, False, "-1")
+    with pytest.raises(SystemExit) as exit_:
+        p.parse_args(["--flip=maybe"])
+    assert exit_.value.code == 2 and "--flip: expected true or false, got 'maybe'" in capsys.readouterr().err
+
+
 def test_infer_json(tiny_checkpoint, images, capsys):
     assert infer.main(args_for(tiny_checkpoint, images, "--proprio", PROPRIO, "--json")) == 0
     out = json.loads(capsys.readouterr().out)
@@ -50,7 +69,7 @@ def test_infer_json(tiny_checkpoint, images, capsys):
 
 
 def test_infer_off_and_text(tiny_checkpoint, images, capsys):
-    assert infer.main(args_for(tiny_checkpoint, images, f"--proprio={PROPRIO}", "--preset=off", "--no-center-crop", "--flip")) == 0
+    assert infer.main(args_for(tiny_checkpoint, images, f"--proprio={PROPRIO}", "--preset=off", "--center-crop=false", "--flip=true")) == 0
     text = capsys.readouterr().out
     assert "8 steps x 7 dims" in text and "preset=off" in text and "primary 256" in text
 

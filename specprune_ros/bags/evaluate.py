@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from ..cli.common import ArgumentParser
 from ..core.images import ImageDecodeError, decode_compressed, decode_raw
 from ..core.kinematics import KinematicModel
 from ..core.proprio import ProprioBuilder, ProprioConfig
@@ -560,7 +561,7 @@ def _parse_views(items: list[str] | None) -> dict[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog=PROG,
         description=(
             "Evaluate pruning presets offline on a recorded bag: builds observations with the policy node's "

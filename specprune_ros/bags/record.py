@@ -26,6 +26,7 @@ from pathlib import Path
 from rosbags.rosbag2 import StoragePlugin, Writer, WriterError
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
+from ..cli.common import ArgumentParser
 from ..ros.parameters import NODE_NAME as POLICY_NODE, NodeConfig
 from .bagio import BagError, like_ros2_bag_record
 from .rosutil import fail, message_class, normalize_type, offered_to_bag_qos, ros_context, split_topics, subscription_qos
@@ -230,7 +231,7 @@ class Recorder:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog=PROG,
         description=textwrap.fill(
             "Record topics into a rosbag2 bag (sqlite3 or mcap) without `ros2 bag`. Default topics: the policy "

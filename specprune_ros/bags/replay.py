@@ -19,6 +19,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..cli.common import ArgumentParser
 from .bagio import NS, Bag, BagError
 from .rosutil import fail, resolve_classes, rclpy_qos, ros_context, split_topics, unknown_types_error
 
@@ -79,7 +80,7 @@ def parse_remap(items: list[str] | None) -> dict[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog=PROG,
         description=(
             "Publish a rosbag2 bag (sqlite3 or mcap) on its topics with the recorded timing, as raw CDR bytes "

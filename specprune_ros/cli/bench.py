@@ -27,7 +27,7 @@ from ..core.presets import PRESETS
 from ..core.prompt import make_tiny_tokenizer_files
 from ..core.tiny import SIZES, VOCAB, random_model, tiny_statistics
 from ..core.types import Observation
-from .common import print_json, run
+from .common import ArgumentParser, print_json, run
 
 PROG = "specprune-bench"
 STAGES = ("preprocess", "vision", "static_prune", "llm", "head", "total")
@@ -89,7 +89,7 @@ PLOT_FORMATS = (".png", ".svg", ".pdf")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog=PROG,
         description="Benchmark a pruning preset against the unpruned baseline on the same observations, interleaved "
         "step by step after warm-up. Models have random weights: 'tiny' (tests), 'mid' (real token layout, 32-layer "

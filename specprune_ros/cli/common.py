@@ -29,6 +29,50 @@ def join_negative_values(argv: Sequence[str]) -> list[str]:
     return out
 
 
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with the conventions every tool here follows: ``--opt=value`` everywhere, so a boolean flag
+    takes one too (``--flip=false`` is ``--no-flip``, ``--json=true`` is ``--json``), and ``--opt -0.1,0.2``
+    is ``--opt=-0.1,0.2``."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = join_negative_values(list(sys.argv[1:] if args is None else args))
+        return super().parse_known_args(self._flag_values(args), namespace)
+
+    def _flag_values(self, args: list[str]) -> list[str]:
+        # option string -> (the option meaning true, the option meaning false or None: leave it out)
+        flags: dict[str, tuple[str | None, str | None]] = {}
+        for action in self._actions:
+            if isinstance(action, argparse.BooleanOptionalAction):
+                for s in action.option_strings:
+                    if s.startswith("--no-"):
+                        flags[s] = ("--" + s[5:], s)[::-1]
+                    else:
+                        flags[s] = (s, "--no-" + s[2:])
+            elif isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+                for s in action.option_strings:
+                    flags[s] = (s, None)
+        out: list[str] = []
+        for i, tok in enumerate(args):
+            if tok == "--":
+                return out + args[i:]
+            name, sep, value = tok.partition("=")
+            if not sep or name not in flags:
+                out.append(tok)
+                continue
+            on, off = flags[name]
+            v = value.strip().lower()
+            if v not in _TRUE + _FALSE:
+                self.error(f"argument {name}: expected true or false, got {value!r}")
+            chosen = on if v in _TRUE else off
+            if chosen is not None:
+                out.append(chosen)
+        return out
+
+
 def parse_floats(text: str) -> list[float]:
     """``"0.1,-0.2, 3"`` -> [0.1, -0.2, 3.0] with a clear error; an empty field (``1,,2``) is an error, not
     skipped (the numbers after it would shift by one place)."""

@@ -11,7 +11,6 @@
 """
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ from ..core.presets import PRESETS
 from ..core.tiny import make_tiny_checkpoint
 from ..core.types import Observation
 from ..testbed import TESTBED_CHECKPOINT
-from .common import run
+from .common import ArgumentParser, run
 
 PROG = "specprune-demo"
 
@@ -108,7 +107,7 @@ def stage_ros_closed_loop(ckpt: Path, preset: str, episodes: int, out: Path) -> 
 
 
 def main_args(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog=PROG, description="Run the main job on the embedded default checkpoint.")
+    p = ArgumentParser(prog=PROG, description="Run the main job on the embedded default checkpoint.")
     p.add_argument("--out", default="demo_out", help="working directory (default: demo_out)")
     p.add_argument("--preset", default="paper", help="pruning preset to show (default: paper)")
     p.add_argument("--episodes", type=int, default=10,

@@ -10,7 +10,7 @@ import numpy as np
 from ..core.images import decode_image_bytes
 from ..core.policy import build_policy
 from ..core.types import Observation
-from .common import add_policy_args, parse_floats, policy_config_from_args, print_json, run
+from .common import ArgumentParser, add_policy_args, parse_floats, policy_config_from_args, print_json, run
 
 PROG = "specprune-infer"
 
@@ -36,7 +36,7 @@ def parse_images(items: list[str]) -> dict[str, np.ndarray]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog=PROG,
         description="Run an OpenVLA-OFT checkpoint once on image files and print the predicted action chunk "
         "(un-normalized, one row per control step).",

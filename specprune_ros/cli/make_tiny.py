@@ -1,7 +1,6 @@
 """specprune-make-tiny: write a random-weight checkpoint in the released OpenVLA-OFT layout."""
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
@@ -9,13 +8,13 @@ import tempfile
 from pathlib import Path
 
 from ..core.tiny import SIZES, make_tiny_checkpoint
-from .common import run
+from .common import ArgumentParser, run
 
 PROG = "specprune-make-tiny"
 
 
 def main_args(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog=PROG,
         description="Write a random-weight checkpoint laid out like the released OpenVLA-OFT ones (config.json with "
         "timm_overrides, safetensors shards + index, dataset_statistics.json with key 'tiny_sim', action head and "

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..cli.common import ArgumentParser
 from ..rosenv import ENV_SCRIPT, stop_process
 from .protocol import SUITE_MAX_STEPS, TRIALS_PER_TASK, EpisodeResult, ProtocolError, check_suite
 
@@ -472,7 +473,7 @@ def run_ros(plan: EvalPlan, results: Results, progress, episode_timeout: float) 
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="specprune-libero-eval",
         description=__doc__.split("\n\n")[0] + " Resumable; writes JSON and a plot.",
         epilog="Example (GPU, released checkpoint): specprune-libero-eval --suite=libero_spatial "

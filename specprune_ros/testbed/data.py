@@ -15,13 +15,13 @@ Training samples are (frames at t, proprio at t, instruction, plan at t): OFT's 
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..cli.common import ArgumentParser
 from .expert import FINE_SPEED, expert_action, expert_plan
 from .task import FINGER_OPEN, VIEWS, TabletopTask, TaskConfig
 
@@ -243,7 +243,7 @@ def load_episodes(path: str | Path) -> list[Episode]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description="Generate expert demonstrations of the test-bed task as a .npz file "
         "(snapshots, proprio, the expert's 8-step plans, executed actions; frames are re-rendered from snapshots)."
     )

@@ -15,7 +15,6 @@ Evaluation seeds start at ``--first-seed`` (default 0); training demonstrations 
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cli.common import ArgumentParser
 from ..core.config import PolicyConfig, PreprocessConfig
 from ..core.controller import requery_rows
 from ..core.presets import MERGE, PRESETS, PROPORTIONAL, ControllerConfig, PruningConfig, split_weighting, weighting_flags
@@ -713,7 +713,7 @@ def table(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     d = EvalConfig()
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="specprune-testbed-eval",
         description="Closed-loop success of a checkpoint on the test-bed task for the unpruned baseline and each "
         "pruning preset: success with 95% Wilson intervals, episode length, latency, tokens kept, mode time-lines. "

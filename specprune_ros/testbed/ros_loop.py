@@ -15,7 +15,6 @@ package built). ``specprune-demo`` runs it as its closed-loop ROS stage.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -25,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from ..cli.common import ArgumentParser
 from ..rosenv import stop_process
 from ..sim.launching import ros_param_args, write_params_file
 from . import TESTBED_CHECKPOINT
@@ -154,7 +154,7 @@ def run_loop(checkpoint: str, preset: str = "paper", seed: int = 10_000, episode
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m specprune_ros.testbed.ros_loop",
         description="Closed loop over ROS 2 on the test-bed task: testbed_sim_node + policy_node as child processes "
         "(the nodes of launch/testbed.launch.py), episodes watched on /episode_status. Needs the ROS environment "

@@ -35,6 +35,7 @@ import torch
 
 from transformers.modeling_utils import AttentionInterface
 
+from ..cli.common import ArgumentParser
 from ..core.checkpoint import inspect_checkpoint, load_model, write_checkpoint
 from ..core.config import PreprocessConfig, non_finite
 from ..core.model import PATCHES_PER_VIEW, ModelSpec, OFTModel, SequenceLayout
@@ -1005,7 +1006,7 @@ def attribute_help(doc: str) -> dict[str, str]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="specprune-train",
         description="Train a small OpenVLA-OFT-architecture policy on the test-bed task (CPU: about 30-40 min with "
         "the defaults on 2 cores with AVX512, ~4x longer with AVX2 only) and write it in the released checkpoint "
