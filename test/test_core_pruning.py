@@ -148,6 +148,7 @@ def test_dynamic_regions_can_be_switched_off():
         _, kept = run_static(pruner.cfg, {}, {}, frames=[b, a], pruner=pruner)
         assert (V0 + 114 in kept.tolist()) is on  # uniform text scores: only V_dynamic keeps patch 114
         assert pruner.record.dynamic_per_view == ({"primary": 1, "wrist": 0} if on else {})
+        assert (pruner.record.lookback is not None) is on  # no frame difference, no look-back reported
 
 
 def test_the_reference_frame_is_found_with_one_step_chunks():

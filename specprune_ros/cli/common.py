@@ -34,9 +34,9 @@ _FALSE = ("false", "no", "off", "0")
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with the conventions every tool here follows: ``--opt=value`` everywhere, so a boolean flag
-    takes one too (``--flip=false`` is ``--no-flip``, ``--json=true`` is ``--json``), and ``--opt -0.1,0.2``
-    is ``--opt=-0.1,0.2``."""
+    """argparse with the conventions every tool here follows: ``--opt=value`` everywhere, so a switch takes one
+    too (``--flip=false`` is ``--no-flip``, ``--no-progress=true`` is ``--no-progress``; an option that takes a
+    value, such as ``specprune-bench --json[=OUT]``, keeps it), and ``--opt -0.1,0.2`` is ``--opt=-0.1,0.2``."""
 
     def parse_known_args(self, args=None, namespace=None):
         args = join_negative_values(list(sys.argv[1:] if args is None else args))

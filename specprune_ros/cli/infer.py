@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--image=primary=a.png --image=wrist=b.png --proprio=-0.1,0.2,0,0,0,0,0.03,-0.03 --json",
     )
     p.add_argument("--instruction", required=True, help="the task, e.g. 'put the bowl on the plate'")
-    p.add_argument("--image", action="append", default=[], metavar="VIEW=PATH", help="camera image per view (PNG/JPEG, RGB)")
+    p.add_argument("--image", action="append", default=[], metavar="VIEW=PATH", help="camera image per view (PNG/JPEG, 8 bits per channel; one per view)")
     p.add_argument("--proprio", type=parse_floats, default=None, metavar="V1,V2,...", help="proprio state, comma-separated")
     p.add_argument("--json", action="store_true", help="print one JSON object with actions and stats")
     add_policy_args(p)

@@ -164,7 +164,8 @@ class PolicyConfig:
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "PolicyConfig":
-        """Build from a flat mapping (YAML, ROS parameters); unknown keys are an error naming the closest."""
+        """Build from a flat mapping (YAML, ROS parameters); unknown keys are an error naming the closest, and each
+        value must have its field's type (a YAML ``'false'`` string, or a bare view name for ``views``, is an error)."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = [k for k in values if k not in names]
         if unknown:

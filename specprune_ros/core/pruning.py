@@ -171,6 +171,8 @@ class SpecPruner:
             if step <= self.step - lookback:
                 ref = old
                 break
+        if not cfg.use_dynamic_regions:
+            ref = None  # no frame difference: no look-back to report either
         self.record = PruneRecord(mode=mode, lookback=lookback if ref is not None else None)
 
         L = layout.length
@@ -181,7 +183,7 @@ class SpecPruner:
         protected[layout.vis_start + layout.n_visual :] = True
         for v in range(len(self.views)):
             base = layout.vis_start + v * PATCHES_PER_VIEW
-            if ref is not None and cfg.use_dynamic_regions:
+            if ref is not None:
                 dyn = changed_patches(patch_cosine(frames[v], ref[v]), cfg.per_view(cfg.tau, v), cfg.per_view(cfg.static_count, v))
                 protected[base : base + PATCHES_PER_VIEW] |= dyn
                 self.record.dynamic_per_view[self.views[v]] = int(dyn.sum())

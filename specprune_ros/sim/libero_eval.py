@@ -159,7 +159,8 @@ def _percentile(values: list[float], q: float) -> float | None:
 
 
 def summarize(episodes: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per preset: success rate (overall and per task), episode lengths, latency, kept visual tokens."""
+    """Per preset: success rate (overall and per task), failure and aborted counts, episode lengths, latency, kept
+    visual tokens."""
     out: dict[str, Any] = {}
     for preset in dict.fromkeys(e["preset"] for e in episodes):
         eps = [e for e in episodes if e["preset"] == preset]

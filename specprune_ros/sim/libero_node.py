@@ -15,7 +15,8 @@ Publishes (names relative, so a namespace or remapping applies):
     wall-clock second (diagnostic_msgs/DiagnosticArray, status ``libero_sim_node: simulator``: ERROR after a
     refused chunk or a simulator failure, with counts of refused and dropped chunks).
 Subscribes: ``action_chunk`` (specprune_ros/ActionChunk). Service: ``~/reset`` (std_srvs/Trigger): start
-the next episode on the next initial state. A chunk with ``requery_after >= 0`` (and ``requery``) has only
+the next episode on the next initial state (a running episode first gets a last ``episode_status`` of
+``aborted``). A chunk with ``requery_after >= 0`` (and ``requery``) has only
 rows ``0..requery_after`` executed before the next pause, as the direct path's ``run_episode`` does.
 
 Simulated time (``/clock``, 0.05 s per control step) moves with the simulator, so a slow policy costs

@@ -11,7 +11,8 @@ interval, episode length, inference latency, visual tokens kept, mean sequence l
 fraction of queries in fine mode and each episode's mode time-line. Writes ``results.json`` and
 ``results.png`` (success with intervals, latency, tokens, mode time-lines).
 
-Evaluation seeds start at ``--first-seed`` (default 0); training demonstrations use seeds >= 1,000,000.
+Evaluation seeds start at ``--first-seed`` (default 0) and stay below 1,000,000, where the training
+demonstrations' seeds begin.
 """
 from __future__ import annotations
 
@@ -180,7 +181,8 @@ class EvalConfig:
             ``<preset>+oracle`` as many, those the action placeholders attend to most in an unpruned pass of the
             same observation (:class:`OraclePolicy`).
         episodes: episodes per variant (seeds first_seed .. first_seed + episodes - 1, the same for every variant).
-        first_seed: first task seed.
+        first_seed: first task seed; the last seed used (with the extra checks' ranges at +50000, +60000 and
+            +70000) must stay below 1000000.
         max_steps: control steps before an episode counts as failed.
         measured_speed: pass the measured end-effector speed (from the joint velocities) to the controller.
         open_loop_seeds: expert trajectories (seeds first_seed + 50000 ...) on which every variant's actions are
@@ -731,7 +733,8 @@ def main(argv: list[str] | None = None) -> int:
                    "their hidden states too "
                    f"(default {','.join(d.variants)}; presets: {', '.join(sorted(PRESETS))})")
     p.add_argument("--episodes", type=int, default=d.episodes, help=f"episodes per variant (default {d.episodes})")
-    p.add_argument("--first-seed", type=int, default=d.first_seed, help="first task seed (default 0)")
+    p.add_argument("--first-seed", type=int, default=d.first_seed, help="first task seed (default 0); every seed used, the "
+                   "extra checks' at +50000/+60000/+70000 included, stays below 1000000 (the training scenes')")
     p.add_argument("--max-steps", type=int, default=d.max_steps, help=f"step limit per episode (default {d.max_steps})")
     p.add_argument("--measured-speed", action="store_true", help="pass the measured EE speed to the controller")
     p.add_argument("--overlays", type=int, default=0,
@@ -746,7 +749,8 @@ def main(argv: list[str] | None = None) -> int:
                    "attention picks the tokens its last layer attends to (the premise of V_local)")
     p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (default 1)")
     p.add_argument("--out", default="testbed_eval", help="output directory (default testbed_eval)")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
+    p.add_argument("--json", action="store_true", help="print what the table shows as one JSON object instead: summary, and open_loop, "
+                   "instruction_following and attention_agreement when those checks ran (null: no samples)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--write-reproduce", metavar="SEEDS", default=None,
                    help="instead of evaluating: record the first chunk and closed-loop outcome of these comma-separated "

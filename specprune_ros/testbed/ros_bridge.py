@@ -11,8 +11,8 @@ Publishes (relative names, so a namespace or remapping applies):
     ``testbed_sim_node: simulator``: ERROR after a refused chunk, WARN after stale chunks in a row or unknown
     parameters, with counts of refused and dropped chunks).
 Subscribes: ``action_chunk_topic`` (specprune_ros/ActionChunk, default ``/specprune_policy/action_chunk``,
-the policy node's output). Service: ``~/reset`` (std_srvs/Trigger): start the next episode now (refused once
-all ``episodes`` have started). The parameters are read-only: read at start-up.
+the policy node's output). Service: ``~/reset`` (std_srvs/Trigger): start the next episode now (a running
+episode first gets a last ``episode_status`` of ``aborted``; refused once all ``episodes`` have started). The parameters are read-only: read at start-up.
 
 Time is the node's clock (wall time, or /clock with ``use_sim_time``). A timer at ``control_rate`` executes
 one row of the newest chunk per tick (a new chunk replaces the rows left of the previous one) and then
