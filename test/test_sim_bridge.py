@@ -58,7 +58,9 @@ class Client:
         n.create_subscription(Image, "wrist/image_raw", lambda m: self.images["wrist"].append(m), 10)
         n.create_subscription(JointState, "joint_states", self.joints.append, 50)
         n.create_subscription(PoseStamped, "ee_pose", self.poses.append, 50)
-        n.create_subscription(M.EpisodeStatus, "episode_status", self.status.append, latched)
+        # every status, not the last one only: a reset publishes the replaced episode's 'aborted', then 'waiting'
+        statuses = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        n.create_subscription(M.EpisodeStatus, "episode_status", self.status.append, statuses)
         n.create_subscription(Float64MultiArray, "libero_sim_node/executed_action", lambda m: self.executed.append(list(m.data)), 100)
         n.create_subscription(Clock, "/clock", lambda m: self.clock.append(m.clock.sec * 10**9 + m.clock.nanosec), 50)
         n.create_subscription(String, "instruction", lambda m: self.strings.__setitem__("instruction", m.data), latched)

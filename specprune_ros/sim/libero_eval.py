@@ -320,10 +320,11 @@ class _RosRun:
         self.node = rclpy.create_node("specprune_libero_eval", context=self.context)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
-        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        # every status, not the last only: a reset publishes a replaced episode's 'aborted' and then 'waiting'
+        statuses = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self.status: list = []
         self.chunks: list = []
-        self.node.create_subscription(EpisodeStatus, "/episode_status", self.status.append, latched)
+        self.node.create_subscription(EpisodeStatus, "/episode_status", self.status.append, statuses)
         self.node.create_subscription(ActionChunk, "/specprune_policy/action_chunk", self.chunks.append, 50)
         self.policy_watch = ConfigureFailureWatch(self.node, POLICY_NODE_NAME)  # up but unconfigured: a bad checkpoint
         self.reset_client = self.node.create_client(Trigger, "/libero_sim_node/reset")
