@@ -10,7 +10,7 @@ import pytest
 
 from specprune_ros.ros.parameters import configs_from_values, unknown_parameters
 from specprune_ros.testbed.ros_bridge import PARAM_DOC, policy_node_parameters
-from specprune_ros.testbed.task import JOINT_NAMES
+from specprune_ros.testbed.task import JOINT_NAMES, TabletopTask
 
 LAUNCH_FILE = Path(__file__).resolve().parents[1] / "launch" / "testbed.launch.py"
 
@@ -129,3 +129,19 @@ def test_ros_loop_gives_both_nodes_the_control_rate_and_scales_its_deadline():
     assert "control_rate:=5.0" in bridge_command(0, 1, 240, 5.0)
     assert episode_deadline(2400, 20.0) > 2400 / 20.0 * 2 and episode_deadline(240, 5.0) > 240 / 5.0 * 2
     assert episode_deadline(16, 20.0) < episode_deadline(240, 20.0)
+
+
+def test_a_still_simulated_scene_is_not_a_frozen_camera():
+    """The gantry waits for its first chunk, rendering identical frames: with the node's frozen check on, a node
+    slow to receive the instruction and URDF refused them forever and the episode never started."""
+    from specprune_ros.core.sync import SyncConfig, Synchronizer
+
+    values = policy_node_parameters("x")
+    sync = Synchronizer(SyncConfig(views=("primary", "wrist"), require_joint_states=False,
+                                   frozen_timeout=values["frozen_timeout"]))
+    sync.set_instruction("put the red cube on the blue plate")
+    still = TabletopTask(3).render()
+    for k in range(100):  # 5 s of the same picture at 20 Hz
+        for view in ("primary", "wrist"):
+            sync.add_image(view, 10.0 + 0.05 * k, still[view])
+    assert sync.sync(10.0 + 0.05 * 99 + 0.01).observation.stamp == pytest.approx(14.95)

@@ -179,7 +179,7 @@ class BagFeeder:
         self.connections = bag.select(wanted)
         self.counts: Counter[str] = Counter()  # messages fed per topic
         self.frames: Counter[str] = Counter()  # frames per view
-        self.errors: Counter[str] = Counter()  # bad_frame / bad_joint_state / out_of_order / bad_robot_description
+        self.errors: Counter[str] = Counter()  # bad_frame / bad_joint_state / bad_robot_description
         self.error_examples: dict[str, str] = {}  # reason -> message of its first input error
         self.kinematics_error: str | None = None
         self.new_task = False

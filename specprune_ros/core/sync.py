@@ -18,7 +18,9 @@ Rules applied by :meth:`Synchronizer.sync` at time ``now`` (seconds, the same cl
    proprio layout needs forward kinematics (``bad_joint_state``, ``no_robot_description``).
 
 On arrival (:meth:`Synchronizer.add_image`, :meth:`Synchronizer.add_joint_state`) a frame or joint state with a
-non-finite stamp, or one older than what is buffered (``out_of_order``), is refused. A query whose ``now`` lies
+non-finite stamp is refused. Arrival order is kept: the newest frame is the last to arrive, even when its stamp
+is older (refusing such a frame would leave a camera blocked, after a single frame stamped ahead by a clock
+glitch, until time reached that stamp; an older frame is still held to ``max_age``). A query whose ``now`` lies
 before the previous query's (the clock went back: a bag loop, a restarted simulator) clears the buffers and is
 refused (``time_jump``), as tf2 clears its buffer; the inputs that follow start afresh.
 
@@ -48,7 +50,6 @@ FROZEN = "frozen"
 NO_INSTRUCTION = "no_instruction"
 BAD_JOINT_STATE = "bad_joint_state"
 NO_ROBOT_DESCRIPTION = "no_robot_description"
-OUT_OF_ORDER = "out_of_order"
 TIME_JUMP = "time_jump"
 
 
@@ -171,22 +172,14 @@ class Synchronizer:
     def add_image(self, view: str, stamp: float, rgb: np.ndarray) -> None:
         """A decoded frame (H, W, 3) uint8 RGB of ``view`` taken at ``stamp``; unknown views are ignored.
 
-        Raises :class:`SyncInputError` (and keeps nothing) for a non-finite stamp (``bad_frame``) or one older than
-        the view's newest frame (``out_of_order``): the newest frame is the newest in time, not the last to arrive.
-        When the clock itself goes back (a bag loop), :meth:`sync` clears the buffers (``time_jump``).
+        Raises :class:`SyncInputError` (and keeps nothing) for a non-finite stamp (``bad_frame``). When the clock
+        itself goes back (a bag loop), :meth:`sync` clears the buffers (``time_jump``).
         """
         if view not in self._frames:
             return
         stamp = float(stamp)
         if not math.isfinite(stamp):
             raise SyncInputError(f"camera view {view!r}: frame stamp {stamp} is not a time", BAD_FRAME)
-        frames = self._frames[view]
-        if frames and stamp < frames[-1].stamp:
-            raise SyncInputError(
-                f"camera view {view!r}: a frame stamped {stamp:.3f} arrived after one stamped {frames[-1].stamp:.3f}; "
-                "dropped (out of order: two publishers on one topic, or a bag played out of order?)",
-                OUT_OF_ORDER,
-            )
         img = np.asarray(rgb)
         # a frozen driver repeats frames bit for bit, while live sensor noise changes nearly every pixel, so a
         # 1/16 subsample is enough to tell them apart (and keeps 1080p at 30 Hz cheap)
@@ -215,20 +208,12 @@ class Synchronizer:
         """One ``sensor_msgs/JointState``; values merge with earlier messages (split publishers work).
 
         Raises :class:`SyncInputError` (and keeps nothing) when the arrays disagree in length with ``names``, a name
-        repeats, the stamp is not finite, or a joint it names has a newer value already (``out_of_order``).
+        repeats, or the stamp is not finite.
         """
         names = list(names)
         stamp = float(stamp)
         if not math.isfinite(stamp):
             raise SyncInputError(f"joint state stamp {stamp} is not a time", BAD_JOINT_STATE)
-        newer = sorted(n for n in names if self._merged_stamp.get(n, -math.inf) > stamp)
-        if newer:
-            raise SyncInputError(
-                f"a joint state stamped {stamp:.3f} arrived after newer values of {newer[:4]}"
-                f"{' ...' if len(newer) > 4 else ''} (stamped {max(self._merged_stamp[n] for n in newer):.3f}); dropped "
-                "(out of order: two publishers of these joints, or a bag played out of order?)",
-                OUT_OF_ORDER,
-            )
         pos = list(positions)
         vel = list(velocities) if velocities is not None else []
         if len(pos) != len(names):

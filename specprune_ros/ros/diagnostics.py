@@ -3,9 +3,8 @@
 
 :class:`NodeHealth` (policy node) and :class:`BridgeHealth` (simulator bridges) are plain Python (thread-safe,
 no ROS); :func:`to_diagnostic_array` builds the message. Policy node levels: OK = the last attempt produced a
-chunk; WARN = inputs refused (stale, skewed, frozen, missing, out of order, the clock gone back, no instruction) or not
-active yet; ERROR = the
-last inference raised, or configuration failed. An error is reported at least once (:class:`StatusLatch`):
+chunk; WARN = inputs refused (stale, skewed, frozen, missing, the clock gone back, no instruction) or not
+active yet; ERROR = the last inference raised, or configuration failed. An error is reported at least once (:class:`StatusLatch`):
 one that the next chunk clears before the next report is still the next report's level and message (marked
 "since recovered").
 """

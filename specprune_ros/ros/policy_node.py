@@ -372,7 +372,7 @@ class PolicyNode(LifecycleNode):
                     return
                 self.sync.add_image(view, stamp, rgb)
                 busy = self._busy
-        except SyncInputError as exc:  # out of order: the newest frame stays the newest in time
+        except SyncInputError as exc:  # a frame stamp that is not a time
             self.health.refusal(exc.reason, str(exc))
             self.get_logger().warning(str(exc), throttle_duration_sec=2.0)
             return

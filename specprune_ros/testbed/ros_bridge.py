@@ -103,6 +103,9 @@ def policy_node_parameters(checkpoint: str, preset: str = "paper", device: str =
     ``ActionChunk.requery_after``), so the node does too (``honor_requery`` false): otherwise its executed-row
     bookkeeping would disagree with what the bridge ran. The node's control period (``control_dt``) is the
     bridge's (``1 / control_rate``), so that it queries again when the bridge has executed the chunk's rows.
+    The frozen-camera check is off (``frozen_timeout`` 0), as for LIBERO: a simulator renders identical frames
+    while the gantry waits for its first chunk, and a node that took longer than the check's 2 s to receive the
+    instruction and URDF would refuse those frames forever, the gantry waiting for a chunk that never comes.
     ``launch/testbed.launch.py`` and :mod:`~specprune_ros.testbed.ros_loop` start the node with these.
     """
     return {
@@ -126,6 +129,7 @@ def policy_node_parameters(checkpoint: str, preset: str = "paper", device: str =
         "gripper_scales": [1.0, -1.0],
         "base_frame": "world",
         "control_dt": policy_control_dt(control_rate),
+        "frozen_timeout": 0.0,
         "dry_run": True,
     }
 
