@@ -18,6 +18,22 @@ from specprune_ros.testbed.ros_bridge import BridgeConfig, TestbedRunner
 from specprune_ros.testbed.task import GANTRY_URDF, JOINT_NAMES, TabletopTask
 
 
+def run_group(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """``subprocess.run`` in a session of its own: on a timeout the whole group goes (the loop's bridge and
+    policy node too), so that no orphaned node publishes into the tests that follow."""
+    import signal
+
+    proc = subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 def expert_chunk(task: TabletopTask, rows: int = 8) -> np.ndarray:
     """The expert's next ``rows`` actions, planned on a copy of ``task`` (the task itself is not changed)."""
     sim = TabletopTask(task.seed, task.config)
@@ -306,7 +322,7 @@ def test_ros_loop_runs_both_nodes_and_reports_each_episode(tmp_path):
     """The whole ROS path as child processes: bridge + policy node (fake policy), episodes watched to their end."""
     cmd = [sys.executable, "-m", "specprune_ros.testbed.ros_loop", "--fake-policy", "--episodes=2", "--seed=21",
            "--max-steps=16", "--control-rate=40", "--json", f"--log-dir={tmp_path}"]
-    out = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=240)
+    out = run_group(cmd, timeout=240)
     assert out.returncode == 0, out.stderr + "".join(p.read_text()[-2000:] for p in tmp_path.glob("*.log"))
     records = json.loads(out.stdout)
     assert [r["seed"] for r in records] == [21, 22]
@@ -335,6 +351,6 @@ def test_ros_loop_stops_when_the_policy_node_cannot_load_its_checkpoint(tmp_path
     cmd = [sys.executable, "-m", "specprune_ros.testbed.ros_loop", f"--checkpoint={ckpt}", "--episodes=1",
            f"--log-dir={tmp_path / 'logs'}"]
     # the node stays up, unconfigured, and says why on /diagnostics: the loop stops there instead of waiting
-    out = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=240)
+    out = run_group(cmd, timeout=240)
     assert out.returncode == 1 and "the policy node could not start: configure failed" in out.stderr, out.stderr
     assert "model.safetensors" in out.stderr
