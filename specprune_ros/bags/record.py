@@ -73,41 +73,39 @@ class RecordOptions:
             raise ValueError(f"discovery period must be > 0, got {self.discovery_period}")
 
 
+def _check_name(option: str, value: str, kind: str, *validators) -> None:
+    """ValueError (one line, naming ``option``) unless every rclpy name validator passes on ``value``."""
+    from rclpy.exceptions import NameValidationException
+
+    try:
+        for validate in validators:
+            validate(value)
+    except NameValidationException as err:
+        why = str(err).splitlines()[0].removeprefix(f"Invalid {kind}: ").rstrip(":")
+        raise ValueError(f"{option}: {value!r} is not a valid {kind}: {why}") from None
+
+
 def _check_topic_name(topic: str) -> None:
     """ValueError (one line) unless ``topic`` is a valid ROS 2 topic name (relative names as if at the root)."""
-    from rclpy.exceptions import InvalidTopicNameException
     from rclpy.validate_full_topic_name import validate_full_topic_name
     from rclpy.validate_topic_name import validate_topic_name
 
-    try:
-        validate_topic_name(topic)
-        if not topic.startswith("~"):
-            validate_full_topic_name(topic if topic.startswith("/") else "/" + topic)
-    except InvalidTopicNameException as err:
-        why = str(err).splitlines()[0].removeprefix("Invalid topic name: ").rstrip(":")
-        raise ValueError(f"--topics: {topic!r} is not a valid topic name: {why}") from None
+    validators = [validate_topic_name]
+    if not topic.startswith("~"):
+        validators.append(lambda t: validate_full_topic_name(t if t.startswith("/") else "/" + t))
+    _check_name("--topics", topic, "topic name", *validators)
 
 
 def _check_namespace(namespace: str) -> None:
-    from rclpy.exceptions import InvalidNamespaceException
     from rclpy.validate_namespace import validate_namespace
 
-    try:
-        validate_namespace(namespace)
-    except InvalidNamespaceException as err:
-        why = str(err).splitlines()[0].removeprefix("Invalid namespace: ").rstrip(":")
-        raise ValueError(f"--namespace: {namespace!r} is not a valid namespace: {why}") from None
+    _check_name("--namespace", namespace, "namespace", validate_namespace)
 
 
 def _check_node_name(name: str) -> None:
-    from rclpy.exceptions import InvalidNodeNameException
     from rclpy.validate_node_name import validate_node_name
 
-    try:
-        validate_node_name(name)
-    except InvalidNodeNameException as err:
-        why = str(err).splitlines()[0].removeprefix("Invalid node name: ").rstrip(":")
-        raise ValueError(f"--node: {name!r} is not a valid node name: {why}") from None
+    _check_name("--node", name, "node name", validate_node_name)
 
 
 def message_definition_text(msgtype: str) -> str:

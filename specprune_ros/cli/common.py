@@ -49,7 +49,7 @@ class ArgumentParser(argparse.ArgumentParser):
             if isinstance(action, argparse.BooleanOptionalAction):
                 for s in action.option_strings:
                     if s.startswith("--no-"):
-                        flags[s] = ("--" + s[5:], s)[::-1]
+                        flags[s] = (s, "--" + s[5:])
                     else:
                         flags[s] = (s, "--no-" + s[2:])
             elif isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
@@ -138,7 +138,7 @@ def run(main: Callable[[list[str]], int | None], argv: Sequence[str] | None, pro
     """Run ``main`` with Unix conventions: user errors -> one line on stderr and exit 2; Ctrl-C -> 130."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     interruptible()
-    argv = join_negative_values(list(sys.argv[1:] if argv is None else argv))
+    argv = list(sys.argv[1:] if argv is None else argv)  # ArgumentParser joins negative values
     try:
         return int(main(argv) or 0)
     except KeyboardInterrupt:

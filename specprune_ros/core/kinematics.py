@@ -98,6 +98,8 @@ class KinematicModel:
             self.model.names[j] for j in self.model.supports[self.model.frames[self.ee_frame_id].parentJoint]
             if self.model.names[j] in self.joint_names
         )
+        #: every joint the end-effector pose and speed depend on: the arm joints and the chain's, once each
+        self.pose_joints: tuple[str, ...] = tuple(dict.fromkeys([*self.arm_joints, *self.chain_joints]))
         lower = []
         upper = []
         vmax = []
@@ -136,7 +138,7 @@ class KinematicModel:
         q = self._q.copy()
         if isinstance(positions, Mapping):
             bad = [n for n, v in positions.items() if n in self.joint_names and not np.isfinite(v)]
-            needed = [n for n in bad if n in self.chain_joints or n in self.arm_joints]
+            needed = [n for n in bad if n in self.pose_joints]
             if needed:
                 raise KinematicsError(f"joint position(s) of {needed} are NaN or inf; the end-effector pose needs them")
             for name, value in positions.items():

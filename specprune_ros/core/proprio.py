@@ -177,7 +177,7 @@ class ProprioBuilder:
         joints and every joint of the chain to the end-effector frame (its pose depends on each)."""
         names: list[str] = list(self.config.joints) + list(self.config.gripper_joints)
         if self.kinematics is not None:
-            names += list(self.kinematics.arm_joints) + list(self.kinematics.chain_joints)
+            names += list(self.kinematics.pose_joints)
         return list(dict.fromkeys(names))
 
     def vector(self, positions: Mapping[str, float], velocities: Mapping[str, float] | None = None) -> np.ndarray:
@@ -231,8 +231,7 @@ class ProprioBuilder:
         kin = self.kinematics
         if kin is None:
             return None
-        chain = list(dict.fromkeys([*kin.arm_joints, *kin.chain_joints]))  # the pose depends on each
-        check_joint_values(positions, chain)
+        check_joint_values(positions, kin.pose_joints)
         if velocities is not None and all(j in velocities and np.isfinite(velocities[j]) for j in kin.arm_joints):
             qdot = np.array([velocities[j] for j in kin.arm_joints])
             return KinematicModel.speed(kin.ee_twist(dict(positions), qdot))
@@ -240,6 +239,6 @@ class ProprioBuilder:
             return None
         prev_stamp, prev_positions = previous
         dt = stamp - prev_stamp
-        if dt <= 0 or any(j not in prev_positions or not np.isfinite(prev_positions[j]) for j in chain):
+        if dt <= 0 or any(j not in prev_positions or not np.isfinite(prev_positions[j]) for j in kin.pose_joints):
             return None
         return KinematicModel.speed(kin.ee_twist_fd(dict(prev_positions), dict(positions), dt))

@@ -166,13 +166,9 @@ class SpecPruner:
         mode = self.controller.update(executed, ee_speed)
         translation = float(np.linalg.norm(np.asarray(executed, dtype=np.float64)[:, :3].sum(axis=0))) if executed is not None and len(executed) else 0.0
         lookback = lookback_steps(translation)
-        ref = None
-        for step, old in reversed(self.history):
-            if step <= self.step - lookback:
-                ref = old
-                break
-        if not cfg.use_dynamic_regions:
-            ref = None  # no frame difference: no look-back to report either
+        ref = None  # the frame difference's reference: the newest frame at least T steps old (none without V_dynamic)
+        if cfg.use_dynamic_regions:
+            ref = next((old for step, old in reversed(self.history) if step <= self.step - lookback), None)
         self.record = PruneRecord(mode=mode, lookback=lookback if ref is not None else None)
 
         L = layout.length

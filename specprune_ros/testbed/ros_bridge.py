@@ -12,7 +12,8 @@ Publishes (relative names, so a namespace or remapping applies):
     parameters, with counts of refused and dropped chunks).
 Subscribes: ``action_chunk_topic`` (specprune_ros/ActionChunk, default ``/specprune_policy/action_chunk``,
 the policy node's output). Service: ``~/reset`` (std_srvs/Trigger): start the next episode now (a running
-episode first gets a last ``episode_status`` of ``aborted``; refused once all ``episodes`` have started). The parameters are read-only: read at start-up.
+episode first gets a last ``episode_status`` of ``aborted``; refused once all ``episodes`` have started). The
+parameters are read-only: read at start-up.
 
 Time is the node's clock (wall time, or /clock with ``use_sim_time``). A timer at ``control_rate`` executes
 one row of the newest chunk per tick (a new chunk replaces the rows left of the previous one) and then
@@ -138,8 +139,8 @@ class TestbedRunner:
     """Episode bookkeeping and chunk execution, without ROS.
 
     ``on_chunk`` accepts a (rows, 7) action array (replacing any rows left); ``tick`` executes one row and
-    returns True if it did. ``status`` is waiting / running / success / timeout (a bridge reports a running episode that a
-    reset replaces as aborted).
+    returns True if it did. ``status`` is waiting / running / success / timeout (a bridge reports a running
+    episode that a reset replaces as aborted).
     """
 
     __test__ = False  # not a pytest class
